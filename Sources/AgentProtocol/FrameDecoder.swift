@@ -1,0 +1,178 @@
+import NIOCore
+
+/// Why the decoder skipped input.
+public enum DiscardReason: String, Sendable {
+    /// Bytes that do not start a frame (no magic, or a header checksum that does not match).
+    case garbage
+    /// A well-formed header announcing more payload than allowed.
+    case oversized
+    /// A header with an unknown header version.
+    case unsupportedVersion
+    /// A payload whose checksum does not match its header.
+    case payloadChecksum
+}
+
+/// What the decoder produces: a verified frame, or a note that input was skipped.
+public enum FrameEvent: Sendable, Equatable {
+    case frame(Frame)
+    case discarded(bytes: Int, reason: DiscardReason)
+}
+
+/// Splits a byte stream into verified frames and resynchronises after any damage.
+///
+/// Only a frame whose header and payload checksums both match is ever emitted. After garbage, a
+/// truncated or corrupt frame, the decoder skips ahead to the next magic and tries again; it never
+/// buffers more than one header plus `maximumPayload` bytes.
+public struct FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = FrameEvent
+
+    /// Largest payload accepted; larger frames are discarded whole (their header) as oversized.
+    public let maximumPayload: Int
+    private var pendingGarbage = 0
+
+    /// Creates a decoder.
+    public init(maximumPayload: Int = FrameFormat.maximumPayload) {
+        precondition(maximumPayload <= FrameFormat.maximumPayload)
+        self.maximumPayload = maximumPayload
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        while true {
+            switch Self.next(from: &buffer, maximumPayload: maximumPayload) {
+            case .needMoreData:
+                flushGarbage(context: context)
+                return .needMoreData
+            case .skipped(let count, .garbage):
+                pendingGarbage += count
+            case .skipped(let count, let reason):
+                flushGarbage(context: context)
+                context.fireChannelRead(wrapInboundOut(.discarded(bytes: count, reason: reason)))
+            case .frame(let frame):
+                flushGarbage(context: context)
+                context.fireChannelRead(wrapInboundOut(.frame(frame)))
+                return .continue
+            }
+        }
+    }
+
+    public mutating func decodeLast(
+        context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
+    ) throws -> DecodingState {
+        let state = try decode(context: context, buffer: &buffer)
+        if state == .needMoreData && buffer.readableBytes > 0 {
+            pendingGarbage += buffer.readableBytes
+            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+            flushGarbage(context: context)
+        }
+        return .needMoreData
+    }
+
+    private mutating func flushGarbage(context: ChannelHandlerContext) {
+        guard pendingGarbage > 0 else { return }
+        let count = pendingGarbage
+        pendingGarbage = 0
+        context.fireChannelRead(wrapInboundOut(.discarded(bytes: count, reason: .garbage)))
+    }
+
+    /// Result of one decoding step.
+    public enum Step: Equatable {
+        case needMoreData
+        case skipped(Int, DiscardReason)
+        case frame(Frame)
+    }
+
+    /// One decoding step over `buffer`: consumes a frame or skipped bytes, or nothing.
+    ///
+    /// Pure; shared by the channel handler and by tests/fuzzers that drive the decoder directly.
+    public static func next(from buffer: inout ByteBuffer, maximumPayload: Int) -> Step {
+        let available = buffer.readableBytes
+        guard available > 0 else { return .needMoreData }
+        // Find the first byte of the magic.
+        let offset = buffer.withUnsafeReadableBytes { bytes -> Int? in
+            bytes.firstIndex(of: 0xF0)
+        }
+        guard let offset else {
+            buffer.moveReaderIndex(forwardBy: available)
+            return .skipped(available, .garbage)
+        }
+        if offset > 0 {
+            buffer.moveReaderIndex(forwardBy: offset)
+            return .skipped(offset, .garbage)
+        }
+        // Check as much of the magic as we have, so garbage is dropped early.
+        let magicBytes = min(4, available)
+        let magicMatches = buffer.withUnsafeReadableBytes { bytes -> Bool in
+            let magic: [UInt8] = [0xF0, 0x4C, 0x51, 0x58]
+            for i in 0..<magicBytes where bytes[i] != magic[i] { return false }
+            return true
+        }
+        guard magicMatches else {
+            buffer.moveReaderIndex(forwardBy: 1)
+            return .skipped(1, .garbage)
+        }
+        guard available >= FrameFormat.headerSize else { return .needMoreData }
+        let header = buffer.withUnsafeReadableBytes { bytes -> (ok: Bool, version: UInt8, length: UInt32) in
+            let headerCRC = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[0..<28]))
+            let stored = UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 28, as: UInt32.self))
+            let length = UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 20, as: UInt32.self))
+            return (headerCRC == stored, bytes[4], length)
+        }
+        guard header.ok else {
+            buffer.moveReaderIndex(forwardBy: 1)
+            return .skipped(1, .garbage)
+        }
+        guard header.version == FrameFormat.headerVersion else {
+            buffer.moveReaderIndex(forwardBy: FrameFormat.headerSize)
+            return .skipped(FrameFormat.headerSize, .unsupportedVersion)
+        }
+        guard header.length <= maximumPayload else {
+            buffer.moveReaderIndex(forwardBy: FrameFormat.headerSize)
+            return .skipped(FrameFormat.headerSize, .oversized)
+        }
+        let total = FrameFormat.headerSize + Int(header.length)
+        guard available >= total else { return .needMoreData }
+        let start = buffer.readerIndex
+        let rawType = buffer.getInteger(at: start + 5, as: UInt8.self)!
+        let flags = buffer.getInteger(at: start + 6, as: UInt16.self)!
+        let session = buffer.getInteger(at: start + 8, as: UInt64.self)!
+        let stream = buffer.getInteger(at: start + 16, as: UInt32.self)!
+        let payloadCRC = buffer.getInteger(at: start + 24, as: UInt32.self)!
+        let payload = buffer.getSlice(at: start + FrameFormat.headerSize, length: Int(header.length))!
+        let actual = payload.withUnsafeReadableBytes { CRC32C.checksum($0) }
+        guard actual == payloadCRC else {
+            // The header may be a false positive inside other data: skip only its first byte.
+            buffer.moveReaderIndex(forwardBy: 1)
+            return .skipped(1, .payloadChecksum)
+        }
+        buffer.moveReaderIndex(forwardBy: total)
+        return .frame(
+            Frame(
+                rawType: rawType, flags: FrameFlags(rawValue: flags), session: session, stream: stream,
+                payload: payload))
+    }
+}
+
+/// Writes frames as header + payload without copying the payload.
+public final class FrameEncoder: ChannelOutboundHandler, RemovableChannelHandler {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    /// Creates an encoder.
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        var header = context.channel.allocator.buffer(capacity: FrameFormat.headerSize)
+        frame.writeHeader(into: &header)
+        if frame.payload.readableBytes == 0 {
+            context.write(wrapOutboundOut(header), promise: promise)
+        } else if frame.payload.readableBytes <= 4096 {
+            var small = frame.payload
+            header.writeBuffer(&small)
+            context.write(wrapOutboundOut(header), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(frame.payload), promise: promise)
+        }
+    }
+}

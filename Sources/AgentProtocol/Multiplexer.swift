@@ -1,0 +1,640 @@
+import DequeModule
+import NIOCore
+import Synchronization
+
+/// An event delivered on a stream.
+public enum StreamEvent: Sendable {
+    /// A protobuf message (MESSAGE frame payload).
+    case message(ByteBuffer, end: Bool)
+    /// Raw bytes on a channel; `endOfChannel` marks the channel's last frame.
+    case data(ByteBuffer, channel: UInt8, endOfChannel: Bool, end: Bool)
+
+    var byteCount: Int {
+        switch self {
+        case .message(let b, _): b.readableBytes
+        case .data(let b, _, _, _): b.readableBytes
+        }
+    }
+
+    /// Whether the peer sends nothing more after this event.
+    public var isEnd: Bool {
+        switch self {
+        case .message(_, let end): end
+        case .data(_, _, _, let end): end
+        }
+    }
+}
+
+/// Session parameters one side announces to the other.
+public struct SessionLimits: Sendable, Equatable {
+    /// Bytes of DATA and MESSAGE payload this side buffers per stream before it grants credit.
+    public var initialWindow: Int
+    /// Largest frame payload this side accepts.
+    public var maxFramePayload: Int
+    /// Concurrent streams this side accepts (the agent's value governs).
+    public var maxStreams: Int
+
+    /// Creates limits.
+    public init(initialWindow: Int = 1 << 20, maxFramePayload: Int = 256 << 10, maxStreams: Int = 256) {
+        self.initialWindow = initialWindow
+        self.maxFramePayload = maxFramePayload
+        self.maxStreams = maxStreams
+    }
+}
+
+/// Multiplexes streams over one session: stream table, per-stream credit in both directions, and
+/// the outbound scheduler (control frames first, then data round-robin across streams).
+///
+/// Thread-safe. The connection feeds received frames to `receive(_:)`; one writer task drains
+/// `nextOutbound()`. Memory is bounded: inbound bytes per stream never exceed the window this side
+/// granted, outbound data per stream never exceeds the window the peer granted, and control
+/// frames are bounded by `maxQueuedControlFrames` (the reader waits when it is full).
+public final class Multiplexer: Sendable {
+    /// The session id (frame header).
+    public let session: UInt64
+    /// What this side announced.
+    public let local: SessionLimits
+    /// What the peer announced.
+    public let remote: SessionLimits
+    /// Largest DATA payload this side sends.
+    public let dataChunkSize: Int
+    /// Bound on queued control frames.
+    public let maxQueuedControlFrames = 4096
+
+    private let state: Mutex<State>
+    private let lastReceived = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
+
+    struct StreamState {
+        var sendWindow: Int
+        var sendWaiters: [CheckedContinuation<Void, any Error>] = []
+        var inbox: Deque<StreamEvent> = []
+        var inboxWaiter: CheckedContinuation<StreamEvent?, any Error>?
+        var receiveRemaining: Int
+        var consumedUnacknowledged = 0
+        var remoteEnded = false
+        var localEnded = false
+        var queuedFrames = 0
+        var failure: AgentError?
+    }
+
+    struct State {
+        var streams: [UInt32: StreamState] = [:]
+        var control: Deque<Frame> = []
+        var data: [UInt32: Deque<Frame>] = [:]
+        var ready: Deque<UInt32> = []
+        var writerWaiter: CheckedContinuation<Void, Never>?
+        var controlSpaceWaiters: [CheckedContinuation<Void, Never>] = []
+        var closed: AgentError?
+        var drained = false
+        var highestStream: UInt32 = 0
+        var pings: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+        var nextPing: UInt64 = 1
+    }
+
+    /// Creates the multiplexer of an established session.
+    public init(session: UInt64, local: SessionLimits, remote: SessionLimits) {
+        self.session = session
+        self.local = local
+        self.remote = remote
+        self.dataChunkSize = max(1024, min(128 << 10, remote.maxFramePayload, remote.initialWindow))
+        self.state = Mutex(State())
+    }
+
+    // MARK: Streams
+
+    /// Registers a stream. The host calls it before sending OPEN; the agent when it accepts OPEN.
+    /// Throws when the id is not above every earlier id or the stream limit is reached.
+    public func register(stream id: UInt32) throws(AgentError) {
+        try state.withLock { (state) throws(AgentError) -> Void in
+            if let closed = state.closed { throw closed }
+            guard id != 0, id > state.highestStream else {
+                throw AgentError(.protocolViolation, "stream id \(id) is not above \(state.highestStream)")
+            }
+            guard state.streams.count < local.maxStreams, state.streams.count < remote.maxStreams else {
+                state.highestStream = id
+                throw AgentError(.tooManyStreams, "at most \(min(local.maxStreams, remote.maxStreams)) streams")
+            }
+            state.highestStream = id
+            state.streams[id] = StreamState(sendWindow: remote.initialWindow, receiveRemaining: local.initialWindow)
+        }
+    }
+
+    /// Allocates and registers the next stream id (host side).
+    public func allocateStream() throws(AgentError) -> UInt32 {
+        try state.withLock { (state) throws(AgentError) -> UInt32 in
+            if let closed = state.closed { throw closed }
+            guard state.streams.count < remote.maxStreams else {
+                throw AgentError(.tooManyStreams, "the agent accepts at most \(remote.maxStreams) streams")
+            }
+            let id = state.highestStream + 1
+            state.highestStream = id
+            state.streams[id] = StreamState(sendWindow: remote.initialWindow, receiveRemaining: local.initialWindow)
+            return id
+        }
+    }
+
+    /// Records that a valid frame of this session arrived (keepalive).
+    public func noteReceived() {
+        lastReceived.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
+    }
+
+    /// Time since the last valid frame of this session arrived.
+    public var idleTime: TimeAmount {
+        let last = lastReceived.load(ordering: .relaxed)
+        return .nanoseconds(Int64(NIODeadline.now().uptimeNanoseconds &- last))
+    }
+
+    /// Sends a MESSAGE or DATA frame on a stream, waiting for credit first.
+    public func send(
+        stream id: UInt32, type: FrameType, flags: FrameFlags = [], payload: ByteBuffer
+    ) async throws(AgentError) {
+        let size = payload.readableBytes
+        precondition(type == .message || type == .data)
+        if size > remote.maxFramePayload || size > remote.initialWindow {
+            throw AgentError(.invalidArgument, "frame payload of \(size) bytes exceeds the peer's limit")
+        }
+        let frame = Frame(type: type, flags: flags, session: session, stream: id, payload: payload)
+        while true {
+            if Task.isCancelled { throw AgentError(.cancelled, "cancelled") }
+            let result: Result<Bool, AgentError> = state.withLock { state in
+                if let closed = state.closed { return .failure(closed) }
+                guard var stream = state.streams[id] else {
+                    return .failure(AgentError(.closed, "stream \(id) is closed"))
+                }
+                if let failure = stream.failure { return .failure(failure) }
+                if stream.localEnded { return .failure(AgentError(.closed, "stream \(id) already ended")) }
+                guard stream.sendWindow >= size else { return .success(false) }
+                stream.sendWindow -= size
+                if flags.contains(.endStream) { stream.localEnded = true }
+                stream.queuedFrames += 1
+                state.streams[id] = stream
+                if state.data[id, default: []].isEmpty { state.ready.append(id) }
+                state.data[id, default: []].append(frame)
+                return .success(true)
+            }
+            switch result {
+            case .failure(let error): throw error
+            case .success(true):
+                wakeWriter()
+                return
+            case .success(false):
+                do {
+                    try await withTaskCancellationHandler {
+                        try await withCheckedThrowingContinuation {
+                            (continuation: CheckedContinuation<Void, any Error>) in
+                            let resumeNow: AgentError?? = state.withLock { state in
+                                if Task.isCancelled { return .some(AgentError(.cancelled, "cancelled")) }
+                                if let closed = state.closed { return .some(closed) }
+                                guard var stream = state.streams[id] else {
+                                    return .some(AgentError(.closed, "closed"))
+                                }
+                                if let failure = stream.failure { return .some(failure) }
+                                if stream.sendWindow >= size { return .some(nil) }
+                                stream.sendWaiters.append(continuation)
+                                state.streams[id] = stream
+                                return nil
+                            }
+                            switch resumeNow {
+                            case .none: break
+                            case .some(.none): continuation.resume()
+                            case .some(.some(let error)): continuation.resume(throwing: error)
+                            }
+                        }
+                    } onCancel: {
+                        let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
+                            let waiters = state.streams[id]?.sendWaiters ?? []
+                            state.streams[id]?.sendWaiters = []
+                            return waiters
+                        }
+                        // Every sender on the stream wakes and re-checks; only the cancelled one stops.
+                        for waiter in waiters { waiter.resume() }
+                    }
+                } catch {
+                    throw (error as? AgentError) ?? AgentError(.cancelled, "\(error)")
+                }
+            }
+        }
+    }
+
+    /// Sends a protobuf message on a stream.
+    public func send(stream id: UInt32, message: ByteBuffer, end: Bool = false) async throws(AgentError) {
+        try await send(stream: id, type: .message, flags: end ? [.endStream] : [], payload: message)
+    }
+
+    /// Sends bytes on a stream's channel, split into frames no larger than `dataChunkSize`.
+    public func send(
+        stream id: UInt32, data: ByteBuffer, channel: UInt8 = 0, endOfChannel: Bool = false, end: Bool = false
+    ) async throws(AgentError) {
+        var remaining = data
+        repeat {
+            let count = min(remaining.readableBytes, dataChunkSize)
+            let chunk = remaining.readSlice(length: count)!
+            var flags = FrameFlags.channel(channel)
+            if remaining.readableBytes == 0 {
+                if endOfChannel { flags.insert(.endOfChannel) }
+                if end { flags.insert(.endStream) }
+            }
+            try await send(stream: id, type: .data, flags: flags, payload: chunk)
+        } while remaining.readableBytes > 0
+    }
+
+    /// Waits for the next event on a stream; nil after the peer's END_STREAM was delivered.
+    /// Consuming an event returns its bytes to the peer as credit.
+    public func next(stream id: UInt32) async throws(AgentError) -> StreamEvent? {
+        let event: StreamEvent?
+        do {
+            event = try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation {
+                    (continuation: CheckedContinuation<StreamEvent?, any Error>) in
+                    let outcome: Result<StreamEvent?, AgentError>? = state.withLock { state in
+                        guard var stream = state.streams[id] else {
+                            return .failure(state.closed ?? AgentError(.closed, "stream \(id) is closed"))
+                        }
+                        if let event = stream.inbox.popFirst() {
+                            state.streams[id] = stream
+                            return .success(event)
+                        }
+                        if let failure = stream.failure { return .failure(failure) }
+                        if stream.remoteEnded { return .success(nil) }
+                        if let closed = state.closed { return .failure(closed) }
+                        if Task.isCancelled { return .failure(AgentError(.cancelled, "cancelled")) }
+                        precondition(stream.inboxWaiter == nil, "one reader per stream")
+                        stream.inboxWaiter = continuation
+                        state.streams[id] = stream
+                        return nil
+                    }
+                    if let outcome { continuation.resume(with: outcome) }
+                }
+            } onCancel: {
+                let waiter = state.withLock { state -> CheckedContinuation<StreamEvent?, any Error>? in
+                    let waiter = state.streams[id]?.inboxWaiter
+                    state.streams[id]?.inboxWaiter = nil
+                    return waiter
+                }
+                waiter?.resume(throwing: AgentError(.cancelled, "cancelled"))
+            }
+        } catch {
+            throw (error as? AgentError) ?? AgentError(.cancelled, "\(error)")
+        }
+        if let event { consumed(stream: id, bytes: event.byteCount) }
+        return event
+    }
+
+    private func consumed(stream id: UInt32, bytes: Int) {
+        guard bytes > 0 else { return }
+        let credit: Int? = state.withLock { state in
+            guard var stream = state.streams[id], !stream.remoteEnded else { return nil }
+            stream.consumedUnacknowledged += bytes
+            var grant: Int?
+            if stream.consumedUnacknowledged >= local.initialWindow / 4 {
+                grant = stream.consumedUnacknowledged
+                stream.receiveRemaining += stream.consumedUnacknowledged
+                stream.consumedUnacknowledged = 0
+            }
+            state.streams[id] = stream
+            return grant
+        }
+        if let credit {
+            var payload = ByteBuffer()
+            payload.writeInteger(UInt32(credit))
+            enqueueControl(Frame(type: .window, session: session, stream: id, payload: payload))
+        }
+    }
+
+    /// Aborts a stream: sends RESET to the peer and fails local waiters.
+    public func reset(stream id: UInt32, error: AgentError) {
+        let existed = failStream(id, error: error, remove: true)
+        if existed {
+            var payload = ByteBuffer()
+            payload.writeBytes((try? error.wire.serializedBytes() as [UInt8]) ?? [])
+            enqueueControl(Frame(type: .reset, session: session, stream: id, payload: payload))
+        }
+    }
+
+    /// Forgets a stream whose peer has ended it (host side, after reading the last event).
+    public func release(stream id: UInt32) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
+            guard let stream = state.streams[id] else { return [] }
+            if stream.queuedFrames == 0 || !stream.localEnded {
+                state.streams[id] = nil
+                if let queued = state.data.removeValue(forKey: id), !queued.isEmpty {
+                    state.ready.removeAll { $0 == id }
+                }
+            }
+            return stream.sendWaiters
+        }
+        for waiter in waiters { waiter.resume(throwing: AgentError(.closed, "stream \(id) released")) }
+    }
+
+    /// Number of live streams.
+    public var streamCount: Int { state.withLock { $0.streams.count } }
+
+    @discardableResult
+    private func failStream(_ id: UInt32, error: AgentError, remove: Bool) -> Bool {
+        let (existed, sendWaiters, inboxWaiter) = state.withLock {
+            state -> (Bool, [CheckedContinuation<Void, any Error>], CheckedContinuation<StreamEvent?, any Error>?) in
+            guard var stream = state.streams[id] else { return (false, [], nil) }
+            let waiters = stream.sendWaiters
+            let reader = stream.inboxWaiter
+            stream.sendWaiters = []
+            stream.inboxWaiter = nil
+            stream.failure = error
+            stream.inbox.removeAll()
+            if remove {
+                state.streams[id] = nil
+                if state.data.removeValue(forKey: id) != nil { state.ready.removeAll { $0 == id } }
+            } else {
+                state.streams[id] = stream
+            }
+            return (true, waiters, reader)
+        }
+        for waiter in sendWaiters { waiter.resume(throwing: error) }
+        inboxWaiter?.resume(throwing: error)
+        return existed
+    }
+
+    // MARK: Inbound
+
+    /// What the connection must do after `receive(_:)`.
+    public enum ReceiveAction: Sendable, Equatable {
+        case none
+        /// A new stream was requested (agent side): payload is the `Request`.
+        case open(stream: UInt32, request: ByteBuffer)
+        /// The peer violated the protocol at session level; end the session.
+        case fail(AgentError)
+        /// The peer ended the session (GOAWAY).
+        case goAway(AgentError)
+    }
+
+    /// Routes one received frame of this session.
+    public func receive(_ frame: Frame) -> ReceiveAction {
+        guard let type = frame.type else { return .none }  // unknown types are ignored
+        switch type {
+        case .hello, .welcome:
+            return .fail(AgentError(.protocolViolation, "unexpected \(type) inside a session"))
+        case .ping:
+            guard frame.payload.readableBytes <= 64 else {
+                return .fail(AgentError(.protocolViolation, "ping payload over 64 bytes"))
+            }
+            enqueueControl(Frame(type: .pong, session: session, payload: frame.payload))
+            return .none
+        case .pong:
+            guard frame.payload.readableBytes == 8,
+                let id = frame.payload.getInteger(
+                    at: frame.payload.readerIndex, as: UInt64.self)
+            else { return .none }
+            let waiter = state.withLock { $0.pings.removeValue(forKey: id) }
+            waiter?.resume()
+            return .none
+        case .goAway:
+            let error = decodeError(frame.payload) ?? AgentError(.closed, "peer ended the session")
+            return .goAway(error)
+        case .open:
+            guard frame.stream != 0 else { return .fail(AgentError(.protocolViolation, "OPEN on stream 0")) }
+            return .open(stream: frame.stream, request: frame.payload)
+        case .window:
+            guard frame.payload.readableBytes == 4,
+                let credit = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt32.self), credit > 0
+            else { return .fail(AgentError(.protocolViolation, "malformed WINDOW frame")) }
+            let waiters: [CheckedContinuation<Void, any Error>]? = state.withLock { state in
+                guard var stream = state.streams[frame.stream] else { return [] }
+                let updated = stream.sendWindow + Int(credit)
+                guard updated <= Int(Int32.max) else { return nil }
+                stream.sendWindow = updated
+                let waiters = stream.sendWaiters
+                stream.sendWaiters = []
+                state.streams[frame.stream] = stream
+                return waiters
+            }
+            guard let waiters else { return .fail(AgentError(.protocolViolation, "window overflow")) }
+            for waiter in waiters { waiter.resume() }
+            return .none
+        case .reset:
+            let error = decodeError(frame.payload) ?? AgentError(.cancelled, "stream reset by peer")
+            failStream(frame.stream, error: error, remove: false)
+            state.withLock { state in
+                if let stream = state.streams[frame.stream], stream.inboxWaiter == nil {
+                    state.streams[frame.stream] = nil
+                    if state.data.removeValue(forKey: frame.stream) != nil {
+                        state.ready.removeAll { $0 == frame.stream }
+                    }
+                }
+            }
+            return .none
+        case .message, .data:
+            let size = frame.payload.readableBytes
+            let end = frame.flags.contains(.endStream)
+            let event: StreamEvent =
+                type == .message
+                ? .message(frame.payload, end: end)
+                : .data(
+                    frame.payload, channel: frame.flags.channel, endOfChannel: frame.flags.contains(.endOfChannel),
+                    end: end)
+            enum Outcome {
+                case delivered(CheckedContinuation<StreamEvent?, any Error>?)
+                case ignored
+                case violation(String)
+            }
+            let outcome: Outcome = state.withLock { state in
+                guard var stream = state.streams[frame.stream] else {
+                    // Late frames for a stream that was reset or released are dropped.
+                    return frame.stream <= state.highestStream ? .ignored : .violation("frame for unknown stream")
+                }
+                if stream.failure != nil { return .ignored }
+                if stream.remoteEnded { return .violation("frame after END_STREAM on stream \(frame.stream)") }
+                guard size <= stream.receiveRemaining else {
+                    return .violation("stream \(frame.stream) exceeded its flow-control window")
+                }
+                stream.receiveRemaining -= size
+                if end { stream.remoteEnded = true }
+                if let waiter = stream.inboxWaiter {
+                    stream.inboxWaiter = nil
+                    state.streams[frame.stream] = stream
+                    return .delivered(waiter)
+                }
+                stream.inbox.append(event)
+                state.streams[frame.stream] = stream
+                return .delivered(nil)
+            }
+            switch outcome {
+            case .ignored: return .none
+            case .violation(let message):
+                if frame.stream <= state.withLock({ $0.highestStream }) {
+                    reset(stream: frame.stream, error: AgentError(.protocolViolation, message))
+                    return .none
+                }
+                return .fail(AgentError(.protocolViolation, message))
+            case .delivered(let waiter):
+                waiter?.resume(returning: event)
+                return .none
+            }
+        }
+    }
+
+    private func decodeError(_ payload: ByteBuffer) -> AgentError? {
+        guard let wire = try? Limiquantix_Agent_V1_Error(serializedBytes: Array(payload.readableBytesView)) else {
+            return nil
+        }
+        return AgentError(wire: wire)
+    }
+
+    // MARK: Session level
+
+    /// Sends a PING and waits for its PONG.
+    public func ping() async throws(AgentError) {
+        do {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let result: Result<UInt64, AgentError> = state.withLock { state in
+                    if let closed = state.closed { return .failure(closed) }
+                    let id = state.nextPing
+                    state.nextPing += 1
+                    state.pings[id] = continuation
+                    return .success(id)
+                }
+                switch result {
+                case .failure(let error): continuation.resume(throwing: error)
+                case .success(let id):
+                    var payload = ByteBuffer()
+                    payload.writeInteger(id)
+                    enqueueControl(Frame(type: .ping, session: session, payload: payload))
+                }
+            }
+        } catch {
+            throw (error as? AgentError) ?? AgentError(.cancelled, "\(error)")
+        }
+    }
+
+    /// Sends a keepalive PING without waiting for the answer.
+    public func sendKeepalive() {
+        var payload = ByteBuffer()
+        payload.writeInteger(UInt64(0))
+        enqueueControl(Frame(type: .ping, session: session, payload: payload))
+    }
+
+    /// Queues a control frame ahead of all data.
+    public func enqueueControl(_ frame: Frame) {
+        let wake = state.withLock { state -> Bool in
+            guard state.closed == nil || frame.type == .goAway else { return false }
+            state.control.append(frame)
+            return true
+        }
+        if wake { wakeWriter() }
+    }
+
+    /// Waits until the control queue has room; the reader calls it before `receive(_:)` so a peer
+    /// that floods pings while not reading pongs is slowed down instead of growing the queue.
+    public func waitForControlSpace() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state -> Bool in
+                if state.control.count < maxQueuedControlFrames || state.closed != nil { return true }
+                state.controlSpaceWaiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    /// Ends the session: fails every stream and pending ping with `error`. When `goAway` is true a
+    /// GOAWAY frame is queued first and the writer drains the control queue before finishing.
+    public func close(_ error: AgentError, goAway: Bool = false) {
+        if goAway {
+            var payload = ByteBuffer()
+            payload.writeBytes((try? error.wire.serializedBytes() as [UInt8]) ?? [])
+            enqueueControl(Frame(type: .goAway, session: session, payload: payload))
+        }
+        let (streams, pings, writer, spaceWaiters) = state.withLock { state in
+            if state.closed == nil { state.closed = error }
+            if !goAway { state.control.removeAll() }
+            state.data.removeAll()
+            state.ready.removeAll()
+            let ids = Array(state.streams.keys)
+            let pings = Array(state.pings.values)
+            state.pings.removeAll()
+            let writer = state.writerWaiter
+            state.writerWaiter = nil
+            let space = state.controlSpaceWaiters
+            state.controlSpaceWaiters = []
+            return (ids, pings, writer, space)
+        }
+        for id in streams { failStream(id, error: error, remove: true) }
+        for ping in pings { ping.resume(throwing: error) }
+        for waiter in spaceWaiters { waiter.resume() }
+        writer?.resume()
+    }
+
+    /// The error that closed the session, if it is closed.
+    public var closedError: AgentError? { state.withLock { $0.closed } }
+
+    // MARK: Outbound
+
+    private func wakeWriter() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            let waiter = state.writerWaiter
+            state.writerWaiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// The next frames to write, control frames first, then up to `maxDataBytes` of data taken
+    /// round-robin from the streams. Returns nil once the session is closed and drained.
+    public func nextOutbound(maxDataBytes: Int = 512 << 10) async -> [Frame]? {
+        while true {
+            let (batch, spaceWaiters, finished) = state.withLock {
+                state -> ([Frame], [CheckedContinuation<Void, Never>], Bool) in
+                var batch: [Frame] = []
+                while let frame = state.control.popFirst() { batch.append(frame) }
+                var budget = maxDataBytes
+                while budget > 0, let id = state.ready.popFirst() {
+                    guard var queue = state.data[id], let frame = queue.popFirst() else { continue }
+                    budget -= frame.payload.readableBytes
+                    batch.append(frame)
+                    if queue.isEmpty {
+                        state.data[id] = nil
+                    } else {
+                        state.data[id] = queue
+                        state.ready.append(id)
+                    }
+                    if var stream = state.streams[id] {
+                        stream.queuedFrames -= 1
+                        // A stream the agent has ended and whose frames are all written is done.
+                        if stream.localEnded && stream.queuedFrames == 0 && stream.remoteEnded {
+                            state.streams[id] = nil
+                        } else {
+                            state.streams[id] = stream
+                        }
+                    }
+                }
+                let waiters = state.controlSpaceWaiters
+                state.controlSpaceWaiters = []
+                return (batch, waiters, batch.isEmpty && state.closed != nil)
+            }
+            for waiter in spaceWaiters { waiter.resume() }
+            if !batch.isEmpty { return batch }
+            if finished { return nil }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if !state.control.isEmpty || !state.ready.isEmpty || state.closed != nil { return true }
+                    state.writerWaiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        }
+    }
+
+    /// Marks the agent's side of a finished stream; the stream is forgotten once its queued
+    /// frames are written (agent side, after the handler returned).
+    public func finish(stream id: UInt32) {
+        state.withLock { state in
+            guard var stream = state.streams[id] else { return }
+            stream.remoteEnded = true
+            stream.localEnded = true
+            if stream.queuedFrames == 0 {
+                state.streams[id] = nil
+            } else {
+                state.streams[id] = stream
+            }
+        }
+    }
+}

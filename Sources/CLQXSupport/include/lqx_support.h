@@ -1,0 +1,61 @@
+#ifndef LQX_SUPPORT_H
+#define LQX_SUPPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Extends a CRC-32C (Castagnoli) over `len` bytes. Start with crc = 0.
+/// Uses the SSE4.2 crc32 instruction when the CPU has it, else slicing-by-8 tables.
+uint32_t lqx_crc32c(uint32_t crc, const void *data, size_t len);
+
+/// 1 when lqx_crc32c runs on the CPU's crc32 instruction.
+int lqx_crc32c_is_hardware(void);
+
+/// What lqx_spawn should do in the child.
+typedef struct lqx_spawn_options {
+    const char *path;          /* executable, already resolved */
+    char *const *argv;         /* NULL terminated */
+    char *const *envp;         /* NULL terminated */
+    const char *cwd;           /* NULL: unchanged */
+    int stdin_fd;              /* dup2'ed to 0 (ignored when pty_slave_path is set) */
+    int stdout_fd;             /* dup2'ed to 1 */
+    int stderr_fd;             /* dup2'ed to 2 */
+    const char *pty_slave_path;/* non-NULL: new session, this tty becomes the controlling tty and fd 0/1/2 */
+    int set_ids;               /* 1: setgroups/setgid/setuid below */
+    uid_t uid;
+    gid_t gid;
+    const gid_t *groups;
+    size_t ngroups;
+} lqx_spawn_options;
+
+/// Forks and execs. The child runs in a new process group (or a new session with a pty), with all
+/// other descriptors closed and default signal dispositions. Returns the pid, or -1 with
+/// *child_errno set (errno of the failing step in the child, e.g. ENOENT from execve) and
+/// *failed_step set to a static string naming the step.
+pid_t lqx_spawn(const lqx_spawn_options *options, int *child_errno, const char **failed_step);
+
+/// Opens a new pseudo-terminal master (non-blocking, close-on-exec); writes the slave path.
+int lqx_open_pty(char *slave_path, size_t slave_path_len, unsigned short rows, unsigned short cols);
+
+/// Sets a pty's window size.
+int lqx_set_window_size(int fd, unsigned short rows, unsigned short cols);
+
+/// Decodes a waitpid status: returns 0 exited (code in *value), 1 signalled (signal in *value,
+/// *core set), -1 other.
+int lqx_decode_wait_status(int status, int *value, int *core);
+
+
+
+/// Creates a listening AF_VSOCK stream socket on (VMADDR_CID_ANY, port). Returns fd or -1 (errno).
+int lqx_vsock_listen(uint32_t port, int backlog);
+
+/// Accepts one connection (blocking, close-on-exec); writes the peer's CID and port. -1 on error.
+int lqx_vsock_accept(int listen_fd, uint32_t *peer_cid, uint32_t *peer_port);
+/// pipe2(fds, O_CLOEXEC).
+int lqx_pipe_cloexec(int fds[2]);
+
+/// reboot(2) with a LINUX_REBOOT_CMD_* value.
+int lqx_reboot(int command);
+
+#endif

@@ -1,0 +1,163 @@
+import AgentProtocol
+import Foundation
+import NIOCore
+
+extension AgentCore {
+    func info() -> Limiquantix_Agent_V1_Info {
+        var uts = utsname()
+        uname(&uts)
+        func field<T>(_ value: T) -> String {
+            withUnsafeBytes(of: value) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+        }
+        let osRelease = Self.parseOSRelease(
+            (try? String(contentsOfFile: "/etc/os-release", encoding: .utf8))
+                ?? (try? String(contentsOfFile: "/usr/lib/os-release", encoding: .utf8)) ?? "")
+        let bootID =
+            (try? String(contentsOfFile: configuration.procRoot + "/sys/kernel/random/boot_id", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        return .with {
+            $0.agentVersion = AgentConfiguration.agentVersion
+            $0.protocolVersion = FrameFormat.protocolVersion
+            $0.os = .with { os in
+                os.id = osRelease["ID"] ?? "linux"
+                os.name = osRelease["NAME"] ?? "Linux"
+                os.version = osRelease["VERSION"] ?? ""
+                os.versionID = osRelease["VERSION_ID"] ?? ""
+                os.prettyName = osRelease["PRETTY_NAME"] ?? osRelease["NAME"] ?? "Linux"
+            }
+            $0.kernelRelease = field(uts.release)
+            $0.kernelVersion = field(uts.version)
+            $0.machine = field(uts.machine)
+            $0.hostname = field(uts.nodename)
+            $0.bootID = bootID
+            $0.uptimeSeconds = sampler.uptimeSeconds()
+            $0.capabilities = Self.capabilities
+            $0.agentInstance = instance
+        }
+    }
+
+    /// Parses os-release(5): KEY=value lines, values optionally quoted.
+    static func parseOSRelease(_ text: String) -> [String: String] {
+        var result: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            guard !trimmed.hasPrefix("#"), let eq = trimmed.firstIndex(of: "=") else { continue }
+            let key = String(trimmed[..<eq])
+            var value = String(trimmed[trimmed.index(after: eq)...])
+            if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
+                value = String(value.dropFirst().dropLast())
+                value = value.replacingOccurrences(of: "\\\"", with: "\"").replacingOccurrences(of: "\\\\", with: "\\")
+            }
+            result[key] = value
+        }
+        return result
+    }
+
+    func telemetry(_ request: Limiquantix_Agent_V1_TelemetryRequest, context: StreamContext) async throws {
+        if request.intervalMs == 0 {
+            let sample = try await sample(previous: nil)
+            try await context.reply(.with { $0.telemetry = sample.message }, end: true)
+            return
+        }
+        let interval = UInt64(max(request.intervalMs, 100)) * 1_000_000
+        var previous: (CPUTimes, [CPUTimes])?
+        while !Task.isCancelled {
+            let sample = try await sample(previous: previous)
+            previous = (sample.snapshot.cpuTotal, sample.snapshot.cpuPerCPU)
+            try await context.reply(.with { $0.telemetry = sample.message })
+            try await Task.sleep(nanoseconds: interval)
+        }
+        throw AgentError(.cancelled, "telemetry subscription ended")
+    }
+
+    /// Reads one sample. CPU percentages are deltas against `previous`, else against the last
+    /// one-shot sample when it is at least 100 ms old, else over a fresh 200 ms window.
+    func sample(previous: (CPUTimes, [CPUTimes])?) async throws -> (
+        snapshot: ProcSampler.Snapshot, message: Limiquantix_Agent_V1_TelemetrySample
+    ) {
+        let sampler = self.sampler
+        var baseline = previous
+        if baseline == nil {
+            let stored = cpuBaseline.withLock { $0 }
+            if let stored, NIODeadline.now() - stored.at >= .milliseconds(100) {
+                baseline = (stored.total, stored.perCPU)
+            } else {
+                let first = try await blocking { try sampler.readCPUTimes() }
+                try await Task.sleep(nanoseconds: 200_000_000)
+                baseline = (first.total, first.perCPU)
+            }
+        }
+        let snapshot = try await blocking { try sampler.snapshot() }
+        cpuBaseline.withLock { $0 = (snapshot.cpuTotal, snapshot.cpuPerCPU, .now()) }
+        let (baseTotal, basePer) = baseline!
+        let message = Limiquantix_Agent_V1_TelemetrySample.with { m in
+            m.timestampMs = Int64(snapshot.timestamp.timeIntervalSince1970 * 1000)
+            m.cpuCount = UInt32(snapshot.cpuPerCPU.count)
+            m.cpu = .with {
+                $0.totalPercent = ProcSampler.cpuPercent(from: baseTotal, to: snapshot.cpuTotal)
+                $0.perCpuPercent = snapshot.cpuPerCPU.enumerated().map { index, now in
+                    index < basePer.count ? ProcSampler.cpuPercent(from: basePer[index], to: now) : 0
+                }
+            }
+            m.memory = .with {
+                $0.totalBytes = snapshot.memory.totalBytes
+                $0.availableBytes = snapshot.memory.availableBytes
+                $0.freeBytes = snapshot.memory.freeBytes
+                $0.buffersBytes = snapshot.memory.buffersBytes
+                $0.cachedBytes = snapshot.memory.cachedBytes
+                $0.swapTotalBytes = snapshot.memory.swapTotalBytes
+                $0.swapFreeBytes = snapshot.memory.swapFreeBytes
+            }
+            m.load = .with {
+                $0.one = snapshot.load.one
+                $0.five = snapshot.load.five
+                $0.fifteen = snapshot.load.fifteen
+                $0.runnable = snapshot.load.runnable
+                $0.total = snapshot.load.total
+            }
+            m.filesystems = snapshot.filesystems.prefix(128).map { fs in
+                .with {
+                    $0.mountPoint = fs.mountPoint
+                    $0.device = fs.device
+                    $0.type = fs.type
+                    $0.totalBytes = fs.totalBytes
+                    $0.usedBytes = fs.usedBytes
+                    $0.freeBytes = fs.freeBytes
+                    $0.totalInodes = fs.totalInodes
+                    $0.freeInodes = fs.freeInodes
+                }
+            }
+            m.disks = snapshot.disks.prefix(128).map { d in
+                .with {
+                    $0.name = d.name
+                    $0.readsCompleted = d.readsCompleted
+                    $0.readBytes = d.readBytes
+                    $0.writesCompleted = d.writesCompleted
+                    $0.writtenBytes = d.writtenBytes
+                    $0.ioTimeMs = d.ioTimeMs
+                }
+            }
+            m.interfaces = snapshot.interfaces.prefix(128).map { n in
+                .with {
+                    $0.name = n.name
+                    $0.rxBytes = n.rxBytes
+                    $0.rxPackets = n.rxPackets
+                    $0.rxErrors = n.rxErrors
+                    $0.rxDropped = n.rxDropped
+                    $0.txBytes = n.txBytes
+                    $0.txPackets = n.txPackets
+                    $0.txErrors = n.txErrors
+                    $0.txDropped = n.txDropped
+                    $0.addresses = Array(n.addresses.prefix(64))
+                    $0.macAddress = n.macAddress ?? ""
+                    $0.up = n.up
+                }
+            }
+            m.processCount = snapshot.processCount
+            m.uptimeSeconds = snapshot.uptimeSeconds
+        }
+        return (snapshot, message)
+    }
+}

@@ -1,0 +1,124 @@
+import AgentProtocol
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Counters the agent keeps about its input (visible in logs and tests).
+public final class AgentMetrics: Sendable {
+    private let counters = Mutex<(discardedBytes: Int, staleFrames: Int, requests: Int)>((0, 0, 0))
+    func discarded(bytes: Int) { counters.withLock { $0.discardedBytes += bytes } }
+    func staleFrame() { counters.withLock { $0.staleFrames += 1 } }
+    func request() { counters.withLock { $0.requests += 1 } }
+    /// Bytes skipped by the frame decoder.
+    public var discardedBytes: Int { counters.withLock { $0.discardedBytes } }
+    /// Frames dropped because they belonged to another session.
+    public var staleFrames: Int { counters.withLock { $0.staleFrames } }
+    /// Requests accepted.
+    public var requests: Int { counters.withLock { $0.requests } }
+}
+
+/// The agent's shared state and request dispatch; transports hand it streams.
+public final class AgentCore: Sendable {
+    let configuration: AgentConfiguration
+    let logger: Logger
+    let audit: AuditLog?
+    let sampler: ProcSampler
+    let cpuBaseline: Mutex<(total: CPUTimes, perCPU: [CPUTimes], at: NIODeadline)?>
+    let threadPool: NIOThreadPool
+    /// Counters about input and requests.
+    public let metrics = AgentMetrics()
+    /// Random per process start; lets the host tell an agent restart from a reconnect.
+    public let instance = UInt64.random(in: 1...UInt64.max)
+
+    /// Capabilities announced in WELCOME and info.
+    public static let capabilities = [
+        "info", "ping", "telemetry", "telemetry.subscribe", "exec", "exec.pty", "exec.signal", "files.upload",
+        "files.download", "files.stat", "files.list", "shutdown",
+    ]
+
+    init(configuration: AgentConfiguration, threadPool: NIOThreadPool) throws {
+        self.configuration = configuration
+        self.logger = configuration.logger
+        self.audit = try configuration.auditLogPath.map { try AuditLog(path: $0) }
+        self.sampler = ProcSampler(procRoot: configuration.procRoot, sysRoot: configuration.sysRoot)
+        self.cpuBaseline = Mutex(nil)
+        self.threadPool = threadPool
+    }
+
+    func handle(stream id: UInt32, request payload: ByteBuffer, mux: Multiplexer, logger: Logger) async {
+        var logger = logger
+        logger[metadataKey: "stream.id"] = "\(id)"
+        metrics.request()
+        let context = StreamContext(mux: mux, id: id, logger: logger)
+        do {
+            let request = try Request(payload: payload)
+            try await dispatch(request, context: context)
+        } catch {
+            let agentError = (error as? AgentError) ?? AgentError(.internal, "\(error)")
+            if agentError.code != .closed && agentError.code != .cancelled {
+                logger.debug("request failed", metadata: ["error": "\(agentError)"])
+                try? await context.reply(.with { $0.error = agentError.wire }, end: true)
+            }
+        }
+        mux.finish(stream: id)
+    }
+
+    private func dispatch(_ request: Request, context: StreamContext) async throws {
+        switch request.kind {
+        case .info:
+            try await context.reply(.with { $0.info = info() }, end: true)
+        case .telemetry(let r):
+            try await telemetry(r, context: context)
+        case .exec(let r):
+            try require(configuration.policy.allowExec, "exec is disabled by the agent policy")
+            try await ExecHandler(core: self, request: r, context: context).run()
+        case .upload(let r):
+            try require(configuration.policy.allowFileWrite, "file writes are disabled by the agent policy")
+            try await FileHandlers(core: self, context: context).upload(r)
+        case .download(let r):
+            try require(configuration.policy.allowFileRead, "file reads are disabled by the agent policy")
+            try await FileHandlers(core: self, context: context).download(r)
+        case .stat(let r):
+            try require(configuration.policy.allowFileRead, "file reads are disabled by the agent policy")
+            try await FileHandlers(core: self, context: context).statFile(r)
+        case .list(let r):
+            try require(configuration.policy.allowFileRead, "file reads are disabled by the agent policy")
+            try await FileHandlers(core: self, context: context).list(r)
+        case .shutdown(let r):
+            try require(configuration.policy.allowShutdown, "shutdown is disabled by the agent policy")
+            try await PowerHandler(core: self, context: context).run(r)
+        case .none:
+            throw AgentError(.unsupported, "unknown request kind (agent \(AgentConfiguration.agentVersion))")
+        }
+    }
+
+    private func require(_ allowed: Bool, _ message: String) throws(AgentError) {
+        guard allowed else { throw AgentError(.denied, message) }
+    }
+
+    /// Runs blocking work (file I/O, waitpid-free syscalls) off the cooperative pool.
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await threadPool.runIfActive(body)
+    }
+}
+
+/// One stream as a request handler sees it.
+struct StreamContext: Sendable {
+    let mux: Multiplexer
+    let id: UInt32
+    let logger: Logger
+
+    func reply(_ reply: Reply, end: Bool = false) async throws(AgentError) {
+        try await mux.send(stream: id, message: reply.buffer(), end: end)
+    }
+
+    func send(data: ByteBuffer, channel: UInt8 = 0, endOfChannel: Bool = false) async throws(AgentError) {
+        try await mux.send(stream: id, data: data, channel: channel, endOfChannel: endOfChannel)
+    }
+
+    func next() async throws(AgentError) -> StreamEvent? {
+        try await mux.next(stream: id)
+    }
+}

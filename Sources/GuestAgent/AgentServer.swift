@@ -1,0 +1,175 @@
+import AgentProtocol
+import CLQXSupport
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Builds the agent service from a configuration (the `lqx-agent` executable and tests use it).
+public func buildAgent(configuration: AgentConfiguration) throws -> AgentService {
+    try AgentService(configuration: configuration)
+}
+
+/// The guest agent: serves every configured transport at once until cancelled or shut down.
+public final class AgentService: Service, Sendable {
+    /// Request dispatch and counters.
+    public let core: AgentCore
+    private let configuration: AgentConfiguration
+    private let group: MultiThreadedEventLoopGroup
+    private let threadPool: NIOThreadPool
+
+    init(configuration: AgentConfiguration) throws {
+        guard !configuration.transports.isEmpty else {
+            throw AgentError(.invalidArgument, "no transport configured")
+        }
+        self.configuration = configuration
+        self.group = MultiThreadedEventLoopGroup.singleton
+        self.threadPool = NIOThreadPool(numberOfThreads: 4)
+        self.core = try AgentCore(configuration: configuration, threadPool: threadPool)
+    }
+
+    /// Serves until the task is cancelled or graceful shutdown is triggered.
+    public func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        threadPool.start()
+        do {
+            try await serveAll()
+        } catch {
+            try? await threadPool.shutdownGracefully()
+            throw error
+        }
+        try? await threadPool.shutdownGracefully()
+    }
+
+    private func serveAll() async throws {
+        let logger = configuration.logger
+        logger.info(
+            "agent starting",
+            metadata: [
+                "agent.version": "\(AgentConfiguration.agentVersion)",
+                "agent.transports": "\(configuration.transports.map(\.description).joined(separator: ", "))",
+            ])
+        try await cancelWhenGracefulShutdown {
+            try await withThrowingDiscardingTaskGroup { group in
+                for transport in self.configuration.transports {
+                    group.addTask {
+                        switch transport {
+                        case .unix(let path): try await self.serveUnix(path: path)
+                        case .vsock(let port, let allowLocal):
+                            try await self.serveVsock(port: port, allowLocal: allowLocal)
+                        case .virtioSerial(let path): await self.serveVirtioSerial(path: path)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private func serveUnix(path: String) async throws {
+        let server = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+            }
+        chmod(path, 0o600)
+        let core = self.core
+        try await server.executeThenClose { connections in
+            try await withThrowingDiscardingTaskGroup { group in
+                for try await connection in connections {
+                    group.addTask { await AgentConnection(core: core, transport: "unix").serve(connection) }
+                }
+            }
+        }
+    }
+
+    private func serveVsock(port: UInt32, allowLocal: Bool) async throws {
+        let listener = lqx_vsock_listen(port, 64)
+        guard listener >= 0 else {
+            throw AgentError(.unavailable, "cannot listen on vsock port \(port): \(errnoText())")
+        }
+        let logger = configuration.logger
+        let core = self.core
+        let group = self.group
+        // accept(2) blocks on a dedicated thread; NIO cannot report a vsock peer's CID, which is
+        // what decides admission here.
+        let (accepted, continuation) = AsyncStream<Int32>.makeStream()
+        let acceptThread = Thread {
+            while true {
+                var cid: UInt32 = 0, peerPort: UInt32 = 0
+                let fd = lqx_vsock_accept(listener, &cid, &peerPort)
+                if fd < 0 {
+                    if errno == ECONNABORTED || errno == EMFILE || errno == ENFILE {
+                        usleep(100_000)
+                        continue
+                    }
+                    break
+                }
+                guard cid == 2 || (allowLocal && cid == 1) else {
+                    logger.warning("refused vsock connection", metadata: ["vsock.cid": "\(cid)"])
+                    close(fd)
+                    continue
+                }
+                if case .terminated = continuation.yield(fd) {
+                    close(fd)
+                    break
+                }
+            }
+            continuation.finish()
+        }
+        acceptThread.start()
+        defer {
+            shutdown(listener, Int32(SHUT_RDWR))
+            close(listener)
+        }
+        await withTaskCancellationHandler {
+            await withDiscardingTaskGroup { tasks in
+                for await fd in accepted {
+                    tasks.addTask {
+                        do {
+                            let channel = try await ClientBootstrap(group: group).withConnectedSocket(fd) { channel in
+                                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+                            }
+                            await AgentConnection(core: core, transport: "vsock").serve(channel)
+                        } catch {
+                            logger.warning("vsock connection failed", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+            }
+        } onCancel: {
+            shutdown(listener, Int32(SHUT_RDWR))
+            continuation.finish()
+        }
+    }
+
+    /// The port reads EOF while no host is connected: reopen with a short pause instead of spinning.
+    private func serveVirtioSerial(path: String) async {
+        let logger = configuration.logger
+        var reportedMissing = false
+        while !Task.isCancelled {
+            let fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+            if fd < 0 {
+                if !reportedMissing {
+                    logger.warning(
+                        "virtio-serial port unavailable; retrying",
+                        metadata: ["path": "\(path)", "error": "\(errnoText())"])
+                    reportedMissing = true
+                }
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            reportedMissing = false
+            do {
+                let channel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(inputOutput: fd) {
+                    channel in
+                    channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+                }
+                await AgentConnection(core: core, transport: "virtio-serial").serve(channel)
+            } catch {
+                logger.warning("virtio-serial port failed", metadata: ["path": "\(path)", "error": "\(error)"])
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}

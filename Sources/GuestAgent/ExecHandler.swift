@@ -1,0 +1,337 @@
+import AgentProtocol
+import CLQXSupport
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Runs one command: stdin streamed in, stdout/stderr streamed out with backpressure, signals,
+/// PTY, timeout, and the exit status last.
+struct ExecHandler {
+    let core: AgentCore
+    let request: Limiquantix_Agent_V1_ExecRequest
+    let context: StreamContext
+
+    static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    /// How long output may keep flowing after the process exited (a background child holding the pipe).
+    static let outputGrace: Duration = .seconds(2)
+
+    private typealias Pipe = NIOAsyncChannel<ByteBuffer, ByteBuffer>
+
+    func run() async throws {
+        guard let program = request.argv.first, !program.isEmpty else {
+            throw AgentError(.invalidArgument, "exec needs a non-empty argv")
+        }
+        let current = ExecUser.current()
+        var user: ExecUser?
+        if !request.user.isEmpty {
+            let wanted = try ExecUser.lookup(request.user)
+            if wanted.uid != current.uid {
+                guard geteuid() == 0 else {
+                    throw AgentError(
+                        .denied, "the agent does not run as root and cannot run commands as \(request.user)")
+                }
+                user = wanted
+            }
+        }
+        let runAs = user ?? current
+        var environment: [String: String] = [
+            "PATH": Self.defaultPath, "HOME": runAs.home, "USER": runAs.name, "LOGNAME": runAs.name,
+            "SHELL": runAs.shell, "LANG": "C.UTF-8",
+        ]
+        if request.pty { environment["TERM"] = "xterm-256color" }
+        for (key, value) in request.env {
+            guard !key.isEmpty, !key.contains("="), !key.contains("\0"), !value.contains("\0") else {
+                throw AgentError(.invalidArgument, "invalid environment variable name \(key.debugDescription)")
+            }
+            environment[key] = value
+        }
+        let cwd = request.cwd.isEmpty ? (access(runAs.home, X_OK) == 0 ? runAs.home : "/") : request.cwd
+        let path = try ChildProcess.resolve(program, path: environment["PATH"] ?? Self.defaultPath)
+        var spawn = ChildProcess.Spawn(
+            path: path, argv: request.argv, env: environment.map { "\($0.key)=\($0.value)" }.sorted(), cwd: cwd,
+            user: user)
+
+        // Descriptors: the parent's ends become NIO channels, the child's ends are closed after spawn.
+        var childEnds: [Int32] = []
+        var parentEnds: [Int32] = []
+        defer { for fd in childEnds { close(fd) } }
+        var ptyMaster: Int32 = -1
+        var stdinWrite: Int32 = -1, stdoutRead: Int32 = -1, stderrRead: Int32 = -1
+        do {
+            if request.pty {
+                var slave = [CChar](repeating: 0, count: 128)
+                let rows = UInt16(clamping: request.window.rows), cols = UInt16(clamping: request.window.cols)
+                ptyMaster = lqx_open_pty(&slave, slave.count, rows, cols)
+                guard ptyMaster >= 0 else { throw AgentError(.io, "cannot open a pty: \(errnoText())") }
+                parentEnds.append(ptyMaster)
+                spawn.ptySlave = String(decoding: slave.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            } else {
+                let out = try makePipe(), err = try makePipe()
+                stdoutRead = out.read
+                stderrRead = err.read
+                parentEnds += [out.read, err.read]
+                childEnds += [out.write, err.write]
+                spawn.stdout = out.write
+                spawn.stderr = err.write
+                if request.stdin {
+                    let input = try makePipe()
+                    stdinWrite = input.write
+                    parentEnds.append(input.write)
+                    childEnds.append(input.read)
+                    spawn.stdin = input.read
+                } else {
+                    let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                    guard null >= 0 else { throw AgentError(.io, "cannot open /dev/null: \(errnoText())") }
+                    childEnds.append(null)
+                    spawn.stdin = null
+                }
+            }
+        } catch {
+            for fd in parentEnds { close(fd) }
+            throw error
+        }
+        let pid: pid_t
+        do {
+            pid = try ChildProcess.spawn(spawn)
+        } catch {
+            for fd in parentEnds { close(fd) }
+            core.audit?.record("exec", ["argv": request.argv, "user": runAs.name, "result": "\(error)"])
+            throw error
+        }
+        for fd in childEnds { close(fd) }
+        childEnds = []
+        let started = ContinuousClock.now
+        context.logger.debug("exec started", metadata: ["exec.pid": "\(pid)", "exec.argv": "\(request.argv)"])
+        try? await context.reply(.with { $0.execStarted = .with { $0.pid = pid } })
+
+        let group = MultiThreadedEventLoopGroup.singleton
+        let outcome: (status: Int32, timedOut: Bool, bytes: Int)
+        if ptyMaster >= 0 {
+            let channel = try await Self.adopt(inputOutput: ptyMaster, group: group)
+            outcome = try await channel.executeThenClose { inbound, outbound in
+                try await supervise(pid: pid, sources: [(inbound, 0)], sink: outbound, ptyMaster: ptyMaster)
+            }
+        } else {
+            let out = try await Self.adopt(input: stdoutRead, group: group)
+            let err = try await Self.adopt(input: stderrRead, group: group)
+            let input = stdinWrite >= 0 ? try await Self.adopt(output: stdinWrite, group: group) : nil
+            outcome = try await out.executeThenClose { outIn, _ in
+                try await err.executeThenClose { errIn, _ in
+                    if let input {
+                        return try await input.executeThenClose { _, sink in
+                            try await supervise(pid: pid, sources: [(outIn, 0), (errIn, 1)], sink: sink, ptyMaster: -1)
+                        }
+                    }
+                    return try await supervise(pid: pid, sources: [(outIn, 0), (errIn, 1)], sink: nil, ptyMaster: -1)
+                }
+            }
+        }
+        var value: Int32 = 0, core: Int32 = 0
+        let kind = lqx_decode_wait_status(outcome.status, &value, &core)
+        let duration = ContinuousClock.now - started
+        let exit = Limiquantix_Agent_V1_ExecExit.with {
+            if kind == 1 { $0.signal = value } else { $0.exitCode = value }
+            $0.timedOut = outcome.timedOut
+            $0.coreDumped = core != 0
+            $0.durationUs = UInt64(
+                duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000)
+        }
+        self.core.audit?.record(
+            "exec",
+            [
+                "argv": request.argv, "user": runAs.name, "cwd": cwd, "pid": Int(pid),
+                "result": kind == 1 ? "signal \(value)" : "exit \(value)", "timed_out": outcome.timedOut,
+                "output_bytes": outcome.bytes,
+            ])
+        try await context.reply(.with { $0.execExit = exit }, end: true)
+    }
+
+    private enum Event: Sendable {
+        case exited(Int32)
+        case outputDone(Int, AgentError?)
+        case inputDone(AgentError?)
+        case timeout
+        case graceExpired
+    }
+
+    /// Runs the pumps and the reaper until the process exited and its output is drained (or the
+    /// grace period after exit ran out). Kills the process group when the host goes away.
+    private func supervise(
+        pid: pid_t, sources: [(NIOAsyncChannelInboundStream<ByteBuffer>, UInt8)],
+        sink: NIOAsyncChannelOutboundWriter<ByteBuffer>?, ptyMaster: Int32
+    ) async throws -> (status: Int32, timedOut: Bool, bytes: Int) {
+        let context = self.context
+        let timeoutMs = request.timeoutMs
+        let isPTY = ptyMaster >= 0
+        return try await withThrowingTaskGroup(of: Event.self) { group in
+            group.addTask { .exited(await ChildProcess.wait(pid: pid)) }
+            group.addTask {
+                do {
+                    let total = try await withThrowingTaskGroup(of: Int.self) { pumps in
+                        for (stream, channel) in sources {
+                            pumps.addTask { try await Self.pump(stream, channel: channel, context: context) }
+                        }
+                        return try await pumps.reduce(0, +)
+                    }
+                    return .outputDone(total, nil)
+                } catch {
+                    return .outputDone(0, (error as? AgentError) ?? AgentError(.cancelled, "\(error)"))
+                }
+            }
+            group.addTask {
+                do {
+                    try await Self.input(context: context, sink: sink, pid: pid, ptyMaster: ptyMaster, isPTY: isPTY)
+                    return .inputDone(nil)
+                } catch {
+                    return .inputDone((error as? AgentError) ?? AgentError(.cancelled, "\(error)"))
+                }
+            }
+            if timeoutMs > 0 {
+                group.addTask {
+                    try await Task.sleep(for: .milliseconds(Int64(timeoutMs)))
+                    return .timeout
+                }
+            }
+            var status: Int32?
+            var outputDone = false
+            var bytes = 0
+            var timedOut = false
+            var hostGone: AgentError?
+            while let event = try await group.next() {
+                switch event {
+                case .exited(let s):
+                    status = s
+                    if outputDone { break }
+                    group.addTask {
+                        try await Task.sleep(for: Self.outputGrace)
+                        return .graceExpired
+                    }
+                    continue
+                case .outputDone(let total, let error):
+                    outputDone = true
+                    bytes = total
+                    if let error {
+                        hostGone = error
+                        kill(-pid, SIGKILL)
+                    }
+                    if status != nil { break }
+                    continue
+                case .inputDone(let error):
+                    if let error, status == nil {
+                        hostGone = error
+                        kill(-pid, SIGKILL)
+                    }
+                    continue
+                case .timeout:
+                    if status == nil {
+                        timedOut = true
+                        kill(-pid, SIGKILL)
+                    }
+                    continue
+                case .graceExpired:
+                    break
+                }
+                break
+            }
+            group.cancelAll()
+            // Drain the remaining tasks; the reaper has finished because status is set or the
+            // process group was killed.
+            while let event = try? await group.next() {
+                if case .exited(let s) = event { status = s }
+            }
+            if let hostGone,
+                hostGone.code == .closed || hostGone.code == .cancelled || hostGone.code == .protocolViolation
+            {
+                throw hostGone
+            }
+            return (status ?? 0, timedOut, bytes)
+        }
+    }
+
+    private static func pump(
+        _ stream: NIOAsyncChannelInboundStream<ByteBuffer>, channel: UInt8, context: StreamContext
+    ) async throws -> Int {
+        var total = 0
+        do {
+            for try await chunk in stream {
+                total += chunk.readableBytes
+                try await context.send(data: chunk, channel: channel)
+            }
+        } catch let error as AgentError {
+            throw error
+        } catch {
+            // EIO on a pty master once the last slave closed is the pty's EOF.
+        }
+        try Task.checkCancellation()
+        try await context.send(data: ByteBuffer(), channel: channel, endOfChannel: true)
+        return total
+    }
+
+    private static func input(
+        context: StreamContext, sink: NIOAsyncChannelOutboundWriter<ByteBuffer>?, pid: pid_t, ptyMaster: Int32,
+        isPTY: Bool
+    ) async throws {
+        var sink = sink
+        while let event = try await context.next() {
+            switch event {
+            case .data(let bytes, _, let endOfChannel, _):
+                if bytes.readableBytes > 0 { try? await sink?.write(bytes) }
+                if endOfChannel {
+                    if isPTY {
+                        try? await sink?.write(ByteBuffer(bytes: [0x04]))  // VEOF
+                    } else {
+                        sink?.finish()
+                        sink = nil
+                    }
+                }
+            case .message(let payload, _):
+                let control = try Control(payload: payload)
+                switch control.kind {
+                case .signal(let s):
+                    guard s.signal > 0, s.signal < 65 else {
+                        throw AgentError(.invalidArgument, "signal \(s.signal) is out of range")
+                    }
+                    kill(-pid, s.signal)
+                case .resize(let size):
+                    if ptyMaster >= 0 {
+                        _ = lqx_set_window_size(ptyMaster, UInt16(clamping: size.rows), UInt16(clamping: size.cols))
+                        kill(-pid, SIGWINCH)
+                    }
+                case .commit, .none:
+                    throw AgentError(.protocolViolation, "unexpected control message on an exec stream")
+                }
+            }
+        }
+        // The host will send nothing more; keep running until the process ends.
+        try await Task.sleep(for: .seconds(365 * 86_400))
+    }
+
+    private func makePipe() throws(AgentError) -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [0, 0]
+        guard lqx_pipe_cloexec(&fds) == 0 else { throw AgentError(.io, "pipe: \(errnoText())") }
+        return (fds[0], fds[1])
+    }
+
+    private static func adopt(input fd: Int32, group: any EventLoopGroup) async throws -> Pipe {
+        try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: fd) { channel in
+            channel.eventLoop.makeCompletedFuture { try Pipe(wrappingChannelSynchronously: channel) }
+        }
+    }
+
+    private static func adopt(output fd: Int32, group: any EventLoopGroup) async throws -> Pipe {
+        try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: fd) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try Pipe(
+                    wrappingChannelSynchronously: channel,
+                    configuration: .init(isOutboundHalfClosureEnabled: true))
+            }
+        }
+    }
+
+    private static func adopt(inputOutput fd: Int32, group: any EventLoopGroup) async throws -> Pipe {
+        try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(inputOutput: fd) { channel in
+            channel.eventLoop.makeCompletedFuture { try Pipe(wrappingChannelSynchronously: channel) }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+import AgentProtocol
+import Crypto
+import Foundation
+import Glibc
+import NIOCore
+
+/// Upload (atomic: temp file, fsync, rename, directory fsync), download, stat and list.
+struct FileHandlers {
+    let core: AgentCore
+    let context: StreamContext
+
+    /// Bytes gathered before one write(2) / read(2) on the thread pool.
+    static let ioBlock = 512 << 10
+
+    static func checkPath(_ path: String) throws(AgentError) {
+        guard path.hasPrefix("/") else {
+            throw AgentError(.invalidArgument, "path \(path.debugDescription) is not absolute")
+        }
+        guard !path.contains("\0"), path.utf8.count < 4096 else {
+            throw AgentError(.invalidArgument, "path \(path.debugDescription) is not a valid file name")
+        }
+    }
+
+    // MARK: Upload
+
+    func upload(_ request: Limiquantix_Agent_V1_UploadRequest) async throws {
+        let path = request.path
+        try Self.checkPath(path)
+        let (directory, base) = Self.split(path)
+        guard !base.isEmpty, base != ".", base != ".." else {
+            throw AgentError(.invalidArgument, "upload destination \(path) names a directory")
+        }
+        let mode = request.mode == 0 ? 0o644 : request.mode & 0o7777
+        let temp = "\(directory)/.\(base).lqx-\(String(UInt64.random(in: 0...UInt64.max), radix: 36)).part"
+        let fd: Int32 = try await core.blocking { () throws -> Int32 in
+            if request.createParents { try Self.makeDirectories(directory) }
+            var st = Glibc.stat()
+            if stat(path, &st) == 0 {
+                if request.noOverwrite { throw AgentError(.alreadyExists, "\(path) exists") }
+                if (st.st_mode & S_IFMT) == S_IFDIR { throw AgentError(.invalidArgument, "\(path) is a directory") }
+            }
+            let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw Self.ioError("cannot create a file in \(directory)") }
+            return fd
+        }
+        var committed = false
+        defer {
+            if !committed {
+                close(fd)
+                unlink(temp)
+            }
+        }
+        var hasher = Hasher()
+        var size: UInt64 = 0
+        var pending = ByteBuffer()
+        var commit: Limiquantix_Agent_V1_UploadCommit?
+        while commit == nil, let event = try await context.next() {
+            switch event {
+            case .data(let bytes, _, _, _):
+                size += UInt64(bytes.readableBytes)
+                guard size <= request.size else {
+                    throw AgentError(.invalidArgument, "upload sent more than the announced \(request.size) bytes")
+                }
+                var bytes = bytes
+                pending.writeBuffer(&bytes)
+                if pending.readableBytes >= Self.ioBlock {
+                    hasher = try await write(pending, to: fd, hasher: hasher)
+                    pending.clear()
+                }
+            case .message(let payload, _):
+                let control = try Control(payload: payload)
+                guard case .commit(let c) = control.kind else {
+                    throw AgentError(.protocolViolation, "unexpected control message on an upload stream")
+                }
+                commit = c
+            }
+        }
+        guard let commit else { throw AgentError(.cancelled, "upload ended without a commit") }
+        if pending.readableBytes > 0 { hasher = try await write(pending, to: fd, hasher: hasher) }
+        let digest = hasher.finalize()
+        guard commit.size == size, size == request.size else {
+            throw AgentError(.checksumMismatch, "received \(size) bytes, sender says \(commit.size)")
+        }
+        guard commit.sha256 == digest else {
+            throw AgentError(
+                .checksumMismatch, "SHA-256 mismatch: received \(digest.hex), sender says \(commit.sha256.hex)")
+        }
+        try await core.blocking {
+            guard fchmod(fd, mode_t(mode)) == 0 else { throw Self.ioError("chmod \(path)") }
+            if request.hasUid || request.hasGid {
+                let uid = request.hasUid ? uid_t(request.uid) : uid_t.max
+                let gid = request.hasGid ? gid_t(request.gid) : gid_t.max
+                guard fchown(fd, uid, gid) == 0 else { throw Self.ioError("chown \(path)") }
+            }
+            guard fsync(fd) == 0 else { throw Self.ioError("fsync \(temp)") }
+            guard close(fd) == 0 else { throw Self.ioError("close \(temp)") }
+            guard rename(temp, path) == 0 else {
+                let error = Self.ioError("rename to \(path)")
+                unlink(temp)
+                throw error
+            }
+            let dirfd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dirfd >= 0 {
+                fsync(dirfd)
+                close(dirfd)
+            }
+        }
+        committed = true
+        core.audit?.record("upload", ["path": path, "size": Int(size), "sha256": digest.hex, "result": "ok"])
+        try await context.reply(
+            .with {
+                $0.uploadResult = .with {
+                    $0.size = size; $0.sha256 = digest
+                }
+            }, end: true)
+    }
+
+    private func write(_ buffer: ByteBuffer, to fd: Int32, hasher: Hasher) async throws -> Hasher {
+        try await core.blocking {
+            var hasher = hasher
+            try buffer.withUnsafeReadableBytes { raw in
+                hasher.update(bufferPointer: raw)
+                var offset = 0
+                while offset < raw.count {
+                    let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        throw Self.ioError("write")
+                    }
+                    offset += n
+                }
+            }
+            return hasher
+        }
+    }
+
+    // MARK: Download
+
+    func download(_ request: Limiquantix_Agent_V1_DownloadRequest) async throws {
+        let path = request.path
+        try Self.checkPath(path)
+        let (fd, size, mode): (Int32, UInt64, UInt32) = try await core.blocking {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw Self.ioError("cannot open \(path)") }
+            var st = Glibc.stat()
+            guard fstat(fd, &st) == 0 else {
+                close(fd)
+                throw Self.ioError("stat \(path)")
+            }
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                close(fd)
+                throw AgentError(.invalidArgument, "\(path) is not a regular file")
+            }
+            return (fd, UInt64(st.st_size), UInt32(st.st_mode & 0o7777))
+        }
+        defer { close(fd) }
+        try await context.reply(
+            .with {
+                $0.downloadStart = .with {
+                    $0.size = size; $0.mode = mode
+                }
+            })
+        var hasher = SHA256()
+        var total: UInt64 = 0
+        let core = self.core
+        func readBlock() async throws -> ByteBuffer {
+            try await core.blocking {
+                var buffer = ByteBuffer()
+                let n = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.ioBlock) { raw in
+                    while true {
+                        let n = read(fd, raw.baseAddress!, Self.ioBlock)
+                        if n < 0 && errno == EINTR { continue }
+                        if n < 0 { throw Self.ioError("read \(path)") }
+                        return n
+                    }
+                }
+                _ = n
+                return buffer
+            }
+        }
+        var next = try await readBlock()
+        while next.readableBytes > 0 {
+            let block = next
+            async let prefetch = readBlock()
+            block.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+            total += UInt64(block.readableBytes)
+            try await context.send(data: block)
+            next = try await prefetch
+        }
+        let digest = Data(hasher.finalize())
+        try await context.send(data: ByteBuffer(), endOfChannel: true)
+        core.audit?.record("download", ["path": path, "size": Int(total), "sha256": digest.hex, "result": "ok"])
+        try await context.reply(
+            .with {
+                $0.downloadResult = .with {
+                    $0.size = total; $0.sha256 = digest
+                }
+            }, end: true)
+    }
+
+    // MARK: Stat and list
+
+    func statFile(_ request: Limiquantix_Agent_V1_StatRequest) async throws {
+        try Self.checkPath(request.path)
+        let entry = try await core.blocking { () throws -> Limiquantix_Agent_V1_FileStat in
+            guard let entry = Self.fileStat(request.path, name: request.path, follow: !request.noFollow) else {
+                throw Self.ioError("stat \(request.path)")
+            }
+            return entry
+        }
+        try await context.reply(.with { $0.stat = entry }, end: true)
+    }
+
+    func list(_ request: Limiquantix_Agent_V1_ListRequest) async throws {
+        let path = request.path
+        try Self.checkPath(path)
+        let entries = try await core.blocking { () throws -> [Limiquantix_Agent_V1_FileStat] in
+            guard let dir = opendir(path) else { throw Self.ioError("cannot list \(path)") }
+            defer { closedir(dir) }
+            var entries: [Limiquantix_Agent_V1_FileStat] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if name == "." || name == ".." { continue }
+                let full = path.hasSuffix("/") ? path + name : path + "/" + name
+                if let stat = Self.fileStat(full, name: name, follow: false) { entries.append(stat) }
+            }
+            return entries.sorted { $0.name < $1.name }
+        }
+        var index = 0
+        repeat {
+            let batch = Array(entries[index..<min(index + 512, entries.count)])
+            index += batch.count
+            try await context.reply(.with { $0.listing = .with { $0.entries = batch } }, end: index >= entries.count)
+        } while index < entries.count
+    }
+
+    static func fileStat(_ path: String, name: String, follow: Bool) -> Limiquantix_Agent_V1_FileStat? {
+        var st = Glibc.stat()
+        guard (follow ? stat(path, &st) : Glibc.lstat(path, &st)) == 0 else { return nil }
+        return .with {
+            $0.name = name
+            $0.size = UInt64(st.st_size)
+            $0.mode = UInt32(st.st_mode & 0o7777)
+            $0.uid = st.st_uid
+            $0.gid = st.st_gid
+            $0.mtimeNs = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+            switch st.st_mode & S_IFMT {
+            case S_IFREG: $0.type = .regular
+            case S_IFDIR: $0.type = .directory
+            case S_IFLNK:
+                $0.type = .symlink
+                var target = [CChar](repeating: 0, count: 4097)
+                let n = readlink(path, &target, 4096)
+                if n > 0 {
+                    $0.symlinkTarget = String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                }
+            case S_IFBLK: $0.type = .blockDevice
+            case S_IFCHR: $0.type = .charDevice
+            case S_IFIFO: $0.type = .fifo
+            case S_IFSOCK: $0.type = .socket
+            default: $0.type = .unknown
+            }
+        }
+    }
+
+    // MARK: Helpers
+
+    static func split(_ path: String) -> (directory: String, base: String) {
+        guard let slash = path.lastIndex(of: "/") else { return ("/", path) }
+        let dir = String(path[..<slash])
+        return (dir.isEmpty ? "/" : dir, String(path[path.index(after: slash)...]))
+    }
+
+    static func makeDirectories(_ path: String) throws {
+        var current = ""
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, 0o755) != 0 && errno != EEXIST { throw ioError("mkdir \(current)") }
+        }
+    }
+
+    static func ioError(_ what: String, _ code: Int32 = errno) -> AgentError {
+        let kind: AgentError.Code =
+            switch code {
+            case ENOENT, ENOTDIR: .notFound
+            case EACCES, EPERM, EROFS: .denied
+            case EEXIST: .alreadyExists
+            case EISDIR, EINVAL, ENAMETOOLONG: .invalidArgument
+            default: .io
+            }
+        return AgentError(kind, "\(what): \(errnoText(code))")
+    }
+}
+
+extension Data {
+    var hex: String { map { String(format: "%02x", $0) }.joined() }
+}
+
+/// SHA-256 state handed between the stream task and the I/O thread pool.
+// @unchecked Sendable: the state is a value that is only ever used by one thread at a time (it is
+// passed in and returned, never shared); swift-crypto does not mark SHA256 Sendable.
+struct Hasher: @unchecked Sendable {
+    private var sha = SHA256()
+    mutating func update(bufferPointer: UnsafeRawBufferPointer) { sha.update(bufferPointer: bufferPointer) }
+    func finalize() -> Data { Data(sha.finalize()) }
+}

@@ -1,0 +1,828 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+// MARK: - Errors
+
+/// An error raised when a kernel statistics file cannot be read or does not contain the expected data.
+public struct ProcReadError: Error, Sendable, CustomStringConvertible {
+    /// The path of the file that could not be read or parsed.
+    public let path: String
+    /// A human-readable explanation of what went wrong.
+    public let reason: String
+
+    /// Creates an error for `path` with the given `reason`.
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+
+    /// A description of the form `"<path>: <reason>"`.
+    public var description: String {
+        "\(path): \(reason)"
+    }
+}
+
+// MARK: - Value types
+
+/// Cumulative CPU time counters, in jiffies (clock ticks), as reported by `/proc/stat`.
+public struct CPUTimes: Sendable, Equatable {
+    /// Time spent in user mode (includes guest time).
+    public var user: UInt64
+    /// Time spent in user mode with low priority (includes guest_nice time).
+    public var nice: UInt64
+    /// Time spent in kernel mode.
+    public var system: UInt64
+    /// Time spent idle.
+    public var idle: UInt64
+    /// Time spent waiting for I/O to complete.
+    public var iowait: UInt64
+    /// Time spent servicing hardware interrupts.
+    public var irq: UInt64
+    /// Time spent servicing soft interrupts.
+    public var softirq: UInt64
+    /// Time stolen by the hypervisor for other guests.
+    public var steal: UInt64
+
+    /// Creates a set of CPU time counters; omitted counters default to zero.
+    public init(
+        user: UInt64 = 0, nice: UInt64 = 0, system: UInt64 = 0, idle: UInt64 = 0,
+        iowait: UInt64 = 0, irq: UInt64 = 0, softirq: UInt64 = 0, steal: UInt64 = 0
+    ) {
+        self.user = user
+        self.nice = nice
+        self.system = system
+        self.idle = idle
+        self.iowait = iowait
+        self.irq = irq
+        self.softirq = softirq
+        self.steal = steal
+    }
+
+    /// Non-idle time: user + nice + system + irq + softirq + steal.
+    public var busy: UInt64 {
+        saturatingSum([user, nice, system, irq, softirq, steal])
+    }
+
+    /// All accounted time: `busy` + idle + iowait (guest time is already part of user/nice).
+    public var total: UInt64 {
+        saturatingSum([busy, idle, iowait])
+    }
+}
+
+/// System memory figures from `/proc/meminfo`, in bytes.
+public struct MemoryStats: Sendable, Equatable {
+    /// Total usable RAM (`MemTotal`).
+    public var totalBytes: UInt64
+    /// Memory available for new workloads without swapping (`MemAvailable`).
+    public var availableBytes: UInt64
+    /// Completely unused memory (`MemFree`).
+    public var freeBytes: UInt64
+    /// Memory used by block device buffers (`Buffers`).
+    public var buffersBytes: UInt64
+    /// Memory used by the page cache (`Cached`).
+    public var cachedBytes: UInt64
+    /// Total swap space (`SwapTotal`).
+    public var swapTotalBytes: UInt64
+    /// Unused swap space (`SwapFree`).
+    public var swapFreeBytes: UInt64
+
+    /// Creates a memory statistics value; omitted figures default to zero.
+    public init(
+        totalBytes: UInt64 = 0, availableBytes: UInt64 = 0, freeBytes: UInt64 = 0,
+        buffersBytes: UInt64 = 0, cachedBytes: UInt64 = 0,
+        swapTotalBytes: UInt64 = 0, swapFreeBytes: UInt64 = 0
+    ) {
+        self.totalBytes = totalBytes
+        self.availableBytes = availableBytes
+        self.freeBytes = freeBytes
+        self.buffersBytes = buffersBytes
+        self.cachedBytes = cachedBytes
+        self.swapTotalBytes = swapTotalBytes
+        self.swapFreeBytes = swapFreeBytes
+    }
+}
+
+/// Load averages and scheduling entity counts from `/proc/loadavg`.
+public struct LoadAverage: Sendable, Equatable {
+    /// Load average over the last minute.
+    public var one: Double
+    /// Load average over the last five minutes.
+    public var five: Double
+    /// Load average over the last fifteen minutes.
+    public var fifteen: Double
+    /// Number of currently runnable scheduling entities.
+    public var runnable: UInt32
+    /// Total number of scheduling entities (processes and threads).
+    public var total: UInt32
+
+    /// Creates a load average value; omitted figures default to zero.
+    public init(one: Double = 0, five: Double = 0, fifteen: Double = 0, runnable: UInt32 = 0, total: UInt32 = 0) {
+        self.one = one
+        self.five = five
+        self.fifteen = fifteen
+        self.runnable = runnable
+        self.total = total
+    }
+}
+
+/// Capacity and usage of one mounted file system.
+public struct FilesystemStats: Sendable, Equatable {
+    /// Where the file system is mounted.
+    public var mountPoint: String
+    /// The mounted device or source (for example `/dev/vda1` or `tmpfs`).
+    public var device: String
+    /// The file system type (for example `ext4`).
+    public var type: String
+    /// Total size in bytes.
+    public var totalBytes: UInt64
+    /// Bytes in use (total minus all free blocks, including reserved ones).
+    public var usedBytes: UInt64
+    /// Bytes available to unprivileged users.
+    public var freeBytes: UInt64
+    /// Total number of inodes.
+    public var totalInodes: UInt64
+    /// Number of free inodes.
+    public var freeInodes: UInt64
+
+    /// Creates a file system statistics value.
+    public init(
+        mountPoint: String, device: String, type: String,
+        totalBytes: UInt64, usedBytes: UInt64, freeBytes: UInt64,
+        totalInodes: UInt64, freeInodes: UInt64
+    ) {
+        self.mountPoint = mountPoint
+        self.device = device
+        self.type = type
+        self.totalBytes = totalBytes
+        self.usedBytes = usedBytes
+        self.freeBytes = freeBytes
+        self.totalInodes = totalInodes
+        self.freeInodes = freeInodes
+    }
+}
+
+/// Cumulative I/O counters of one block device from `/proc/diskstats`.
+public struct DiskIOStats: Sendable, Equatable {
+    /// Kernel device name (for example `vda` or `vda1`).
+    public var name: String
+    /// Number of reads completed.
+    public var readsCompleted: UInt64
+    /// Bytes read (sectors read × 512).
+    public var readBytes: UInt64
+    /// Number of writes completed.
+    public var writesCompleted: UInt64
+    /// Bytes written (sectors written × 512).
+    public var writtenBytes: UInt64
+    /// Milliseconds spent doing I/O.
+    public var ioTimeMs: UInt64
+
+    /// Creates a disk I/O statistics value.
+    public init(
+        name: String, readsCompleted: UInt64, readBytes: UInt64,
+        writesCompleted: UInt64, writtenBytes: UInt64, ioTimeMs: UInt64
+    ) {
+        self.name = name
+        self.readsCompleted = readsCompleted
+        self.readBytes = readBytes
+        self.writesCompleted = writesCompleted
+        self.writtenBytes = writtenBytes
+        self.ioTimeMs = ioTimeMs
+    }
+}
+
+/// Counters, addresses and state of one network interface.
+public struct NetworkInterfaceStats: Sendable, Equatable {
+    /// Interface name (for example `eth0`).
+    public var name: String
+    /// Bytes received.
+    public var rxBytes: UInt64
+    /// Packets received.
+    public var rxPackets: UInt64
+    /// Receive errors.
+    public var rxErrors: UInt64
+    /// Received packets dropped.
+    public var rxDropped: UInt64
+    /// Bytes transmitted.
+    public var txBytes: UInt64
+    /// Packets transmitted.
+    public var txPackets: UInt64
+    /// Transmit errors.
+    public var txErrors: UInt64
+    /// Transmitted packets dropped.
+    public var txDropped: UInt64
+    /// IPv4 and IPv6 addresses in CIDR notation (for example `10.0.2.15/24` or `fe80::1/64`).
+    public var addresses: [String]
+    /// Hardware address in lowercase colon notation, or `nil` when unknown or all zero.
+    public var macAddress: String?
+    /// Whether the interface is administratively up.
+    public var up: Bool
+
+    /// Creates a network interface statistics value.
+    public init(
+        name: String,
+        rxBytes: UInt64 = 0, rxPackets: UInt64 = 0, rxErrors: UInt64 = 0, rxDropped: UInt64 = 0,
+        txBytes: UInt64 = 0, txPackets: UInt64 = 0, txErrors: UInt64 = 0, txDropped: UInt64 = 0,
+        addresses: [String] = [], macAddress: String? = nil, up: Bool = false
+    ) {
+        self.name = name
+        self.rxBytes = rxBytes
+        self.rxPackets = rxPackets
+        self.rxErrors = rxErrors
+        self.rxDropped = rxDropped
+        self.txBytes = txBytes
+        self.txPackets = txPackets
+        self.txErrors = txErrors
+        self.txDropped = txDropped
+        self.addresses = addresses
+        self.macAddress = macAddress
+        self.up = up
+    }
+}
+
+// MARK: - Sampler
+
+/// Reads system statistics from the Linux `/proc` and `/sys` file systems.
+///
+/// All reads are synchronous. The roots can be redirected (for example to a fixture directory in tests);
+/// interface addresses and `statvfs` results always come from the running system.
+public struct ProcSampler: Sendable {
+    /// Root of the proc file system (normally `/proc`).
+    public let procRoot: String
+    /// Root of the sys file system (normally `/sys`).
+    public let sysRoot: String
+    /// Path of the mount table to read (normally `/proc/self/mounts`).
+    public let mountsPath: String
+
+    /// Largest file the sampler will read; anything beyond is ignored.
+    static let maxFileSize = 4 * 1024 * 1024
+
+    /// File system types that never describe real storage and are therefore not reported.
+    static let pseudoFilesystemTypes: Set<String> = [
+        "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "pstore",
+        "debugfs", "tracefs", "configfs", "fusectl", "mqueue", "hugetlbfs", "bpf", "binfmt_misc",
+        "autofs", "rpc_pipefs", "nsfs", "efivarfs", "selinuxfs", "ramfs", "squashfs", "rootfs",
+    ]
+
+    /// A bundle of every statistic the sampler can read, taken at one moment.
+    public struct Snapshot: Sendable, Equatable {
+        /// When the snapshot was taken.
+        public var timestamp: Date
+        /// Aggregate CPU counters across all CPUs.
+        public var cpuTotal: CPUTimes
+        /// CPU counters per online CPU, in the order listed by the kernel.
+        public var cpuPerCPU: [CPUTimes]
+        /// Memory figures.
+        public var memory: MemoryStats
+        /// Load averages (all zero if `/proc/loadavg` could not be read).
+        public var load: LoadAverage
+        /// Real mounted file systems.
+        public var filesystems: [FilesystemStats]
+        /// Block device I/O counters.
+        public var disks: [DiskIOStats]
+        /// Network interface counters and addresses.
+        public var interfaces: [NetworkInterfaceStats]
+        /// Number of processes.
+        public var processCount: UInt32
+        /// Seconds since boot.
+        public var uptimeSeconds: Double
+
+        /// Creates a snapshot from its parts.
+        public init(
+            timestamp: Date, cpuTotal: CPUTimes, cpuPerCPU: [CPUTimes], memory: MemoryStats,
+            load: LoadAverage, filesystems: [FilesystemStats], disks: [DiskIOStats],
+            interfaces: [NetworkInterfaceStats], processCount: UInt32, uptimeSeconds: Double
+        ) {
+            self.timestamp = timestamp
+            self.cpuTotal = cpuTotal
+            self.cpuPerCPU = cpuPerCPU
+            self.memory = memory
+            self.load = load
+            self.filesystems = filesystems
+            self.disks = disks
+            self.interfaces = interfaces
+            self.processCount = processCount
+            self.uptimeSeconds = uptimeSeconds
+        }
+    }
+
+    /// Creates a sampler reading from `procRoot` and `sysRoot`.
+    ///
+    /// - Parameter mountsPath: The mount table to read; defaults to `procRoot + "/self/mounts"`.
+    public init(procRoot: String = "/proc", sysRoot: String = "/sys", mountsPath: String? = nil) {
+        self.procRoot = procRoot
+        self.sysRoot = sysRoot
+        self.mountsPath = mountsPath ?? procRoot + "/self/mounts"
+    }
+
+    // MARK: Snapshot
+
+    /// Reads every statistic at once.
+    ///
+    /// Throws only if `/proc/stat` or `/proc/meminfo` cannot be read; every other source that fails
+    /// contributes an empty or zero value instead.
+    public func snapshot() throws -> Snapshot {
+        let timestamp = Date()
+        let cpu = try readCPUTimes()
+        let memory = try readMemory()
+        return Snapshot(
+            timestamp: timestamp,
+            cpuTotal: cpu.total,
+            cpuPerCPU: cpu.perCPU,
+            memory: memory,
+            load: (try? readLoad()) ?? LoadAverage(),
+            filesystems: readFilesystems(),
+            disks: readDisks(),
+            interfaces: readInterfaces(),
+            processCount: processCount(),
+            uptimeSeconds: uptimeSeconds()
+        )
+    }
+
+    // MARK: CPU
+
+    /// Reads the aggregate (`cpu`) and per-CPU (`cpuN`) counters from `/proc/stat`.
+    ///
+    /// Malformed per-CPU lines are skipped. Throws if the file cannot be read or has no aggregate line.
+    public func readCPUTimes() throws -> (total: CPUTimes, perCPU: [CPUTimes]) {
+        let path = procRoot + "/stat"
+        let text = try Self.readFile(path)
+        guard let parsed = Self.parseStat(text) else {
+            throw ProcReadError(path: path, reason: "no aggregate cpu line")
+        }
+        return parsed
+    }
+
+    /// CPU utilisation between two samples: 100 × Δbusy / Δtotal, clamped to 0...100.
+    ///
+    /// Returns 0 when no time elapsed (or the counters went backwards).
+    public static func cpuPercent(from start: CPUTimes, to end: CPUTimes) -> Double {
+        let deltaTotal = Double(end.total) - Double(start.total)
+        guard deltaTotal > 0 else { return 0 }
+        let deltaBusy = Double(end.busy) - Double(start.busy)
+        let percent = 100 * deltaBusy / deltaTotal
+        guard percent.isFinite else { return 0 }
+        return min(100, max(0, percent))
+    }
+
+    /// Parses the contents of `/proc/stat`; returns `nil` if there is no valid aggregate `cpu` line.
+    static func parseStat(_ text: String) -> (total: CPUTimes, perCPU: [CPUTimes])? {
+        var total: CPUTimes?
+        var perCPU: [CPUTimes] = []
+        for line in text.split(separator: "\n") {
+            let tokens = fields(line)
+            guard let label = tokens.first, label.hasPrefix("cpu") else { continue }
+            let suffix = label.dropFirst(3)
+            let isAggregate = suffix.isEmpty
+            guard isAggregate || isAllDigits(suffix) else { continue }
+            guard let times = parseCPUValues(tokens.dropFirst()) else { continue }
+            if isAggregate {
+                if total == nil { total = times }
+            } else {
+                perCPU.append(times)
+            }
+        }
+        guard let total else { return nil }
+        return (total, perCPU)
+    }
+
+    /// Parses the numeric columns of one `cpu` line; at least the first four columns must be present.
+    private static func parseCPUValues(_ tokens: ArraySlice<Substring>) -> CPUTimes? {
+        let columns = Array(tokens.prefix(8))
+        guard columns.count >= 4 else { return nil }
+        var values: [UInt64] = []
+        for column in columns {
+            guard let value = UInt64(column) else { return nil }
+            values.append(value)
+        }
+        while values.count < 8 { values.append(0) }
+        return CPUTimes(
+            user: values[0], nice: values[1], system: values[2], idle: values[3],
+            iowait: values[4], irq: values[5], softirq: values[6], steal: values[7]
+        )
+    }
+
+    // MARK: Memory
+
+    /// Reads memory figures from `/proc/meminfo` (kB values converted to bytes).
+    ///
+    /// If `MemAvailable` is missing (very old kernels) it is estimated as free + buffers + cached.
+    /// Throws if the file cannot be read or lacks `MemTotal`.
+    public func readMemory() throws -> MemoryStats {
+        let path = procRoot + "/meminfo"
+        let text = try Self.readFile(path)
+        guard let stats = Self.parseMeminfo(text) else {
+            throw ProcReadError(path: path, reason: "no MemTotal line")
+        }
+        return stats
+    }
+
+    /// Parses the contents of `/proc/meminfo`; returns `nil` if `MemTotal` is missing.
+    static func parseMeminfo(_ text: String) -> MemoryStats? {
+        var values: [Substring: UInt64] = [:]
+        for line in text.split(separator: "\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let key = line[..<colon]
+            let rest = fields(line[line.index(after: colon)...])
+            guard let number = rest.first, let value = UInt64(number) else { continue }
+            var bytes = value
+            if rest.count > 1 {
+                switch rest[1].lowercased() {
+                case "kb": bytes = saturatingMultiply(value, 1024)
+                case "mb": bytes = saturatingMultiply(value, 1024 * 1024)
+                case "gb": bytes = saturatingMultiply(value, 1024 * 1024 * 1024)
+                default: break
+                }
+            }
+            values[key] = bytes
+        }
+        guard let total = values["MemTotal"] else { return nil }
+        let free = values["MemFree"] ?? 0
+        let buffers = values["Buffers"] ?? 0
+        let cached = values["Cached"] ?? 0
+        return MemoryStats(
+            totalBytes: total,
+            availableBytes: values["MemAvailable"] ?? saturatingSum([free, buffers, cached]),
+            freeBytes: free,
+            buffersBytes: buffers,
+            cachedBytes: cached,
+            swapTotalBytes: values["SwapTotal"] ?? 0,
+            swapFreeBytes: values["SwapFree"] ?? 0
+        )
+    }
+
+    // MARK: Load
+
+    /// Reads load averages and entity counts from `/proc/loadavg`.
+    ///
+    /// Throws if the file cannot be read or is malformed.
+    public func readLoad() throws -> LoadAverage {
+        let path = procRoot + "/loadavg"
+        let text = try Self.readFile(path)
+        guard let load = Self.parseLoadavg(text) else {
+            throw ProcReadError(path: path, reason: "malformed contents")
+        }
+        return load
+    }
+
+    /// Parses the contents of `/proc/loadavg` (`"0.10 0.20 0.30 1/123 4567"`).
+    static func parseLoadavg(_ text: String) -> LoadAverage? {
+        let tokens = fields(Substring(text))
+        guard tokens.count >= 4,
+            let one = Double(tokens[0]), let five = Double(tokens[1]), let fifteen = Double(tokens[2])
+        else { return nil }
+        let counts = tokens[3].split(separator: "/", omittingEmptySubsequences: false)
+        guard counts.count == 2, let runnable = UInt32(counts[0]), let total = UInt32(counts[1]) else {
+            return nil
+        }
+        return LoadAverage(one: one, five: five, fifteen: fifteen, runnable: runnable, total: total)
+    }
+
+    // MARK: File systems
+
+    /// Lists real mounted file systems from the mount table with their `statvfs` figures.
+    ///
+    /// Pseudo file systems are skipped, duplicate mount points keep the last entry, and mounts whose
+    /// `statvfs` fails or reports zero blocks are left out. Returns an empty list if the table is unreadable.
+    public func readFilesystems() -> [FilesystemStats] {
+        guard let text = try? Self.readFile(mountsPath) else { return [] }
+        var result: [FilesystemStats] = []
+        for mount in Self.parseMounts(text) {
+            var info = statvfs()
+            guard statvfs(mount.mountPoint, &info) == 0, info.f_blocks > 0 else { continue }
+            let blockSize = UInt64(info.f_frsize)
+            let blocks = UInt64(info.f_blocks)
+            let freeBlocks = UInt64(info.f_bfree)
+            let availableBlocks = UInt64(info.f_bavail)
+            let usedBlocks = blocks >= freeBlocks ? blocks - freeBlocks : 0
+            result.append(
+                FilesystemStats(
+                    mountPoint: mount.mountPoint,
+                    device: mount.device,
+                    type: mount.type,
+                    totalBytes: saturatingMultiply(blocks, blockSize),
+                    usedBytes: saturatingMultiply(usedBlocks, blockSize),
+                    freeBytes: saturatingMultiply(availableBlocks, blockSize),
+                    totalInodes: UInt64(info.f_files),
+                    freeInodes: UInt64(info.f_ffree)
+                ))
+        }
+        return result
+    }
+
+    /// One entry of the mount table.
+    struct MountEntry: Equatable {
+        var device: String
+        var mountPoint: String
+        var type: String
+    }
+
+    /// Parses a mount table, drops pseudo file systems and deduplicates by mount point (last entry wins,
+    /// at the position of that last entry).
+    static func parseMounts(_ text: String) -> [MountEntry] {
+        var entries: [MountEntry] = []
+        for line in text.split(separator: "\n") {
+            let tokens = fields(line)
+            guard tokens.count >= 3 else { continue }
+            let entry = MountEntry(
+                device: decodeOctalEscapes(tokens[0]),
+                mountPoint: decodeOctalEscapes(tokens[1]),
+                type: decodeOctalEscapes(tokens[2])
+            )
+            guard entry.mountPoint.hasPrefix("/"), !pseudoFilesystemTypes.contains(entry.type) else { continue }
+            entries.removeAll { $0.mountPoint == entry.mountPoint }
+            entries.append(entry)
+        }
+        return entries
+    }
+
+    /// Decodes the `\ooo` octal escapes the kernel uses for spaces, tabs, newlines and backslashes.
+    static func decodeOctalEscapes(_ field: Substring) -> String {
+        guard field.contains("\\") else { return String(field) }
+        let bytes = Array(field.utf8)
+        var output: [UInt8] = []
+        output.reserveCapacity(bytes.count)
+        var index = 0
+        while index < bytes.count {
+            if bytes[index] == UInt8(ascii: "\\"), index + 3 < bytes.count {
+                let digits = bytes[(index + 1)..<(index + 4)]
+                if digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "7") }) {
+                    let value = digits.reduce(0) { $0 * 8 + Int($1 - UInt8(ascii: "0")) }
+                    if value <= 0xFF {
+                        output.append(UInt8(value))
+                        index += 4
+                        continue
+                    }
+                }
+            }
+            output.append(bytes[index])
+            index += 1
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    // MARK: Disks
+
+    /// Reads block device counters from `/proc/diskstats`.
+    ///
+    /// Loop, RAM and zram devices and devices whose counters are all zero are skipped; whole disks and
+    /// partitions are both reported. Returns an empty list if the file is unreadable.
+    public func readDisks() -> [DiskIOStats] {
+        guard let text = try? Self.readFile(procRoot + "/diskstats") else { return [] }
+        return Self.parseDiskstats(text)
+    }
+
+    /// Parses the contents of `/proc/diskstats`.
+    static func parseDiskstats(_ text: String) -> [DiskIOStats] {
+        let sectorSize: UInt64 = 512
+        var result: [DiskIOStats] = []
+        for line in text.split(separator: "\n") {
+            let tokens = fields(line)
+            // major minor name + 11 classic counters.
+            guard tokens.count >= 14 else { continue }
+            let name = String(tokens[2])
+            guard !name.isEmpty, !name.hasPrefix("loop"), !name.hasPrefix("ram"), !name.hasPrefix("zram") else {
+                continue
+            }
+            var counters: [UInt64] = []
+            for token in tokens[3..<14] {
+                guard let value = UInt64(token) else { break }
+                counters.append(value)
+            }
+            guard counters.count == 11, counters.contains(where: { $0 != 0 }) else { continue }
+            result.append(
+                DiskIOStats(
+                    name: name,
+                    readsCompleted: counters[0],
+                    readBytes: saturatingMultiply(counters[2], sectorSize),
+                    writesCompleted: counters[4],
+                    writtenBytes: saturatingMultiply(counters[6], sectorSize),
+                    ioTimeMs: counters[9]
+                ))
+        }
+        return result
+    }
+
+    // MARK: Network
+
+    /// Reads network interfaces from `/proc/net/dev`, adding addresses and the up flag from `getifaddrs`
+    /// and the MAC address (plus `operstate` as the fallback for the up state) from `sysRoot/class/net`.
+    ///
+    /// Returns an empty list if `/proc/net/dev` is unreadable.
+    public func readInterfaces() -> [NetworkInterfaceStats] {
+        guard let text = try? Self.readFile(procRoot + "/net/dev") else { return [] }
+        var interfaces = Self.parseNetDev(text)
+        let system = Self.systemInterfaceAddresses()
+        for index in interfaces.indices {
+            let name = interfaces[index].name
+            let directory = sysRoot + "/class/net/" + name
+            if let mac = try? Self.readFile(directory + "/address") {
+                let trimmed = mac.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+                if !trimmed.isEmpty, trimmed != "00:00:00:00:00:00" {
+                    interfaces[index].macAddress = trimmed
+                }
+            }
+            if let info = system[name] {
+                interfaces[index].addresses = info.addresses
+                interfaces[index].up = info.flags & UInt32(IFF_UP) != 0
+            } else if let state = try? Self.readFile(directory + "/operstate") {
+                interfaces[index].up = state.trimmingCharacters(in: .whitespacesAndNewlines).lowercased() == "up"
+            }
+        }
+        return interfaces
+    }
+
+    /// Parses the counters in `/proc/net/dev`; addresses, MAC and state are left at their defaults.
+    static func parseNetDev(_ text: String) -> [NetworkInterfaceStats] {
+        var result: [NetworkInterfaceStats] = []
+        for line in text.split(separator: "\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = line[..<colon].trimmingCharacters(in: .whitespaces)
+            guard !name.isEmpty, !name.contains(" "), !name.contains("|") else { continue }
+            let tokens = fields(line[line.index(after: colon)...])
+            guard tokens.count >= 16 else { continue }
+            var counters: [UInt64] = []
+            for token in tokens.prefix(16) {
+                guard let value = UInt64(token) else { break }
+                counters.append(value)
+            }
+            guard counters.count == 16 else { continue }
+            result.append(
+                NetworkInterfaceStats(
+                    name: name,
+                    rxBytes: counters[0], rxPackets: counters[1], rxErrors: counters[2], rxDropped: counters[3],
+                    txBytes: counters[8], txPackets: counters[9], txErrors: counters[10], txDropped: counters[11]
+                ))
+        }
+        return result
+    }
+
+    /// Addresses and flags of one interface as reported by `getifaddrs`.
+    struct InterfaceAddressInfo {
+        var addresses: [String] = []
+        var flags: UInt32 = 0
+    }
+
+    /// Collects IPv4/IPv6 addresses (CIDR text) and flags for every interface of the running system.
+    /// Alias labels such as `eth0:1` are merged into their base interface.
+    static func systemInterfaceAddresses() -> [String: InterfaceAddressInfo] {
+        var head: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&head) == 0 else { return [:] }
+        defer { freeifaddrs(head) }
+        var result: [String: InterfaceAddressInfo] = [:]
+        var cursor = head
+        while let entry = cursor {
+            cursor = entry.pointee.ifa_next
+            guard let cName = entry.pointee.ifa_name else { continue }
+            let label = String(cString: cName)
+            let name = label.split(separator: ":", maxSplits: 1).first.map(String.init) ?? label
+            guard !name.isEmpty else { continue }
+            var info = result[name] ?? InterfaceAddressInfo()
+            info.flags |= entry.pointee.ifa_flags
+            if let address = entry.pointee.ifa_addr,
+                let text = cidrText(address: address, netmask: entry.pointee.ifa_netmask),
+                !info.addresses.contains(text)
+            {
+                info.addresses.append(text)
+            }
+            result[name] = info
+        }
+        return result
+    }
+
+    /// Formats an AF_INET/AF_INET6 socket address and its netmask as CIDR text; `nil` for other families.
+    private static func cidrText(
+        address: UnsafeMutablePointer<sockaddr>, netmask: UnsafeMutablePointer<sockaddr>?
+    ) -> String? {
+        let family = Int32(address.pointee.sa_family)
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        let capacity = socklen_t(buffer.count)
+        let prefix: Int
+        switch family {
+        case AF_INET:
+            var socketAddress = UnsafeRawPointer(address).loadUnaligned(as: sockaddr_in.self)
+            guard inet_ntop(AF_INET, &socketAddress.sin_addr, &buffer, capacity) != nil else { return nil }
+            if let netmask {
+                let mask = UnsafeRawPointer(netmask).loadUnaligned(as: sockaddr_in.self)
+                prefix = mask.sin_addr.s_addr.nonzeroBitCount
+            } else {
+                prefix = 32
+            }
+        case AF_INET6:
+            var socketAddress = UnsafeRawPointer(address).loadUnaligned(as: sockaddr_in6.self)
+            guard inet_ntop(AF_INET6, &socketAddress.sin6_addr, &buffer, capacity) != nil else { return nil }
+            if let netmask {
+                let mask = UnsafeRawPointer(netmask).loadUnaligned(as: sockaddr_in6.self)
+                prefix = withUnsafeBytes(of: mask.sin6_addr) { bytes in
+                    bytes.reduce(0) { $0 + $1.nonzeroBitCount }
+                }
+            } else {
+                prefix = 128
+            }
+        default:
+            return nil
+        }
+        let textBytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return String(decoding: textBytes, as: UTF8.self) + "/" + String(prefix)
+    }
+
+    // MARK: Processes and uptime
+
+    /// Number of processes: the numeric directory names directly inside `procRoot` (0 if unreadable).
+    public func processCount() -> UInt32 {
+        guard let directory = opendir(procRoot) else { return 0 }
+        defer { closedir(directory) }
+        var count: UInt32 = 0
+        while let entry = readdir(directory) {
+            let nameBytes = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                Array(raw.prefix { $0 != 0 })
+            }
+            guard !nameBytes.isEmpty,
+                nameBytes.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
+            else { continue }
+            let type = Int(entry.pointee.d_type)
+            var isDirectory = type == DT_DIR
+            if type == DT_UNKNOWN || type == DT_LNK {
+                let path = procRoot + "/" + String(decoding: nameBytes, as: UTF8.self)
+                var info = stat()
+                isDirectory = stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+            }
+            if isDirectory, count < UInt32.max {
+                count += 1
+            }
+        }
+        return count
+    }
+
+    /// Seconds since boot from `/proc/uptime`, or 0 if it cannot be read.
+    public func uptimeSeconds() -> Double {
+        guard let text = try? Self.readFile(procRoot + "/uptime"),
+            let first = Self.fields(Substring(text)).first,
+            let value = Double(first), value.isFinite, value >= 0
+        else { return 0 }
+        return value
+    }
+
+    // MARK: Helpers
+
+    /// Reads a whole file with `open`/`read` until end of file (proc files report a size of 0),
+    /// stopping after `maxFileSize` bytes, and decodes it as UTF-8 (invalid bytes are replaced).
+    static func readFile(_ path: String) throws -> String {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw ProcReadError(path: path, reason: errorText(errno))
+        }
+        defer { close(descriptor) }
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while data.count < maxFileSize {
+            let wanted = min(chunk.count, maxFileSize - data.count)
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, wanted) }
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                throw ProcReadError(path: path, reason: errorText(code))
+            }
+            if count == 0 { break }
+            data.append(contentsOf: chunk[0..<count])
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The `strerror` text for an `errno` value.
+    private static func errorText(_ code: Int32) -> String {
+        guard let message = strerror(code) else { return "error \(code)" }
+        return String(cString: message)
+    }
+
+    /// Splits a line on spaces and tabs, dropping empty fields.
+    static func fields(_ line: Substring) -> [Substring] {
+        line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
+    }
+
+    /// Whether `text` is non-empty and consists only of ASCII digits.
+    private static func isAllDigits(_ text: Substring) -> Bool {
+        !text.isEmpty && text.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+    }
+}
+
+// MARK: - Arithmetic helpers
+
+/// Adds values, saturating at `UInt64.max` instead of trapping.
+private func saturatingSum(_ values: [UInt64]) -> UInt64 {
+    var sum: UInt64 = 0
+    for value in values {
+        let (result, overflow) = sum.addingReportingOverflow(value)
+        if overflow { return .max }
+        sum = result
+    }
+    return sum
+}
+
+/// Multiplies two values, saturating at `UInt64.max` instead of trapping.
+private func saturatingMultiply(_ lhs: UInt64, _ rhs: UInt64) -> UInt64 {
+    let (result, overflow) = lhs.multipliedReportingOverflow(by: rhs)
+    return overflow ? .max : result
+}

@@ -1,0 +1,219 @@
+import AgentProtocol
+import Crypto
+import Foundation
+import Glibc
+import NIOCore
+import NIOPosix
+
+/// Outcome of a transfer.
+public struct TransferResult: Sendable, Equatable {
+    /// Bytes moved.
+    public var size: UInt64
+    /// SHA-256 both ends agreed on (hex).
+    public var sha256: String
+}
+
+/// Progress callback: bytes done, bytes in total.
+public typealias TransferProgress = @Sendable (_ done: UInt64, _ total: UInt64) -> Void
+
+/// Options of an upload.
+public struct UploadOptions: Sendable {
+    /// Permission bits; nil takes the local file's.
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    /// Create missing parent directories.
+    public var createParents = false
+    /// Fail when the destination exists.
+    public var noOverwrite = false
+    /// Creates default options.
+    public init() {}
+}
+
+extension AgentSession {
+    static let readBlock = 1 << 20
+
+    /// Copies a local file into the guest: atomic in the guest (temp file, fsync, rename), SHA-256
+    /// checked by the agent against what the host read. Never holds more than a few MiB in memory.
+    public func upload(
+        file localPath: String, to guestPath: String, options: UploadOptions = UploadOptions(),
+        progress: TransferProgress? = nil
+    ) async throws -> TransferResult {
+        let fd = Glibc.open(localPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw AgentError(.notFound, "cannot open \(localPath): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw AgentError(.invalidArgument, "\(localPath) is not a regular file")
+        }
+        let size = UInt64(st.st_size)
+        let request = Request.with {
+            $0.upload = .with {
+                $0.path = guestPath
+                $0.mode = options.mode ?? UInt32(st.st_mode & 0o7777)
+                if let uid = options.uid { $0.uid = uid }
+                if let gid = options.gid { $0.gid = gid }
+                $0.size = size
+                $0.createParents = options.createParents
+                $0.noOverwrite = options.noOverwrite
+            }
+        }
+        let stream = try open(request)
+        defer { mux.release(stream: stream) }
+        let mux = self.mux
+        return try await withThrowingTaskGroup(of: TransferResult?.self) { group in
+            // The reply arrives only after the commit, unless the agent fails early: then the
+            // sender is cancelled instead of waiting for credit that never comes.
+            group.addTask {
+                guard let (reply, _) = try await self.nextReply(stream) else {
+                    throw AgentError(.protocolViolation, "upload stream ended without a result")
+                }
+                guard case .uploadResult(let result) = reply.kind else { throw self.unexpected(reply) }
+                return TransferResult(size: result.size, sha256: result.sha256.hexString)
+            }
+            group.addTask {
+                var hasher = FileHasher()
+                var sent: UInt64 = 0
+                var next = try await Self.read(fd: fd)
+                while next.readableBytes > 0 {
+                    let block = next
+                    async let prefetch = Self.read(fd: fd)
+                    hasher.update(block)
+                    try await mux.send(stream: stream, data: block)
+                    sent += UInt64(block.readableBytes)
+                    progress?(sent, size)
+                    next = try await prefetch
+                }
+                guard sent == size else {
+                    throw AgentError(.io, "\(localPath) changed size during the upload (\(sent) of \(size) bytes)")
+                }
+                let commit = Control.with {
+                    $0.commit = .with {
+                        $0.sha256 = hasher.finalize(); $0.size = sent
+                    }
+                }
+                try await mux.send(stream: stream, message: commit.buffer())
+                return nil
+            }
+            var result: TransferResult?
+            while let outcome = try await group.next() {
+                if let outcome { result = outcome }
+            }
+            guard let result else { throw AgentError(.internal, "upload finished without a result") }
+            return result
+        }
+    }
+
+    /// Copies a guest file to `localPath` atomically (temp file, fsync, rename), verifying the
+    /// agent's SHA-256 against the bytes received.
+    public func download(
+        _ guestPath: String, to localPath: String, progress: TransferProgress? = nil
+    ) async throws -> TransferResult {
+        let url = URL(fileURLWithPath: localPath)
+        let directory = url.deletingLastPathComponent().path
+        let temp = "\(directory)/.\(url.lastPathComponent).lqx-\(UInt32.random(in: 0...UInt32.max)).part"
+        let stream = try open(.with { $0.download = .with { $0.path = guestPath } })
+        defer { mux.release(stream: stream) }
+        guard let (first, _) = try await nextReply(stream) else {
+            throw AgentError(.protocolViolation, "download stream ended early")
+        }
+        guard case .downloadStart(let start) = first.kind else { throw unexpected(first) }
+        let fd = Glibc.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentError(.io, "cannot create \(temp): \(String(cString: strerror(errno)))") }
+        var done = false
+        defer {
+            if !done {
+                close(fd)
+                unlink(temp)
+            }
+        }
+        var hasher = FileHasher()
+        var received: UInt64 = 0
+        var pending = ByteBuffer()
+        while true {
+            guard let event = try await mux.next(stream: stream) else {
+                throw AgentError(.protocolViolation, "download ended without a result")
+            }
+            switch event {
+            case .data(var bytes, _, _, _):
+                received += UInt64(bytes.readableBytes)
+                hasher.update(bytes)
+                pending.writeBuffer(&bytes)
+                if pending.readableBytes >= Self.readBlock {
+                    try await Self.write(pending, fd: fd)
+                    pending.clear()
+                    progress?(received, start.size)
+                }
+            case .message(let payload, _):
+                let reply = try Reply(payload: payload)
+                if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
+                guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply) }
+                if pending.readableBytes > 0 { try await Self.write(pending, fd: fd) }
+                progress?(received, start.size)
+                let digest = hasher.finalize()
+                guard result.size == received, result.sha256 == digest else {
+                    throw AgentError(
+                        .checksumMismatch,
+                        "download of \(guestPath) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
+                    )
+                }
+                try await NIOThreadPool.singleton.runIfActive {
+                    fchmod(fd, mode_t(start.mode & 0o7777))
+                    guard fsync(fd) == 0, close(fd) == 0, rename(temp, localPath) == 0 else {
+                        let message = String(cString: strerror(errno))
+                        unlink(temp)
+                        throw AgentError(.io, "cannot write \(localPath): \(message)")
+                    }
+                }
+                done = true
+                return TransferResult(size: received, sha256: digest.hexString)
+            }
+        }
+    }
+
+    static func read(fd: Int32) async throws -> ByteBuffer {
+        try await NIOThreadPool.singleton.runIfActive {
+            var buffer = ByteBuffer()
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: readBlock) { raw in
+                while true {
+                    let n = Foundation.read(fd, raw.baseAddress!, readBlock)
+                    if n < 0 && errno == EINTR { continue }
+                    if n < 0 { throw AgentError(.io, "read failed: \(String(cString: strerror(errno)))") }
+                    return n
+                }
+            }
+            return buffer
+        }
+    }
+
+    static func write(_ buffer: ByteBuffer, fd: Int32) async throws {
+        try await NIOThreadPool.singleton.runIfActive {
+            try buffer.withUnsafeReadableBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                    if n < 0 && errno == EINTR { continue }
+                    if n < 0 { throw AgentError(.io, "write failed: \(String(cString: strerror(errno)))") }
+                    offset += n
+                }
+            }
+        }
+    }
+}
+
+/// SHA-256 over ByteBuffers.
+// @unchecked Sendable: a value used by one task at a time; swift-crypto's SHA256 is not marked Sendable.
+struct FileHasher: @unchecked Sendable {
+    private var sha = SHA256()
+    mutating func update(_ buffer: ByteBuffer) {
+        buffer.withUnsafeReadableBytes { sha.update(bufferPointer: $0) }
+    }
+    func finalize() -> Data { Data(sha.finalize()) }
+}
+
+extension Data {
+    /// Lowercase hex.
+    var hexString: String { map { String(format: "%02x", $0) }.joined() }
+}

@@ -1,0 +1,88 @@
+import AgentProtocol
+import ArgumentParser
+import Foundation
+import HostBroker
+import Logging
+
+@main
+struct Lqx: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lqx",
+        abstract: "limiquantix operator CLI.",
+        discussion: """
+            With --agent ADDR, commands talk to one guest agent directly through an in-process broker.
+            ADDR is unix:PATH (virtio-serial socket of a VM, or an agent's --listen socket),
+            vsock:CID:PORT, or hvsock:PATH:PORT (Firecracker / Cloud Hypervisor hybrid vsock).
+            Exit status: the remote command's for exec (128+N when killed by signal N), 255 when lqx itself fails.
+            """,
+        version: HostBroker.version,
+        subcommands: [Info.self, Ping.self, Exec.self, Copy.self, Metrics.self, Top.self, Shutdown.self])
+
+    @OptionGroup var options: AgentOptions
+
+    /// Exit code for failures of lqx itself.
+    static let failure: Int32 = 255
+}
+
+/// Options every agent command shares; given before or after the command name.
+struct AgentOptions: ParsableArguments {
+    @Option(name: .customLong("agent"), help: "Agent address: unix:PATH | vsock:CID:PORT | hvsock:PATH:PORT.")
+    var agent: String?
+
+    @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for a session with the agent.")
+    var connectTimeout: Double = 10
+
+    @Flag(name: .customLong("verbose"), help: "Log the broker's activity to stderr.")
+    var verbose = false
+
+    /// Runs `body` with a session to the agent; maps every failure to exit status 255.
+    func withSession<T: Sendable>(_ body: @Sendable @escaping (AgentSession) async throws -> T) async throws -> T {
+        guard let agent else {
+            throw CLIError("--agent ADDR is required (unix:PATH, vsock:CID:PORT or hvsock:PATH:PORT)")
+        }
+        let address = try AgentAddress(parsing: agent)
+        var logger = Logger(label: "lqx")
+        logger.logLevel = verbose ? .debug : .critical
+        let client = AgentClient(address: address, logger: logger)
+        let timeout = Duration.milliseconds(Int64(connectTimeout * 1000))
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await client.run()
+                return nil
+            }
+            group.addTask {
+                let session = try await client.session(timeout: timeout)
+                return try await body(session)
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let result { return result }
+            }
+            throw CLIError("the broker stopped")
+        }
+    }
+}
+
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Runs a command body, printing errors as `lqx: message` and exiting 255.
+func runReportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let exit as ExitCode {
+        throw exit
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("lqx: \(error)\n".utf8))
+        throw ExitCode(Lqx.failure)
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text
+    case json
+}

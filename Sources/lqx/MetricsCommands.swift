@@ -1,0 +1,73 @@
+import AgentProtocol
+import ArgumentParser
+import Foundation
+import HostBroker
+import SwiftProtobuf
+
+struct Metrics: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one in-guest telemetry sample.")
+    @OptionGroup var options: AgentOptions
+    @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
+
+    func run() async throws {
+        try await runReportingErrors {
+            let sample = try await options.withSession { try await $0.telemetry() }
+            if output == .json {
+                print(try sample.jsonString(options: jsonOptions))
+            } else {
+                print(render(sample), terminator: "")
+            }
+        }
+    }
+}
+
+struct Top: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Live view of in-guest telemetry (Ctrl-C to quit).")
+    @OptionGroup var options: AgentOptions
+    @Option(help: "Seconds between samples.") var interval: Double = 2
+
+    func run() async throws {
+        try await runReportingErrors {
+            let every = Duration.milliseconds(Int64(max(interval, 0.1) * 1000))
+            try await options.withSession { session in
+                for try await sample in session.telemetry(every: every) {
+                    FileHandle.standardOutput.write(Data(("\u{1B}[H\u{1B}[2J" + render(sample)).utf8))
+                }
+            }
+        }
+    }
+}
+
+func render(_ s: TelemetrySample) -> String {
+    var out = ""
+    let m = s.memory
+    out += String(
+        format: "cpu   %5.1f%% of %d CPUs   load %.2f %.2f %.2f   processes %d   uptime %@\n",
+        s.cpu.totalPercent, s.cpuCount, s.load.one, s.load.five, s.load.fifteen, s.processCount,
+        formatDuration(s.uptimeSeconds))
+    out += "      per CPU: " + s.cpu.perCpuPercent.map { String(format: "%.0f%%", $0) }.joined(separator: " ") + "\n"
+    out +=
+        "mem   \(formatBytes(m.totalBytes - m.availableBytes)) used of \(formatBytes(m.totalBytes)), \(formatBytes(m.availableBytes)) available"
+    out +=
+        m.swapTotalBytes > 0
+        ? ", swap \(formatBytes(m.swapTotalBytes - m.swapFreeBytes)) of \(formatBytes(m.swapTotalBytes))\n" : "\n"
+    out += "file systems\n"
+    for fs in s.filesystems {
+        out +=
+            "  " + fs.mountPoint.padding(toLength: 24, withPad: " ", startingAt: 0)
+            + " \(fs.type.padding(toLength: 8, withPad: " ", startingAt: 0)) \(formatBytes(fs.usedBytes)) used of \(formatBytes(fs.totalBytes))\n"
+    }
+    out += "disks\n"
+    for d in s.disks {
+        out +=
+            "  " + d.name.padding(toLength: 12, withPad: " ", startingAt: 0)
+            + " read \(formatBytes(d.readBytes)), written \(formatBytes(d.writtenBytes))\n"
+    }
+    out += "network\n"
+    for n in s.interfaces {
+        out +=
+            "  " + n.name.padding(toLength: 12, withPad: " ", startingAt: 0) + (n.up ? " up  " : " down")
+            + " rx \(formatBytes(n.rxBytes)) tx \(formatBytes(n.txBytes))  \(n.addresses.joined(separator: " "))\n"
+    }
+    return out
+}
