@@ -140,9 +140,12 @@ public struct FrameDecoder: ByteToMessageDecoder {
         let payload = buffer.getSlice(at: start + FrameFormat.headerSize, length: Int(header.length))!
         let actual = payload.withUnsafeReadableBytes { CRC32C.checksum($0) }
         guard actual == payloadCRC else {
-            // The header may be a false positive inside other data: skip only its first byte.
-            buffer.moveReaderIndex(forwardBy: 1)
-            return .skipped(1, .payloadChecksum)
+            // The header's own checksum matched, so it is (almost surely) a real header whose
+            // payload was damaged, or a forgery. Skipping the whole claimed frame keeps the work
+            // per input byte constant: re-scanning inside it would let a peer that plants a valid
+            // header every few bytes make the receiver checksum the same payload over and over.
+            buffer.moveReaderIndex(forwardBy: total)
+            return .skipped(total, .payloadChecksum)
         }
         buffer.moveReaderIndex(forwardBy: total)
         return .frame(

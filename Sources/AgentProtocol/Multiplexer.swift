@@ -9,10 +9,11 @@ public enum StreamEvent: Sendable {
     /// Raw bytes on a channel; `endOfChannel` marks the channel's last frame.
     case data(ByteBuffer, channel: UInt8, endOfChannel: Bool, end: Bool)
 
+    /// Credit this event consumed: its payload plus the fixed per-frame charge.
     var byteCount: Int {
         switch self {
-        case .message(let b, _): b.readableBytes
-        case .data(let b, _, _, _): b.readableBytes
+        case .message(let b, _): b.readableBytes + Multiplexer.frameCharge
+        case .data(let b, _, _, _): b.readableBytes + Multiplexer.frameCharge
         }
     }
 
@@ -60,6 +61,11 @@ public final class Multiplexer: Sendable {
     public let dataChunkSize: Int
     /// Bound on queued control frames.
     public let maxQueuedControlFrames = 4096
+    /// Credit every DATA / MESSAGE frame costs on top of its payload, so that empty frames are
+    /// bounded by the window too.
+    public static let frameCharge = 64
+    /// Bytes of outbound data queued per stream at most, whatever window the peer grants.
+    public static let maxQueuedBytesPerStream = 4 << 20
 
     private let state: Mutex<State>
     private let lastReceived = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
@@ -74,6 +80,9 @@ public final class Multiplexer: Sendable {
         var remoteEnded = false
         var localEnded = false
         var queuedFrames = 0
+        var queuedBytes = 0
+        /// The local side is done with the stream; late frames from the peer are dropped.
+        var finished = false
         var failure: AgentError?
     }
 
@@ -96,7 +105,7 @@ public final class Multiplexer: Sendable {
         self.session = session
         self.local = local
         self.remote = remote
-        self.dataChunkSize = max(1024, min(128 << 10, remote.maxFramePayload, remote.initialWindow))
+        self.dataChunkSize = max(1024, min(128 << 10, remote.maxFramePayload, remote.initialWindow - Self.frameCharge))
         self.state = Mutex(State())
     }
 
@@ -148,9 +157,9 @@ public final class Multiplexer: Sendable {
     public func send(
         stream id: UInt32, type: FrameType, flags: FrameFlags = [], payload: ByteBuffer
     ) async throws(AgentError) {
-        let size = payload.readableBytes
+        let size = payload.readableBytes + Self.frameCharge
         precondition(type == .message || type == .data)
-        if size > remote.maxFramePayload || size > remote.initialWindow {
+        if payload.readableBytes > remote.maxFramePayload || size > remote.initialWindow {
             throw AgentError(.invalidArgument, "frame payload of \(size) bytes exceeds the peer's limit")
         }
         let frame = Frame(type: type, flags: flags, session: session, stream: id, payload: payload)
@@ -163,10 +172,13 @@ public final class Multiplexer: Sendable {
                 }
                 if let failure = stream.failure { return .failure(failure) }
                 if stream.localEnded { return .failure(AgentError(.closed, "stream \(id) already ended")) }
-                guard stream.sendWindow >= size else { return .success(false) }
+                guard stream.sendWindow >= size, stream.queuedBytes + size <= Self.maxQueuedBytesPerStream else {
+                    return .success(false)
+                }
                 stream.sendWindow -= size
                 if flags.contains(.endStream) { stream.localEnded = true }
                 stream.queuedFrames += 1
+                stream.queuedBytes += size
                 state.streams[id] = stream
                 if state.data[id, default: []].isEmpty { state.ready.append(id) }
                 state.data[id, default: []].append(frame)
@@ -189,7 +201,10 @@ public final class Multiplexer: Sendable {
                                     return .some(AgentError(.closed, "closed"))
                                 }
                                 if let failure = stream.failure { return .some(failure) }
-                                if stream.sendWindow >= size { return .some(nil) }
+                                if stream.sendWindow >= size, stream.queuedBytes + size <= Self.maxQueuedBytesPerStream
+                                {
+                                    return .some(nil)
+                                }
                                 stream.sendWaiters.append(continuation)
                                 state.streams[id] = stream
                                 return nil
@@ -315,11 +330,9 @@ public final class Multiplexer: Sendable {
     public func release(stream id: UInt32) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
             guard let stream = state.streams[id] else { return [] }
-            if stream.queuedFrames == 0 || !stream.localEnded {
-                state.streams[id] = nil
-                if let queued = state.data.removeValue(forKey: id), !queued.isEmpty {
-                    state.ready.removeAll { $0 == id }
-                }
+            state.streams[id] = nil
+            if let queued = state.data.removeValue(forKey: id), !queued.isEmpty {
+                state.ready.removeAll { $0 == id }
             }
             return stream.sendWaiters
         }
@@ -370,8 +383,10 @@ public final class Multiplexer: Sendable {
     public func receive(_ frame: Frame) -> ReceiveAction {
         guard let type = frame.type else { return .none }  // unknown types are ignored
         switch type {
-        case .hello, .welcome:
-            return .fail(AgentError(.protocolViolation, "unexpected \(type) inside a session"))
+        case .welcome:
+            return .none  // a repeated WELCOME answers a retransmitted HELLO
+        case .hello:
+            return .fail(AgentError(.protocolViolation, "unexpected HELLO inside a session"))
         case .ping:
             guard frame.payload.readableBytes <= 64 else {
                 return .fail(AgentError(.protocolViolation, "ping payload over 64 bytes"))
@@ -411,18 +426,25 @@ public final class Multiplexer: Sendable {
             return .none
         case .reset:
             let error = decodeError(frame.payload) ?? AgentError(.cancelled, "stream reset by peer")
+            // The stream stays (failed) so its reader gets the peer's error; queued output is dropped.
             failStream(frame.stream, error: error, remove: false)
             state.withLock { state in
-                if let stream = state.streams[frame.stream], stream.inboxWaiter == nil {
-                    state.streams[frame.stream] = nil
-                    if state.data.removeValue(forKey: frame.stream) != nil {
-                        state.ready.removeAll { $0 == frame.stream }
+                if state.data.removeValue(forKey: frame.stream) != nil {
+                    state.ready.removeAll { $0 == frame.stream }
+                }
+                if var stream = state.streams[frame.stream] {
+                    stream.queuedFrames = 0
+                    stream.queuedBytes = 0
+                    if stream.finished {
+                        state.streams[frame.stream] = nil
+                    } else {
+                        state.streams[frame.stream] = stream
                     }
                 }
             }
             return .none
         case .message, .data:
-            let size = frame.payload.readableBytes
+            let size = frame.payload.readableBytes + Self.frameCharge
             let end = frame.flags.contains(.endStream)
             let event: StreamEvent =
                 type == .message
@@ -440,7 +462,7 @@ public final class Multiplexer: Sendable {
                     // Late frames for a stream that was reset or released are dropped.
                     return frame.stream <= state.highestStream ? .ignored : .violation("frame for unknown stream")
                 }
-                if stream.failure != nil { return .ignored }
+                if stream.failure != nil || stream.finished { return .ignored }
                 if stream.remoteEnded { return .violation("frame after END_STREAM on stream \(frame.stream)") }
                 guard size <= stream.receiveRemaining else {
                     return .violation("stream \(frame.stream) exceeded its flow-control window")
@@ -580,9 +602,10 @@ public final class Multiplexer: Sendable {
     /// round-robin from the streams. Returns nil once the session is closed and drained.
     public func nextOutbound(maxDataBytes: Int = 512 << 10) async -> [Frame]? {
         while true {
-            let (batch, spaceWaiters, finished) = state.withLock {
-                state -> ([Frame], [CheckedContinuation<Void, Never>], Bool) in
+            let (batch, spaceWaiters, finished, senders) = state.withLock {
+                state -> ([Frame], [CheckedContinuation<Void, Never>], Bool, [CheckedContinuation<Void, any Error>]) in
                 var batch: [Frame] = []
+                var senders: [CheckedContinuation<Void, any Error>] = []
                 while let frame = state.control.popFirst() { batch.append(frame) }
                 var budget = maxDataBytes
                 while budget > 0, let id = state.ready.popFirst() {
@@ -597,8 +620,11 @@ public final class Multiplexer: Sendable {
                     }
                     if var stream = state.streams[id] {
                         stream.queuedFrames -= 1
-                        // A stream the agent has ended and whose frames are all written is done.
-                        if stream.localEnded && stream.queuedFrames == 0 && stream.remoteEnded {
+                        stream.queuedBytes -= frame.payload.readableBytes + Self.frameCharge
+                        senders += stream.sendWaiters
+                        stream.sendWaiters = []
+                        // A finished stream whose frames are all written is forgotten.
+                        if stream.finished && stream.queuedFrames == 0 {
                             state.streams[id] = nil
                         } else {
                             state.streams[id] = stream
@@ -607,9 +633,10 @@ public final class Multiplexer: Sendable {
                 }
                 let waiters = state.controlSpaceWaiters
                 state.controlSpaceWaiters = []
-                return (batch, waiters, batch.isEmpty && state.closed != nil)
+                return (batch, waiters, batch.isEmpty && state.closed != nil, senders)
             }
             for waiter in spaceWaiters { waiter.resume() }
+            for sender in senders { sender.resume() }
             if !batch.isEmpty { return batch }
             if finished { return nil }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -628,8 +655,9 @@ public final class Multiplexer: Sendable {
     public func finish(stream id: UInt32) {
         state.withLock { state in
             guard var stream = state.streams[id] else { return }
-            stream.remoteEnded = true
+            stream.finished = true
             stream.localEnded = true
+            stream.inbox.removeAll()
             if stream.queuedFrames == 0 {
                 state.streams[id] = nil
             } else {

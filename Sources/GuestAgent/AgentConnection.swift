@@ -15,10 +15,15 @@ struct AgentConnection {
         let mux: Multiplexer
         let task: Task<Void, Never>
         let requests: AsyncStream<(UInt32, ByteBuffer)>.Continuation
-        init(mux: Multiplexer, task: Task<Void, Never>, requests: AsyncStream<(UInt32, ByteBuffer)>.Continuation) {
+        let welcome: Frame
+        init(
+            mux: Multiplexer, task: Task<Void, Never>, requests: AsyncStream<(UInt32, ByteBuffer)>.Continuation,
+            welcome: Frame
+        ) {
             self.mux = mux
             self.task = task
             self.requests = requests
+            self.welcome = welcome
         }
     }
 
@@ -46,6 +51,21 @@ struct AgentConnection {
                         continue
                     }
                     if frame.type == .hello {
+                        if let session = current, session.mux.session == frame.session, session.mux.closedError == nil {
+                            // A retransmitted HELLO of the running session: answer again, change nothing.
+                            session.mux.enqueueControl(session.welcome)
+                            continue
+                        }
+                        let accepted: (Hello, SessionLimits, UInt32)
+                        switch Self.validate(hello: frame) {
+                        case .failure(let error):
+                            logger.info("refused HELLO", metadata: ["error": "\(error)"])
+                            try await outbound.write(
+                                Frame(type: .goAway, session: frame.session, payload: error.wire.buffer()))
+                            continue
+                        case .success(let value):
+                            accepted = value
+                        }
                         if let old = current {
                             old.mux.close(AgentError(.closed, "superseded by a new session"))
                             old.requests.finish()
@@ -53,7 +73,10 @@ struct AgentConnection {
                             await old.task.value
                             current = nil
                         }
-                        current = try await startSession(hello: frame, outbound: outbound, logger: logger)
+                        current = startSession(
+                            frame: frame, hello: accepted.0, remote: accepted.1, version: accepted.2,
+                            outbound: outbound,
+                            logger: logger)
                         continue
                     }
                     guard let session = current, frame.session == session.mux.session,
@@ -99,25 +122,26 @@ struct AgentConnection {
         }
     }
 
-    private func startSession(
-        hello frame: Frame, outbound: NIOAsyncChannelOutboundWriter<Frame>, logger: Logger
-    ) async throws -> Current? {
-        let hello: Hello
-        let remote: SessionLimits
-        do {
-            hello = try Hello(payload: frame.payload)
-            remote = try Handshake.limits(of: hello)
+    static func validate(hello frame: Frame) -> Result<(Hello, SessionLimits, UInt32), AgentError> {
+        do throws(AgentError) {
+            guard frame.session != 0 else { throw AgentError(.protocolViolation, "session id 0 is reserved") }
+            let hello = try Hello(payload: frame.payload)
+            let remote = try Handshake.limits(of: hello)
+            guard let version = Handshake.negotiate(min: hello.minVersion, max: hello.maxVersion) else {
+                throw AgentError(
+                    .unsupportedVersion,
+                    "host speaks \(hello.minVersion)...\(hello.maxVersion), agent \(Handshake.supportedVersions)")
+            }
+            return .success((hello, remote, version))
         } catch {
-            try await outbound.write(Frame(type: .goAway, session: frame.session, payload: error.wire.buffer()))
-            return nil
+            return .failure(error)
         }
-        guard let version = Handshake.negotiate(min: hello.minVersion, max: hello.maxVersion) else {
-            let error = AgentError(
-                .unsupportedVersion,
-                "host speaks \(hello.minVersion)...\(hello.maxVersion), agent \(Handshake.supportedVersions)")
-            try await outbound.write(Frame(type: .goAway, session: frame.session, payload: error.wire.buffer()))
-            return nil
-        }
+    }
+
+    private func startSession(
+        frame: Frame, hello: Hello, remote: SessionLimits, version: UInt32,
+        outbound: NIOAsyncChannelOutboundWriter<Frame>, logger: Logger
+    ) -> Current {
         let local = self.core.configuration.session.limits
         let mux = Multiplexer(session: frame.session, local: local, remote: remote)
         var sessionLoggerSetup = logger
@@ -134,7 +158,8 @@ struct AgentConnection {
             $0.maxStreams = UInt32(local.maxStreams)
             $0.agentInstance = self.core.instance
         }
-        mux.enqueueControl(Frame(type: .welcome, session: frame.session, payload: welcome.buffer()))
+        let welcomeFrame = Frame(type: .welcome, session: frame.session, payload: welcome.buffer())
+        mux.enqueueControl(welcomeFrame)
         mux.noteReceived()
         let (requests, continuation) = AsyncStream<(UInt32, ByteBuffer)>.makeStream()
         let core = self.core
@@ -161,6 +186,6 @@ struct AgentConnection {
             }
             sessionLogger.info("session ended", metadata: ["reason": "\(mux.closedError.map { "\($0)" } ?? "-")"])
         }
-        return Current(mux: mux, task: task, requests: continuation)
+        return Current(mux: mux, task: task, requests: continuation, welcome: welcomeFrame)
     }
 }

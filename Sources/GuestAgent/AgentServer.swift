@@ -66,13 +66,19 @@ public final class AgentService: Service, Sendable {
         }
     }
 
+    private var maxPayload: Int { configuration.session.limits.maxFramePayload }
+
     private func serveUnix(path: String) async throws {
+        let maxPayload = self.maxPayload
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
-                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel, maximumPayload: maxPayload) }
             }
-        chmod(path, 0o600)
+        guard chmod(path, 0o600) == 0 else {
+            try? await server.channel.close()
+            throw AgentError(.io, "cannot restrict \(path) to mode 0600: \(errnoText())")
+        }
         let core = self.core
         try await server.executeThenClose { connections in
             try await withThrowingDiscardingTaskGroup { group in
@@ -84,6 +90,7 @@ public final class AgentService: Service, Sendable {
     }
 
     private func serveVsock(port: UInt32, allowLocal: Bool) async throws {
+        let maxPayload = self.maxPayload
         let listener = lqx_vsock_listen(port, 64)
         guard listener >= 0 else {
             throw AgentError(.unavailable, "cannot listen on vsock port \(port): \(errnoText())")
@@ -128,7 +135,9 @@ public final class AgentService: Service, Sendable {
                     tasks.addTask {
                         do {
                             let channel = try await ClientBootstrap(group: group).withConnectedSocket(fd) { channel in
-                                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+                                channel.eventLoop.makeCompletedFuture {
+                                    try FramedChannel.framing(channel, maximumPayload: maxPayload)
+                                }
                             }
                             await AgentConnection(core: core, transport: "vsock").serve(channel)
                         } catch {
@@ -146,6 +155,7 @@ public final class AgentService: Service, Sendable {
     /// The port reads EOF while no host is connected: reopen with a short pause instead of spinning.
     private func serveVirtioSerial(path: String) async {
         let logger = configuration.logger
+        let maxPayload = self.maxPayload
         var reportedMissing = false
         while !Task.isCancelled {
             let fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
@@ -163,7 +173,9 @@ public final class AgentService: Service, Sendable {
             do {
                 let channel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(inputOutput: fd) {
                     channel in
-                    channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+                    channel.eventLoop.makeCompletedFuture {
+                        try FramedChannel.framing(channel, maximumPayload: maxPayload)
+                    }
                 }
                 await AgentConnection(core: core, transport: "virtio-serial").serve(channel)
             } catch {

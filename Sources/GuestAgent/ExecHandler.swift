@@ -110,20 +110,19 @@ struct ExecHandler {
         if ptyMaster >= 0 {
             let channel = try await Self.adopt(inputOutput: ptyMaster, group: group)
             outcome = try await channel.executeThenClose { inbound, outbound in
-                try await supervise(pid: pid, sources: [(inbound, 0)], sink: outbound, ptyMaster: ptyMaster)
+                try await supervise(pid: pid, sources: [(inbound, 0)], sink: .pty(outbound), ptyMaster: ptyMaster)
             }
         } else {
             let out = try await Self.adopt(input: stdoutRead, group: group)
             let err = try await Self.adopt(input: stderrRead, group: group)
-            let input = stdinWrite >= 0 ? try await Self.adopt(output: stdinWrite, group: group) : nil
+            let input: (any Channel)? =
+                stdinWrite >= 0
+                ? try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinWrite).get() : nil
+            defer { input?.close(promise: nil) }
             outcome = try await out.executeThenClose { outIn, _ in
                 try await err.executeThenClose { errIn, _ in
-                    if let input {
-                        return try await input.executeThenClose { _, sink in
-                            try await supervise(pid: pid, sources: [(outIn, 0), (errIn, 1)], sink: sink, ptyMaster: -1)
-                        }
-                    }
-                    return try await supervise(pid: pid, sources: [(outIn, 0), (errIn, 1)], sink: nil, ptyMaster: -1)
+                    try await supervise(
+                        pid: pid, sources: [(outIn, 0), (errIn, 1)], sink: input.map { .pipe($0) }, ptyMaster: -1)
                 }
             }
         }
@@ -159,11 +158,10 @@ struct ExecHandler {
     /// grace period after exit ran out). Kills the process group when the host goes away.
     private func supervise(
         pid: pid_t, sources: [(NIOAsyncChannelInboundStream<ByteBuffer>, UInt8)],
-        sink: NIOAsyncChannelOutboundWriter<ByteBuffer>?, ptyMaster: Int32
+        sink: InputSink?, ptyMaster: Int32
     ) async throws -> (status: Int32, timedOut: Bool, bytes: Int) {
         let context = self.context
         let timeoutMs = request.timeoutMs
-        let isPTY = ptyMaster >= 0
         return try await withThrowingTaskGroup(of: Event.self) { group in
             group.addTask { .exited(await ChildProcess.wait(pid: pid)) }
             group.addTask {
@@ -181,7 +179,7 @@ struct ExecHandler {
             }
             group.addTask {
                 do {
-                    try await Self.input(context: context, sink: sink, pid: pid, ptyMaster: ptyMaster, isPTY: isPTY)
+                    try await Self.input(context: context, sink: sink, pid: pid, ptyMaster: ptyMaster)
                     return .inputDone(nil)
                 } catch {
                     return .inputDone((error as? AgentError) ?? AgentError(.cancelled, "\(error)"))
@@ -268,31 +266,47 @@ struct ExecHandler {
         return total
     }
 
-    private static func input(
-        context: StreamContext, sink: NIOAsyncChannelOutboundWriter<ByteBuffer>?, pid: pid_t, ptyMaster: Int32,
-        isPTY: Bool
-    ) async throws {
+    /// Where stdin bytes go: a pipe (EOF closes it once every byte is written) or the PTY master
+    /// (EOF is sent as ^D, the terminal's end-of-file character).
+    enum InputSink: Sendable {
+        case pipe(any Channel)
+        case pty(NIOAsyncChannelOutboundWriter<ByteBuffer>)
+
+        func write(_ bytes: ByteBuffer) async throws {
+            switch self {
+            case .pipe(let channel): try await channel.writeAndFlush(bytes)
+            case .pty(let writer): try await writer.write(bytes)
+            }
+        }
+
+        func endOfInput() async {
+            switch self {
+            case .pipe(let channel): try? await channel.close(mode: .output)
+            case .pty(let writer): try? await writer.write(ByteBuffer(bytes: [0x04]))
+            }
+        }
+    }
+
+    private static func input(context: StreamContext, sink: InputSink?, pid: pid_t, ptyMaster: Int32) async throws {
         var sink = sink
         while let event = try await context.next() {
             switch event {
             case .data(let bytes, _, let endOfChannel, _):
+                // A process that closed its stdin (EPIPE) simply stops receiving input.
                 if bytes.readableBytes > 0 { try? await sink?.write(bytes) }
                 if endOfChannel {
-                    if isPTY {
-                        try? await sink?.write(ByteBuffer(bytes: [0x04]))  // VEOF
-                    } else {
-                        sink?.finish()
-                        sink = nil
-                    }
+                    await sink?.endOfInput()
+                    if ptyMaster < 0 { sink = nil }
                 }
             case .message(let payload, _):
                 let control = try Control(payload: payload)
                 switch control.kind {
                 case .signal(let s):
-                    guard s.signal > 0, s.signal < 65 else {
-                        throw AgentError(.invalidArgument, "signal \(s.signal) is out of range")
+                    if s.signal > 0 && s.signal < 65 {
+                        kill(-pid, s.signal)
+                    } else {
+                        context.logger.info("ignored signal out of range", metadata: ["signal": "\(s.signal)"])
                     }
-                    kill(-pid, s.signal)
                 case .resize(let size):
                     if ptyMaster >= 0 {
                         _ = lqx_set_window_size(ptyMaster, UInt16(clamping: size.rows), UInt16(clamping: size.cols))
@@ -316,16 +330,6 @@ struct ExecHandler {
     private static func adopt(input fd: Int32, group: any EventLoopGroup) async throws -> Pipe {
         try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: fd) { channel in
             channel.eventLoop.makeCompletedFuture { try Pipe(wrappingChannelSynchronously: channel) }
-        }
-    }
-
-    private static func adopt(output fd: Int32, group: any EventLoopGroup) async throws -> Pipe {
-        try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: fd) { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try Pipe(
-                    wrappingChannelSynchronously: channel,
-                    configuration: .init(isOutboundHalfClosureEnabled: true))
-            }
         }
     }
 

@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import Glibc
 import NIOCore
+import Synchronization
 
 /// Upload (atomic: temp file, fsync, rename, directory fsync), download, stat and list.
 struct FileHandlers {
@@ -43,12 +44,11 @@ struct FileHandlers {
             guard fd >= 0 else { throw Self.ioError("cannot create a file in \(directory)") }
             return fd
         }
+        let descriptor = Descriptor(fd)
         var committed = false
         defer {
-            if !committed {
-                close(fd)
-                unlink(temp)
-            }
+            descriptor.close()
+            if !committed { unlink(temp) }
         }
         var hasher = Hasher()
         var size: UInt64 = 0
@@ -75,7 +75,7 @@ struct FileHandlers {
                 commit = c
             }
         }
-        guard let commit else { throw AgentError(.cancelled, "upload ended without a commit") }
+        guard let commit else { throw AgentError(.invalidArgument, "upload ended without a commit") }
         if pending.readableBytes > 0 { hasher = try await write(pending, to: fd, hasher: hasher) }
         let digest = hasher.finalize()
         guard commit.size == size, size == request.size else {
@@ -93,11 +93,13 @@ struct FileHandlers {
                 guard fchown(fd, uid, gid) == 0 else { throw Self.ioError("chown \(path)") }
             }
             guard fsync(fd) == 0 else { throw Self.ioError("fsync \(temp)") }
-            guard close(fd) == 0 else { throw Self.ioError("close \(temp)") }
-            guard rename(temp, path) == 0 else {
-                let error = Self.ioError("rename to \(path)")
+            guard descriptor.close() == 0 else { throw Self.ioError("close \(temp)") }
+            if request.noOverwrite {
+                // link(2) fails atomically when the destination exists.
+                guard link(temp, path) == 0 else { throw Self.ioError("create \(path)") }
                 unlink(temp)
-                throw error
+            } else {
+                guard rename(temp, path) == 0 else { throw Self.ioError("rename to \(path)") }
             }
             let dirfd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if dirfd >= 0 {
@@ -228,10 +230,16 @@ struct FileHandlers {
             }
             return entries.sorted { $0.name < $1.name }
         }
+        // Batches of at most 512 entries and about 48 KiB, well under the 64 KiB message limit.
         var index = 0
         repeat {
-            let batch = Array(entries[index..<min(index + 512, entries.count)])
-            index += batch.count
+            var batch: [Limiquantix_Agent_V1_FileStat] = []
+            var bytes = 0
+            while index < entries.count, batch.count < 512, bytes < 48 << 10 {
+                bytes += entries[index].name.utf8.count + entries[index].symlinkTarget.utf8.count + 48
+                batch.append(entries[index])
+                index += 1
+            }
             try await context.reply(.with { $0.listing = .with { $0.entries = batch } }, end: index >= entries.count)
         } while index < entries.count
     }
@@ -305,4 +313,22 @@ struct Hasher: @unchecked Sendable {
     private var sha = SHA256()
     mutating func update(bufferPointer: UnsafeRawBufferPointer) { sha.update(bufferPointer: bufferPointer) }
     func finalize() -> Data { Data(sha.finalize()) }
+}
+
+/// A file descriptor closed exactly once.
+final class Descriptor: Sendable {
+    let fd: Int32
+    private let closed = Mutex(false)
+
+    init(_ fd: Int32) { self.fd = fd }
+
+    /// Closes the descriptor unless already closed; returns close(2)'s result (0 when already closed).
+    @discardableResult
+    func close() -> Int32 {
+        let first = closed.withLock { done -> Bool in
+            defer { done = true }
+            return !done
+        }
+        return first ? Glibc.close(fd) : 0
+    }
 }

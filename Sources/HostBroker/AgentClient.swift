@@ -144,7 +144,9 @@ public final class AgentClient: Service, Sendable {
     private func connectOnce() async -> Bool {
         var established = false
         do {
-            let channel = try await AgentDialer.dial(address, group: group, timeout: configuration.connectTimeout)
+            let channel = try await AgentDialer.dial(
+                address, group: group, timeout: configuration.connectTimeout,
+                maxPayload: configuration.session.limits.maxFramePayload)
             try await channel.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
                 let (mux, welcome) = try await self.handshake(

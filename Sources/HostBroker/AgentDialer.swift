@@ -5,26 +5,26 @@ import NIOPosix
 /// Opens a framed byte stream to an agent address.
 enum AgentDialer {
     static func dial(
-        _ address: AgentAddress, group: any EventLoopGroup, timeout: TimeAmount
+        _ address: AgentAddress, group: any EventLoopGroup, timeout: TimeAmount, maxPayload: Int
     ) async throws -> FramedChannel {
         let bootstrap = ClientBootstrap(group: group).connectTimeout(timeout)
         switch address {
         case .unix(let path):
             return try await bootstrap.connect(unixDomainSocketPath: path) { channel in
-                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel, maximumPayload: maxPayload) }
             }
         case .vsock(let cid, let port):
             return try await bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
             {
                 channel in
-                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel) }
+                channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel, maximumPayload: maxPayload) }
             }
         case .hybridVsock(let path, let port):
             let (channel, handshake) = try await bootstrap.connect(unixDomainSocketPath: path) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = HybridVsockHandshake(port: port, promise: channel.eventLoop.makePromise())
                     try channel.pipeline.syncOperations.addHandler(handler)
-                    let framed = try FramedChannel.framing(channel)
+                    let framed = try FramedChannel.framing(channel, maximumPayload: maxPayload)
                     return (framed, handler.promise.futureResult)
                 }
             }

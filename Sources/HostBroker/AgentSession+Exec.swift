@@ -34,7 +34,7 @@ public struct ExecExitStatus: Sendable, Equatable {
     public var duration: Duration
 
     /// Shell convention: the exit code, or 128 + signal.
-    public var shellStatus: Int32 { exitCode ?? (128 + (signal ?? 0)) }
+    public var shellStatus: Int32 { exitCode ?? (128 + min(max(signal ?? 0, 0), 127)) }
 }
 
 /// Output of a guest process, in the order it arrived.
@@ -57,6 +57,11 @@ public final class ExecProcess: Sendable, AsyncSequence {
         self.session = session
         self.stream = stream
         self.pid = pid
+    }
+
+    deinit {
+        // Dropped before the exit status was read: stop the remote process (no-op when finished).
+        session.abandon(stream)
     }
 
     /// Sends bytes to the process's stdin (waits for the agent's credit).
@@ -202,7 +207,7 @@ extension AgentSession {
             guard case .execStarted(let started) = reply.kind else { throw unexpected(reply) }
             return ExecProcess(session: self, stream: stream, pid: started.pid)
         } catch {
-            mux.release(stream: stream)
+            abandon(stream)
             throw error
         }
     }

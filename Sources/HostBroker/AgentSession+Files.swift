@@ -61,9 +61,10 @@ extension AgentSession {
             }
         }
         let stream = try open(request)
-        defer { mux.release(stream: stream) }
+        var completed = false
+        defer { completed ? mux.release(stream: stream) : abandon(stream) }
         let mux = self.mux
-        return try await withThrowingTaskGroup(of: TransferResult?.self) { group in
+        let result = try await withThrowingTaskGroup(of: TransferResult?.self) { group in
             // The reply arrives only after the commit, unless the agent fails early: then the
             // sender is cancelled instead of waiting for credit that never comes.
             group.addTask {
@@ -104,6 +105,8 @@ extension AgentSession {
             guard let result else { throw AgentError(.internal, "upload finished without a result") }
             return result
         }
+        completed = true
+        return result
     }
 
     /// Copies a guest file to `localPath` atomically (temp file, fsync, rename), verifying the
@@ -115,7 +118,8 @@ extension AgentSession {
         let directory = url.deletingLastPathComponent().path
         let temp = "\(directory)/.\(url.lastPathComponent).lqx-\(UInt32.random(in: 0...UInt32.max)).part"
         let stream = try open(.with { $0.download = .with { $0.path = guestPath } })
-        defer { mux.release(stream: stream) }
+        var completed = false
+        defer { completed ? mux.release(stream: stream) : abandon(stream) }
         guard let (first, _) = try await nextReply(stream) else {
             throw AgentError(.protocolViolation, "download stream ended early")
         }
@@ -123,11 +127,10 @@ extension AgentSession {
         let fd = Glibc.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentError(.io, "cannot create \(temp): \(String(cString: strerror(errno)))") }
         var done = false
+        var fdOpen = true
         defer {
-            if !done {
-                close(fd)
-                unlink(temp)
-            }
+            if fdOpen { close(fd) }
+            if !done { unlink(temp) }
         }
         var hasher = FileHasher()
         var received: UInt64 = 0
@@ -159,15 +162,17 @@ extension AgentSession {
                         "download of \(guestPath) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
                     )
                 }
+                fdOpen = false
                 try await NIOThreadPool.singleton.runIfActive {
-                    fchmod(fd, mode_t(start.mode & 0o7777))
-                    guard fsync(fd) == 0, close(fd) == 0, rename(temp, localPath) == 0 else {
-                        let message = String(cString: strerror(errno))
-                        unlink(temp)
-                        throw AgentError(.io, "cannot write \(localPath): \(message)")
+                    fchmod(fd, mode_t(start.mode & 0o777))  // never setuid/setgid/sticky from a guest
+                    let synced = fsync(fd) == 0
+                    let closed = close(fd) == 0
+                    guard synced, closed, rename(temp, localPath) == 0 else {
+                        throw AgentError(.io, "cannot write \(localPath): \(String(cString: strerror(errno)))")
                     }
                 }
                 done = true
+                completed = true
                 return TransferResult(size: received, sha256: digest.hexString)
             }
         }

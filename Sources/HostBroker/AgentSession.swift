@@ -148,6 +148,13 @@ public final class AgentSession: Sendable {
         return accepted
     }
 
+    /// Gives up on a stream the agent may still be working on: RESET makes it stop (kill the
+    /// process, drop the temp file) instead of waiting for data that never comes.
+    func abandon(_ stream: UInt32) {
+        mux.reset(stream: stream, error: AgentError(.cancelled, "abandoned by the host"))
+        mux.release(stream: stream)
+    }
+
     func unexpected(_ reply: Reply) -> AgentError {
         AgentError(.protocolViolation, "unexpected reply \(String(describing: reply.kind))")
     }

@@ -75,6 +75,7 @@ struct Shutdown: AsyncParsableCommand {
 }
 
 func formatDuration(_ seconds: Double) -> String {
+    guard seconds.isFinite, seconds >= 0, seconds < 1e12 else { return "?" }
     let s = Int(seconds)
     let d = s / 86400, h = (s % 86400) / 3600, m = (s % 3600) / 60
     return d > 0 ? "\(d)d \(h)h \(m)m" : (h > 0 ? "\(h)h \(m)m" : "\(m)m \(s % 60)s")
