@@ -92,7 +92,7 @@ let package = Package(
         .testTarget(
             name: "HostBrokerTests",
             dependencies: [
-                "HostBroker", "GuestAgent", "AgentProtocol",
+                "HostBroker", "GuestAgent", "AgentProtocol", "CLQXSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/reboot.h>
 
 int lqx_vsock_listen(uint32_t port, int backlog) {
@@ -41,3 +42,39 @@ int lqx_vsock_accept(int listen_fd, uint32_t *peer_cid, uint32_t *peer_port) {
 int lqx_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int lqx_reboot(int command) { return reboot(command); }
+
+int lqx_vsock_loopback_probe(uint32_t port, int timeout_ms) {
+    int listener = lqx_vsock_listen(port, 1);
+    if (listener < 0) return errno;
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        int e = errno;
+        close(listener);
+        return e;
+    }
+    struct sockaddr_vm addr;
+    memset(&addr, 0, sizeof addr);
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = VMADDR_CID_LOCAL;
+    addr.svm_port = port;
+    int result = 0;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        if (errno != EINPROGRESS) {
+            result = errno;
+        } else {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int n = poll(&p, 1, timeout_ms);
+            if (n <= 0) {
+                result = n == 0 ? ETIMEDOUT : errno;
+            } else {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                result = err;
+            }
+        }
+    }
+    close(fd);
+    close(listener);
+    return result;
+}

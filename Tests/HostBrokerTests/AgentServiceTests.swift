@@ -123,6 +123,7 @@ struct AgentServiceTests {
                 }
                 return count
             }()
+            let start = ContinuousClock.now
             async let upload = session.upload(file: source, to: dir.file("copy"))
             var worst = Duration.zero
             for _ in 0..<50 {
@@ -131,8 +132,10 @@ struct AgentServiceTests {
             }
             #expect(try await output == 200 << 20)
             #expect(try await upload.size == 64 << 20)
-            print("worst ping during transfers: \(worst)")
-            #expect(worst < .milliseconds(500), "a ping waited behind bulk data for \(worst)")
+            let busy = ContinuousClock.now - start
+            print("worst ping during transfers: \(worst) (transfers took \(busy))")
+            // A ping queued behind the bulk data would take about as long as the transfers themselves.
+            #expect(worst < max(.milliseconds(500), busy / 4), "a ping waited behind bulk data for \(worst)")
         }
     }
 }

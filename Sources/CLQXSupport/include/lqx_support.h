@@ -58,4 +58,8 @@ int lqx_pipe_cloexec(int fds[2]);
 /// reboot(2) with a LINUX_REBOOT_CMD_* value.
 int lqx_reboot(int command);
 
+/// Checks that AF_VSOCK works to the local CID 1 (vsock_loopback): listens on `port` and connects to
+/// (1, port) within `timeout_ms`. Returns 0 when it works, else an errno value.
+int lqx_vsock_loopback_probe(uint32_t port, int timeout_ms);
+
 #endif

@@ -1,0 +1,58 @@
+import AgentProtocol
+import Testing
+
+@testable import GuestAgent
+
+@Suite("agent policy file")
+struct AgentPolicyTests {
+    @Test("an empty file allows everything")
+    func empty() throws {
+        #expect(try AgentPolicy.parse("") == AgentPolicy())
+    }
+
+    @Test("each switch turns one operation off")
+    func switches() throws {
+        let policy = try AgentPolicy.parse(
+            """
+            [exec]
+            enabled = false
+            [files]
+            read = true
+            write = false
+            [power]
+            shutdown = false
+            """)
+        #expect(policy == AgentPolicy(allowExec: false, allowFileRead: true, allowFileWrite: false, allowShutdown: false))
+    }
+
+    @Test("typos and wrong types are errors, never silently ignored", arguments: [
+        "[exec]\nenable = false", "[execs]\nenabled = false", "[exec]\nenabled = \"no\"", "exec = false",
+        "[files\nread = true",
+    ])
+    func rejects(text: String) {
+        let error = #expect(throws: AgentError.self) { try AgentPolicy.parse(text, source: "agent.toml") }
+        #expect(error?.code == .invalidArgument)
+        #expect(error?.message.hasPrefix("agent.toml") == true)
+    }
+
+    @Test("a missing default file means the default policy; a missing explicit file is an error")
+    func missingFile() throws {
+        #expect(try AgentPolicy.load(path: "/nonexistent/agent.toml", required: false) == AgentPolicy())
+        #expect(throws: AgentError.self) { try AgentPolicy.load(path: "/nonexistent/agent.toml", required: true) }
+    }
+
+    @Test("os-release parsing handles quotes and comments")
+    func osRelease() {
+        let parsed = AgentCore.parseOSRelease(
+            """
+            # comment
+            PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
+            ID=debian
+            VERSION_ID='12'
+            """)
+        #expect(parsed["PRETTY_NAME"] == "Debian GNU/Linux 12 (bookworm)")
+        #expect(parsed["ID"] == "debian")
+        #expect(parsed["VERSION_ID"] == "12")
+        #expect(parsed["#"] == nil)
+    }
+}

@@ -1,0 +1,156 @@
+import AgentProtocol
+import Foundation
+import NIOCore
+import Synchronization
+
+/// Blocking unix-socket helpers for tests that must write raw bytes (garbage, stale frames).
+enum RawSocket {
+    static func address(_ path: String) -> sockaddr_un {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            let bytes = Array(path.utf8.prefix(raw.count - 1))
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return addr
+    }
+
+    static func connect(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = address(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard rc == 0 else {
+            close(fd)
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        return fd
+    }
+
+    static func listen(_ path: String) throws -> Int32 {
+        unlink(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = address(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard rc == 0, Glibc.listen(fd, 8) == 0 else {
+            close(fd)
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        return fd
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, bytes.count - offset) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            offset += n
+        }
+        return true
+    }
+
+    static func writeAll(_ fd: Int32, _ buffer: ByteBuffer) -> Bool {
+        writeAll(fd, Array(buffer.readableBytesView))
+    }
+
+    static func setReceiveTimeout(_ fd: Int32, milliseconds: Int) {
+        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: Int((milliseconds % 1000) * 1000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+}
+
+/// A framed peer over a blocking socket: writes frames or raw bytes, reads and decodes frames.
+// @unchecked Sendable: test helper; each peer is used by one thread at a time.
+final class RawPeer: @unchecked Sendable {
+    let fd: Int32
+    private var buffer = ByteBuffer()
+
+    init(fd: Int32) { self.fd = fd }
+
+    deinit { close(fd) }
+
+    func send(_ frame: Frame) { _ = RawSocket.writeAll(fd, frame.encoded()) }
+
+    func send(raw bytes: [UInt8]) { _ = RawSocket.writeAll(fd, bytes) }
+
+    /// The next frame whose session is `session` (others are skipped), or nil on timeout / EOF.
+    func next(session: UInt64? = nil, timeoutMs: Int = 5000) -> Frame? {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while Date() < deadline {
+            while true {
+                switch FrameDecoder.next(from: &buffer, maximumPayload: FrameFormat.maximumPayload) {
+                case .frame(let frame):
+                    if session == nil || frame.session == session { return frame }
+                    continue
+                case .skipped: continue
+                case .needMoreData: break
+                }
+                break
+            }
+            RawSocket.setReceiveTimeout(fd, milliseconds: 100)
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = read(fd, &chunk, chunk.count)
+            if n == 0 { return nil }
+            if n > 0 { buffer.writeBytes(chunk[0..<n]) }
+        }
+        return nil
+    }
+
+    /// Sends HELLO and waits for WELCOME of that session.
+    func handshake(session: UInt64) -> Welcome? {
+        let hello = Hello.with {
+            $0.minVersion = 1
+            $0.maxVersion = 1
+            $0.client = "raw-test-peer"
+            $0.initialWindow = 1 << 20
+            $0.maxFramePayload = 256 << 10
+        }
+        send(Frame(type: .hello, session: session, payload: hello.buffer()))
+        while let frame = next(session: session) {
+            if frame.type == .welcome { return try? Welcome(payload: frame.payload) }
+        }
+        return nil
+    }
+
+    /// Reads replies on a stream until a message satisfying `match`.
+    func reply(session: UInt64, stream: UInt32, timeoutMs: Int = 5000, _ match: (Reply) -> Bool) -> Reply? {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while Date() < deadline, let frame = next(session: session, timeoutMs: timeoutMs) {
+            guard frame.stream == stream, frame.type == .message, let reply = try? Reply(payload: frame.payload)
+            else { continue }
+            if match(reply) { return reply }
+        }
+        return nil
+    }
+}
+
+/// Runs blocking test code on its own thread so it never occupies the cooperative pool (which
+/// has only as many threads as cores, and the agent under test needs them).
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            continuation.resume(with: Result { try body() })
+        }
+    }
+}
+
+/// Collects failed checks made on a plain thread; the test asserts on them afterwards (swift-testing
+/// expectations must be made from the test's own task).
+final class Checks: Sendable {
+    private let failed = Mutex<[String]>([])
+
+    func check(_ condition: Bool, _ message: String, line: Int = #line) {
+        if !condition { failed.withLock { $0.append("line \(line): \(message)") } }
+    }
+
+    var failures: [String] { failed.withLock { $0 } }
+}
