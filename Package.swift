@@ -76,6 +76,16 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        .executableTarget(
+            name: "lqx-bench",
+            dependencies: [
+                "HostBroker", "AgentProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "benchmarks/AgentBench"
+        ),
         .testTarget(
             name: "AgentProtocolTests",
             dependencies: [

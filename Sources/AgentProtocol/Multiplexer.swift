@@ -36,7 +36,7 @@ public struct SessionLimits: Sendable, Equatable {
     public var maxStreams: Int
 
     /// Creates limits.
-    public init(initialWindow: Int = 1 << 20, maxFramePayload: Int = 256 << 10, maxStreams: Int = 256) {
+    public init(initialWindow: Int = 2 << 20, maxFramePayload: Int = 256 << 10, maxStreams: Int = 256) {
         self.initialWindow = initialWindow
         self.maxFramePayload = maxFramePayload
         self.maxStreams = maxStreams
@@ -105,7 +105,8 @@ public final class Multiplexer: Sendable {
         self.session = session
         self.local = local
         self.remote = remote
-        self.dataChunkSize = max(1024, min(128 << 10, remote.maxFramePayload, remote.initialWindow - Self.frameCharge))
+        self.dataChunkSize = max(
+            1024, min(256 << 10, remote.maxFramePayload, (remote.initialWindow - Self.frameCharge) / 2))
         self.state = Mutex(State())
     }
 
@@ -600,7 +601,7 @@ public final class Multiplexer: Sendable {
 
     /// The next frames to write, control frames first, then up to `maxDataBytes` of data taken
     /// round-robin from the streams. Returns nil once the session is closed and drained.
-    public func nextOutbound(maxDataBytes: Int = 512 << 10) async -> [Frame]? {
+    public func nextOutbound(maxDataBytes: Int = 1 << 20) async -> [Frame]? {
         while true {
             let (batch, spaceWaiters, finished, senders) = state.withLock {
                 state -> ([Frame], [CheckedContinuation<Void, Never>], Bool, [CheckedContinuation<Void, any Error>]) in

@@ -46,7 +46,7 @@ extension FramedChannel {
         return try FramedChannel(
             wrappingChannelSynchronously: channel,
             configuration: .init(
-                backPressureStrategy: .init(lowWatermark: 4, highWatermark: 64),
+                backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),
                 isOutboundHalfClosureEnabled: false))
     }
 }

@@ -48,6 +48,10 @@ struct ExecHandler {
         }
         let cwd = request.cwd.isEmpty ? (access(runAs.home, X_OK) == 0 ? runAs.home : "/") : request.cwd
         let path = try ChildProcess.resolve(program, path: environment["PATH"] ?? Self.defaultPath)
+        var cwdInfo = stat()
+        guard stat(cwd, &cwdInfo) == 0, (cwdInfo.st_mode & S_IFMT) == S_IFDIR else {
+            throw AgentError(errno == EACCES ? .denied : .notFound, "working directory \(cwd) does not exist")
+        }
         var spawn = ChildProcess.Spawn(
             path: path, argv: request.argv, env: environment.map { "\($0.key)=\($0.value)" }.sorted(), cwd: cwd,
             user: user)

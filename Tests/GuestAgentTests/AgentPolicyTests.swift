@@ -22,13 +22,16 @@ struct AgentPolicyTests {
             [power]
             shutdown = false
             """)
-        #expect(policy == AgentPolicy(allowExec: false, allowFileRead: true, allowFileWrite: false, allowShutdown: false))
+        #expect(
+            policy == AgentPolicy(allowExec: false, allowFileRead: true, allowFileWrite: false, allowShutdown: false))
     }
 
-    @Test("typos and wrong types are errors, never silently ignored", arguments: [
-        "[exec]\nenable = false", "[execs]\nenabled = false", "[exec]\nenabled = \"no\"", "exec = false",
-        "[files\nread = true",
-    ])
+    @Test(
+        "typos and wrong types are errors, never silently ignored",
+        arguments: [
+            "[exec]\nenable = false", "[execs]\nenabled = false", "[exec]\nenabled = \"no\"", "exec = false",
+            "[files\nread = true",
+        ])
     func rejects(text: String) {
         let error = #expect(throws: AgentError.self) { try AgentPolicy.parse(text, source: "agent.toml") }
         #expect(error?.code == .invalidArgument)

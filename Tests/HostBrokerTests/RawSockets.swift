@@ -96,7 +96,8 @@ final class RawPeer: @unchecked Sendable {
                 }
                 break
             }
-            RawSocket.setReceiveTimeout(fd, milliseconds: 100)
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&poller, 1, 100) > 0 else { continue }
             var chunk = [UInt8](repeating: 0, count: 65536)
             let n = read(fd, &chunk, chunk.count)
             if n == 0 { return nil }
@@ -105,8 +106,11 @@ final class RawPeer: @unchecked Sendable {
         return nil
     }
 
+    /// The session of the last successful handshake.
+    private(set) var lastSession: UInt64 = 0
+
     /// Sends HELLO and waits for WELCOME of that session.
-    func handshake(session: UInt64) -> Welcome? {
+    func handshake(session: UInt64, timeoutMs: Int = 5000) -> Welcome? {
         let hello = Hello.with {
             $0.minVersion = 1
             $0.maxVersion = 1
@@ -115,8 +119,11 @@ final class RawPeer: @unchecked Sendable {
             $0.maxFramePayload = 256 << 10
         }
         send(Frame(type: .hello, session: session, payload: hello.buffer()))
-        while let frame = next(session: session) {
-            if frame.type == .welcome { return try? Welcome(payload: frame.payload) }
+        while let frame = next(session: session, timeoutMs: timeoutMs) {
+            if frame.type == .welcome {
+                lastSession = session
+                return try? Welcome(payload: frame.payload)
+            }
         }
         return nil
     }
