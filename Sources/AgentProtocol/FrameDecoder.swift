@@ -58,12 +58,16 @@ public struct FrameDecoder: ByteToMessageDecoder {
     public mutating func decodeLast(
         context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
     ) throws -> DecodingState {
-        let state = try decode(context: context, buffer: &buffer)
-        if state == .needMoreData && buffer.readableBytes > 0 {
-            pendingGarbage += buffer.readableBytes
-            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-            flushGarbage(context: context)
+        // No more input will come: a header still waiting for its payload is a truncated frame.
+        // Step over its first byte and keep scanning, so complete frames behind it are found.
+        while buffer.readableBytes > 0 {
+            _ = try decode(context: context, buffer: &buffer)
+            if buffer.readableBytes > 0 {
+                pendingGarbage += 1
+                buffer.moveReaderIndex(forwardBy: 1)
+            }
         }
+        flushGarbage(context: context)
         return .needMoreData
     }
 

@@ -53,6 +53,8 @@ struct AgentConnection {
                     if frame.type == .hello {
                         if let session = current, session.mux.session == frame.session, session.mux.closedError == nil {
                             // A retransmitted HELLO of the running session: answer again, change nothing.
+                            session.mux.noteReceived()
+                            await session.mux.waitForControlSpace()
                             session.mux.enqueueControl(session.welcome)
                             continue
                         }

@@ -117,7 +117,7 @@ extension AgentCore {
                 $0.runnable = snapshot.load.runnable
                 $0.total = snapshot.load.total
             }
-            m.filesystems = snapshot.filesystems.prefix(128).map { fs in
+            m.filesystems = snapshot.filesystems.prefix(64).map { fs in
                 .with {
                     $0.mountPoint = fs.mountPoint
                     $0.device = fs.device
@@ -129,7 +129,7 @@ extension AgentCore {
                     $0.freeInodes = fs.freeInodes
                 }
             }
-            m.disks = snapshot.disks.prefix(128).map { d in
+            m.disks = snapshot.disks.prefix(64).map { d in
                 .with {
                     $0.name = d.name
                     $0.readsCompleted = d.readsCompleted
@@ -139,7 +139,7 @@ extension AgentCore {
                     $0.ioTimeMs = d.ioTimeMs
                 }
             }
-            m.interfaces = snapshot.interfaces.prefix(128).map { n in
+            m.interfaces = snapshot.interfaces.prefix(64).map { n in
                 .with {
                     $0.name = n.name
                     $0.rxBytes = n.rxBytes
@@ -150,7 +150,7 @@ extension AgentCore {
                     $0.txPackets = n.txPackets
                     $0.txErrors = n.txErrors
                     $0.txDropped = n.txDropped
-                    $0.addresses = Array(n.addresses.prefix(64))
+                    $0.addresses = Array(n.addresses.prefix(16))
                     $0.macAddress = n.macAddress ?? ""
                     $0.up = n.up
                 }

@@ -36,8 +36,14 @@ public final class AgentSession: Sendable {
 
     /// Opens a stream carrying `request`.
     func open(_ request: Request) throws(AgentError) -> UInt32 {
+        let payload = request.buffer()
+        let limit = min(mux.remote.maxFramePayload, maximumMessagePayload)
+        guard payload.readableBytes <= limit else {
+            throw AgentError(
+                .invalidArgument, "request of \(payload.readableBytes) bytes exceeds the \(limit)-byte limit")
+        }
         let id = try mux.allocateStream()
-        mux.enqueueControl(Frame(type: .open, session: mux.session, stream: id, payload: request.buffer()))
+        mux.enqueueControl(Frame(type: .open, session: mux.session, stream: id, payload: payload))
         return id
     }
 
@@ -57,11 +63,16 @@ public final class AgentSession: Sendable {
     /// Runs a request whose answer is a single reply.
     func unary(_ request: Request) async throws(AgentError) -> Reply {
         let stream = try open(request)
-        defer { mux.release(stream: stream) }
-        guard let (reply, _) = try await nextReply(stream) else {
-            throw AgentError(.protocolViolation, "the agent ended the stream without a reply")
+        do throws(AgentError) {
+            guard let (reply, _) = try await nextReply(stream) else {
+                throw AgentError(.protocolViolation, "the agent ended the stream without a reply")
+            }
+            mux.release(stream: stream)
+            return reply
+        } catch {
+            abandon(stream)
+            throw error
         }
-        return reply
     }
 
     /// Agent and guest information.
@@ -123,13 +134,18 @@ public final class AgentSession: Sendable {
     /// Entries of a guest directory, sorted by name.
     public func list(_ path: String) async throws(AgentError) -> [GuestFileStat] {
         let stream = try open(.with { $0.list = .with { $0.path = path } })
-        defer { mux.release(stream: stream) }
         var entries: [GuestFileStat] = []
-        while let (reply, end) = try await nextReply(stream) {
-            guard case .listing(let listing) = reply.kind else { throw unexpected(reply) }
-            entries += listing.entries
-            if end { break }
+        do throws(AgentError) {
+            while let (reply, end) = try await nextReply(stream) {
+                guard case .listing(let listing) = reply.kind else { throw unexpected(reply) }
+                entries += listing.entries
+                if end { break }
+            }
+        } catch {
+            abandon(stream)
+            throw error
         }
+        mux.release(stream: stream)
         return entries
     }
 

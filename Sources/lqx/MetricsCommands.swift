@@ -46,11 +46,13 @@ func render(_ s: TelemetrySample) -> String {
         s.cpu.totalPercent, s.cpuCount, s.load.one, s.load.five, s.load.fifteen, s.processCount,
         formatDuration(s.uptimeSeconds))
     out += "      per CPU: " + s.cpu.perCpuPercent.map { String(format: "%.0f%%", $0) }.joined(separator: " ") + "\n"
+    let used = m.totalBytes > m.availableBytes ? m.totalBytes - m.availableBytes : 0
+    let swapUsed = m.swapTotalBytes > m.swapFreeBytes ? m.swapTotalBytes - m.swapFreeBytes : 0
     out +=
-        "mem   \(formatBytes(m.totalBytes - m.availableBytes)) used of \(formatBytes(m.totalBytes)), \(formatBytes(m.availableBytes)) available"
+        "mem   \(formatBytes(used)) used of \(formatBytes(m.totalBytes)), \(formatBytes(m.availableBytes)) available"
     out +=
         m.swapTotalBytes > 0
-        ? ", swap \(formatBytes(m.swapTotalBytes - m.swapFreeBytes)) of \(formatBytes(m.swapTotalBytes))\n" : "\n"
+        ? ", swap \(formatBytes(swapUsed)) of \(formatBytes(m.swapTotalBytes))\n" : "\n"
     out += "file systems\n"
     for fs in s.filesystems {
         out +=

@@ -211,15 +211,10 @@ struct FuzzTests {
         let fuzzer = MultiplexerFuzzer(limits: Self.muxLimits, pool: pool)
 
         for index in 0..<Self.frameCount {
-            var t0 = ContinuousClock.now
             let frame = Self.randomFrame(&rng, pool: pool)
             stats.generated += 1
-            T.gen += ContinuousClock.now - t0; t0 = ContinuousClock.now
             let bytes = frame.wireBytes
-            T.enc += ContinuousClock.now - t0; t0 = ContinuousClock.now
-            let m = Self.mutate(bytes, &rng)
-            T.mut += ContinuousClock.now - t0; t0 = ContinuousClock.now
-            if let (name, damaged) = m {
+            if let (name, damaged) = Self.mutate(bytes, &rng) {
                 stats.mutations[name, default: 0] += 1
                 stats.bytes += damaged.count
                 staging.writeBytes(damaged)
@@ -229,7 +224,6 @@ struct FuzzTests {
                 stats.bytes += bytes.count
                 staging.writeBytes(bytes)
             }
-            T.stage += ContinuousClock.now - t0; t0 = ContinuousClock.now
             // Hand the stream over in chunks of random size (often splitting frames).
             while staging.readableBytes > 0, index == Self.frameCount - 1 || Bool.random(using: &rng) {
                 let size = min(staging.readableBytes, Int.random(in: 1...8192, using: &rng))
@@ -241,10 +235,8 @@ struct FuzzTests {
                 stats.decodeTime += ContinuousClock.now - start
             }
             staging.discardReadBytes()
-            T.feed += ContinuousClock.now - t0; t0 = ContinuousClock.now
             // Besides the decoded frames, field-level mutations of every other generated one.
             if index % 2 == 0 { emitted.append(fuzzer.mutatedFields(of: frame, &rng)) }
-            T.mf += ContinuousClock.now - t0; t0 = ContinuousClock.now
             if emitted.count >= 256 {
                 let start = ContinuousClock.now
                 await fuzzer.receive(emitted, &rng)
@@ -279,7 +271,6 @@ struct FuzzTests {
         stats.sessions = fuzzer.sessions
         stats.consumed = fuzzer.consumed
         print("FuzzTests: \(stats)")
-        print("T gen \(T.gen) enc \(T.enc) mut \(T.mut) stage \(T.stage) feed \(T.feed) mf \(T.mf)")
     }
 }
 
@@ -409,13 +400,4 @@ private final class MultiplexerFuzzer {
         }
         _ = await drainOutbound(mux)
     }
-}
-
-enum T {
-    nonisolated(unsafe) static var gen = Duration.zero
-    nonisolated(unsafe) static var enc = Duration.zero
-    nonisolated(unsafe) static var mut = Duration.zero
-    nonisolated(unsafe) static var stage = Duration.zero
-    nonisolated(unsafe) static var feed = Duration.zero
-    nonisolated(unsafe) static var mf = Duration.zero
 }
