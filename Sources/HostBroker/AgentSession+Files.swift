@@ -132,50 +132,64 @@ extension AgentSession {
             if fdOpen { close(fd) }
             if !done { unlink(temp) }
         }
-        var hasher = FileHasher()
         var received: UInt64 = 0
-        var pending = ByteBuffer()
-        while true {
-            guard let event = try await mux.next(stream: stream) else {
-                throw AgentError(.protocolViolation, "download ended without a result")
+        // Double buffering: one block is hashed and written on the thread pool while the next
+        // one arrives, so the agent's credit keeps flowing.
+        let (digest, result) = try await withThrowingTaskGroup(of: FileHasher.self) {
+            group -> (Data, Limiquantix_Agent_V1_DownloadResult) in
+            var hasher = FileHasher()
+            var inFlight = false
+            var pending = ByteBuffer()
+            func flush() async throws {
+                if inFlight, let done = try await group.next() { hasher = done }
+                inFlight = false
+                guard pending.readableBytes > 0 else { return }
+                let block = pending, state = hasher
+                pending = ByteBuffer()
+                group.addTask { try await Self.hashAndWrite(block, fd: fd, hasher: state) }
+                inFlight = true
             }
-            switch event {
-            case .data(var bytes, _, _, _):
-                received += UInt64(bytes.readableBytes)
-                hasher.update(bytes)
-                pending.writeBuffer(&bytes)
-                if pending.readableBytes >= Self.readBlock {
-                    try await Self.write(pending, fd: fd)
-                    pending.clear()
-                    progress?(received, start.size)
+            while true {
+                guard let event = try await mux.next(stream: stream) else {
+                    throw AgentError(.protocolViolation, "download ended without a result")
                 }
-            case .message(let payload, _):
-                let reply = try Reply(payload: payload)
-                if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
-                guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply) }
-                if pending.readableBytes > 0 { try await Self.write(pending, fd: fd) }
-                progress?(received, start.size)
-                let digest = hasher.finalize()
-                guard result.size == received, result.sha256 == digest else {
-                    throw AgentError(
-                        .checksumMismatch,
-                        "download of \(guestPath) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
-                    )
-                }
-                fdOpen = false
-                try await NIOThreadPool.singleton.runIfActive {
-                    fchmod(fd, mode_t(start.mode & 0o777))  // never setuid/setgid/sticky from a guest
-                    let synced = fsync(fd) == 0
-                    let closed = close(fd) == 0
-                    guard synced, closed, rename(temp, localPath) == 0 else {
-                        throw AgentError(.io, "cannot write \(localPath): \(String(cString: strerror(errno)))")
+                switch event {
+                case .data(var bytes, _, _, _):
+                    received += UInt64(bytes.readableBytes)
+                    pending.writeBuffer(&bytes)
+                    if pending.readableBytes >= Self.readBlock {
+                        try await flush()
+                        progress?(received, start.size)
                     }
+                case .message(let payload, _):
+                    let reply = try Reply(payload: payload)
+                    if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
+                    guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply) }
+                    try await flush()
+                    try await flush()
+                    return (hasher.finalize(), result)
                 }
-                done = true
-                completed = true
-                return TransferResult(size: received, sha256: digest.hexString)
             }
         }
+        progress?(received, start.size)
+        guard result.size == received, result.sha256 == digest else {
+            throw AgentError(
+                .checksumMismatch,
+                "download of \(guestPath) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
+            )
+        }
+        fdOpen = false
+        try await NIOThreadPool.singleton.runIfActive {
+            fchmod(fd, mode_t(start.mode & 0o777))  // never setuid/setgid/sticky from a guest
+            let synced = fsync(fd) == 0
+            let closed = close(fd) == 0
+            guard synced, closed, rename(temp, localPath) == 0 else {
+                throw AgentError(.io, "cannot write \(localPath): \(String(cString: strerror(errno)))")
+            }
+        }
+        done = true
+        completed = true
+        return TransferResult(size: received, sha256: digest.hexString)
     }
 
     static func read(fd: Int32) async throws -> ByteBuffer {
@@ -193,8 +207,10 @@ extension AgentSession {
         }
     }
 
-    static func write(_ buffer: ByteBuffer, fd: Int32) async throws {
+    static func hashAndWrite(_ buffer: ByteBuffer, fd: Int32, hasher: FileHasher) async throws -> FileHasher {
         try await NIOThreadPool.singleton.runIfActive {
+            var hasher = hasher
+            hasher.update(buffer)
             try buffer.withUnsafeReadableBytes { raw in
                 var offset = 0
                 while offset < raw.count {
@@ -204,6 +220,7 @@ extension AgentSession {
                     offset += n
                 }
             }
+            return hasher
         }
     }
 }

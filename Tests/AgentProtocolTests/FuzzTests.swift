@@ -259,8 +259,9 @@ struct FuzzTests {
         }
         #expect(tailFrames.suffix(tail.count) == tail[...])
         #expect(buffer.readableBytes == 0)
-        // Informational: intact frames can be lost when a damaged header announces a length
-        // that covers them (see FrameCodecTests.framesSwallowedByTruncatedFrameAreFound).
+        // Intact frames can be lost when a damaged header with a valid checksum announces a
+        // length that covers them (the decoder skips the whole announced frame); the count is
+        // reported, not asserted.
         #expect(stats.intactDecoded + intact.count == stats.unmutated)
         #expect(stats.unmutated > Self.frameCount / 3)
         #expect(stats.frames >= stats.intactDecoded)

@@ -166,6 +166,19 @@ struct ExecTests {
         }
     }
 
+    @Test("a command runs as the requested user with that user's groups and home")
+    func runAsUser() async throws {
+        try #require(geteuid() == 0, "needs root to switch users")
+        let (out, status) = try await Harness.withAgent { session in
+            var options = ExecOptions(["sh", "-c", "id -un; id -u; echo $HOME"])
+            options.user = "nobody"
+            let result = try await session.exec(options).collect()
+            return (String(buffer: result.stdout), result.status)
+        }
+        #expect(status.exitCode == 0)
+        #expect(out.hasPrefix("nobody\n65534\n"))
+    }
+
     @Test("cancelling an exec kills the process")
     func cancelKills() async throws {
         let pid = try await Harness.withAgent { session in
