@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Runs the agent/broker benchmark (release builds, agent in its own process) and writes
-# benchmarks/results/agent-unix.md. Usage: benchmarks/run.sh
+# Agent/broker benchmark: the agent as it ships in a guest (release, --static-swift-stdlib, stripped)
+# in its own process on a unix socket, the broker in lqx-bench. Writes benchmarks/results/agent-unix.md
+# (work files on tmpfs, the transfer ceiling without disk) and agent-unix-disk.md (work files on /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
-swift build -c release --product lqx-agent
+swift build -c release --static-swift-stdlib --product lqx-agent --scratch-path .build-static
 swift build -c release --product lqx-bench
-BIN=$(swift build -c release --show-bin-path)
-OUT=benchmarks/results/agent-unix.md
-{
-    "$BIN/lqx-bench" "$BIN/lqx-agent"
-    echo
-    echo "Command: \`benchmarks/run.sh\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD))"
-} | tee "$OUT"
+strip -o .build-static/lqx-agent.stripped .build-static/release/lqx-agent
+AGENT=.build-static/lqx-agent.stripped
+BENCH=$(swift build -c release --show-bin-path)/lqx-bench
+run() {
+    local out=$1 work=$2
+    {
+        "$BENCH" "$AGENT" "$work"
+        echo
+        echo "Agent binary: $(du -m "$AGENT" | cut -f1) MB stripped, static Swift stdlib. Work directory: $work."
+        echo "Command: \`benchmarks/run.sh\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD))"
+    } | tee "$out"
+    rm -rf "$work"
+}
+run benchmarks/results/agent-unix.md /dev/shm/lqx-bench
+run benchmarks/results/agent-unix-disk.md /tmp/lqx-bench-disk
