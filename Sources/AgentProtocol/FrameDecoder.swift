@@ -61,7 +61,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
         // No more input will come: a header still waiting for its payload is a truncated frame.
         // Step over its first byte and keep scanning, so complete frames behind it are found.
         while buffer.readableBytes > 0 {
-            _ = try decode(context: context, buffer: &buffer)
+            while try decode(context: context, buffer: &buffer) == .continue {}
             if buffer.readableBytes > 0 {
                 pendingGarbage += 1
                 buffer.moveReaderIndex(forwardBy: 1)

@@ -49,8 +49,12 @@ struct ExecHandler {
         let cwd = request.cwd.isEmpty ? (access(runAs.home, X_OK) == 0 ? runAs.home : "/") : request.cwd
         let path = try ChildProcess.resolve(program, path: environment["PATH"] ?? Self.defaultPath)
         var cwdInfo = stat()
-        guard stat(cwd, &cwdInfo) == 0, (cwdInfo.st_mode & S_IFMT) == S_IFDIR else {
-            throw AgentError(errno == EACCES ? .denied : .notFound, "working directory \(cwd) does not exist")
+        if stat(cwd, &cwdInfo) != 0 {
+            let code: AgentError.Code = errno == EACCES ? .denied : .notFound
+            throw AgentError(code, "working directory \(cwd): \(errnoText())")
+        }
+        guard (cwdInfo.st_mode & S_IFMT) == S_IFDIR else {
+            throw AgentError(.invalidArgument, "working directory \(cwd) is not a directory")
         }
         var spawn = ChildProcess.Spawn(
             path: path, argv: request.argv, env: environment.map { "\($0.key)=\($0.value)" }.sorted(), cwd: cwd,

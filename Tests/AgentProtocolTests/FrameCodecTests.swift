@@ -701,6 +701,28 @@ struct FrameCodecTests {
         _ = try channel.finish()
     }
 
+    @Test
+    func channelFindsEveryFrameAfterTruncatedFrameAtEOF() throws {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoder()))
+        // A frame announcing 1000 payload bytes, cut after 8 of them: the input ends before its
+        // announced end, so only end-of-input handling can recover the frames behind it.
+        let big = Frame(type: .data, session: 9, stream: 99, payload: ByteBuffer(repeating: 7, count: 1000))
+        let truncated = Array(big.encoded().readableBytesView.prefix(40))
+        let frames = (1...4).map { i in
+            Frame(
+                type: .data, flags: .channel(0), session: 9, stream: UInt32(i), payload: ByteBuffer(bytes: [UInt8(i)]))
+        }
+        let bytes = frames.flatMap { Array($0.encoded().readableBytesView) }
+        try channel.writeInbound(ByteBuffer(bytes: truncated + bytes))
+        channel.pipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        let found = try readAll(channel).compactMap { event -> Frame? in
+            if case .frame(let frame) = event { return frame }
+            return nil
+        }
+        #expect(found == frames)
+        _ = try channel.finish()
+    }
+
     // MARK: Encoder
 
     @Test(arguments: [0, 1, 4096, 4097, 100_000])

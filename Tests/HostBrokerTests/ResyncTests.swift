@@ -300,7 +300,7 @@ struct TransportTests {
         defer { shutdown(listener, Int32(SHUT_RDWR)) }
         let client = AgentClient(
             address: .hybridVsock(path: hv, port: 5170), configuration: Harness.brokerConfiguration())
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await client.run() }
             defer { group.cancelAll() }
             let error = await #expect(throws: AgentError.self) { _ = try await client.session(timeout: .seconds(2)) }
