@@ -52,17 +52,34 @@ public final class AgentCore: Sendable {
         logger[metadataKey: "stream.id"] = "\(id)"
         metrics.request()
         let context = StreamContext(mux: mux, id: id, logger: logger)
+        var request: Request?
         do {
-            let request = try Request(payload: payload)
-            try await dispatch(request, context: context)
+            request = try Request(payload: payload)
+            try await dispatch(request!, context: context)
         } catch {
             let agentError = (error as? AgentError) ?? AgentError(.internal, "\(error)")
+            if let request { auditFailure(request, agentError) }
             if agentError.code != .closed && agentError.code != .cancelled {
                 logger.debug("request failed", metadata: ["error": "\(agentError)"])
                 try? await context.reply(.with { $0.error = agentError.wire }, end: true)
             }
         }
         mux.finish(stream: id)
+    }
+
+    /// Records a failed (or denied, or aborted) exec, file or power operation in the audit log.
+    private func auditFailure(_ request: Request, _ error: AgentError) {
+        guard let audit else { return }
+        let result = "error \(error.code): \(error.message)"
+        switch request.kind {
+        case .exec(let r): audit.record("exec", ["argv": r.argv, "user": r.user, "cwd": r.cwd, "result": result])
+        case .upload(let r): audit.record("upload", ["path": r.path, "size": Int(clamping: r.size), "result": result])
+        case .download(let r): audit.record("download", ["path": r.path, "result": result])
+        case .stat(let r): audit.record("stat", ["path": r.path, "result": result])
+        case .list(let r): audit.record("list", ["path": r.path, "result": result])
+        case .shutdown(let r): audit.record("shutdown", ["action": "\(r.action)", "result": result])
+        case .info, .telemetry, .none: break
+        }
     }
 
     private func dispatch(_ request: Request, context: StreamContext) async throws {

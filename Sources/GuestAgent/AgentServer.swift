@@ -70,15 +70,36 @@ public final class AgentService: Service, Sendable {
 
     private func serveUnix(path: String) async throws {
         let maxPayload = self.maxPayload
+        var existing = stat()
+        if lstat(path, &existing) == 0, (existing.st_mode & S_IFMT) != S_IFSOCK {
+            throw AgentError(.alreadyExists, "\(path) exists and is not a socket; refusing to replace it")
+        }
+        // Bind under a private name in a fresh 0700 directory next to the target, restrict the
+        // socket to 0600, then rename it into place: no moment where others could connect.
+        let directory = FileHandlers.split(path).directory
+        var template = Array("\(directory)/.lqx-agent-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else {
+            throw AgentError(.io, "cannot create a private directory in \(directory): \(errnoText())")
+        }
+        let privateDirectory = String(
+            decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let staging = privateDirectory + "/agent.sock"
+        defer {
+            unlink(staging)
+            rmdir(privateDirectory)
+        }
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
-            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+            .bind(unixDomainSocketPath: staging) { channel in
                 channel.eventLoop.makeCompletedFuture { try FramedChannel.framing(channel, maximumPayload: maxPayload) }
             }
-        guard chmod(path, 0o600) == 0 else {
+        guard chmod(staging, 0o600) == 0, rename(staging, path) == 0 else {
+            let reason = errnoText()
             try? await server.channel.close()
-            throw AgentError(.io, "cannot restrict \(path) to mode 0600: \(errnoText())")
+            throw AgentError(.io, "cannot publish the agent socket at \(path): \(reason)")
         }
+        rmdir(privateDirectory)
+        defer { unlink(path) }
         let core = self.core
         try await server.executeThenClose { connections in
             try await withThrowingDiscardingTaskGroup { group in

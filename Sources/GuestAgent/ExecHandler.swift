@@ -104,7 +104,6 @@ struct ExecHandler {
             pid = try ChildProcess.spawn(spawn)
         } catch {
             for fd in parentEnds { close(fd) }
-            core.audit?.record("exec", ["argv": request.argv, "user": runAs.name, "result": "\(error)"])
             throw error
         }
         for fd in childEnds { close(fd) }

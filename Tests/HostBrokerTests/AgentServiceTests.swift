@@ -110,6 +110,39 @@ struct AgentServiceTests {
         #expect(lines[1]["size"] as? Int == 3)
     }
 
+    @Test("denied and failed operations are audited too")
+    func auditFailures() async throws {
+        let policy = AgentPolicy(allowExec: false)
+        let lines = try await Harness.withAgent(policy: policy, audit: true) { session, dir in
+            _ = try? await session.exec(ExecOptions(["rm", "-rf", "/important"]))
+            _ = try? await session.download(dir.file("missing"), to: dir.file("x"))
+            return try String(contentsOfFile: dir.file("audit.log"), encoding: .utf8)
+        }.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        #expect(lines.count == 2)
+        #expect(lines.first?["argv"] as? [String] == ["rm", "-rf", "/important"])
+        #expect((lines.first?["result"] as? String)?.hasPrefix("error denied") == true)
+        #expect((lines.last?["result"] as? String)?.hasPrefix("error not_found") == true)
+    }
+
+    @Test("the unix socket is 0600 and never replaces a file that is not a socket")
+    func socketSafety() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let socket = dir.file("agent.sock")
+        try await withRunningAgent(socket: socket) {
+            var st = stat()
+            #expect(lstat(socket, &st) == 0)
+            #expect(st.st_mode & 0o777 == 0o600)
+            #expect((st.st_mode & S_IFMT) == S_IFSOCK)
+        }
+        let precious = dir.file("precious")
+        _ = FileManager.default.createFile(atPath: precious, contents: Data("keep".utf8))
+        let agent = try buildAgent(configuration: Harness.agentConfiguration(socket: precious))
+        let error = await #expect(throws: AgentError.self) { try await agent.run() }
+        #expect(error?.code == .alreadyExists)
+        #expect(try String(contentsOfFile: precious, encoding: .utf8) == "keep")
+    }
+
     @Test("pings are answered promptly while exec output and an upload stream")
     func concurrentPings() async throws {
         try await Harness.withAgent { session, dir in
