@@ -29,6 +29,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
     /// Largest payload accepted; larger frames are discarded whole (their header) as oversized.
     public let maximumPayload: Int
     private var pendingGarbage = 0
+    private var recovery = Recovery()
 
     /// Creates a decoder.
     public init(maximumPayload: Int = FrameFormat.maximumPayload) {
@@ -38,7 +39,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         while true {
-            switch Self.next(from: &buffer, maximumPayload: maximumPayload) {
+            switch Self.next(from: &buffer, maximumPayload: maximumPayload, recovery: &recovery) {
             case .needMoreData:
                 flushGarbage(context: context)
                 return .needMoreData
@@ -85,10 +86,31 @@ public struct FrameDecoder: ByteToMessageDecoder {
         case frame(Frame)
     }
 
+    /// What the decoder remembers between steps to bound the work of recovering from damage.
+    public struct Recovery: Sendable, Equatable {
+        /// Whether a payload checksum failure may look for a frame start inside the damaged range.
+        var rescanAllowed = true
+        /// Creates the initial state.
+        public init() {}
+    }
+
+    /// One decoding step without recovery state: a damaged frame is skipped whole.
+    public static func next(from buffer: inout ByteBuffer, maximumPayload: Int) -> Step {
+        var recovery = Recovery()
+        recovery.rescanAllowed = false
+        return next(from: &buffer, maximumPayload: maximumPayload, recovery: &recovery)
+    }
+
     /// One decoding step over `buffer`: consumes a frame or skipped bytes, or nothing.
     ///
-    /// Pure; shared by the channel handler and by tests/fuzzers that drive the decoder directly.
-    public static func next(from buffer: inout ByteBuffer, maximumPayload: Int) -> Step {
+    /// After a payload checksum failure the decoder looks inside the damaged frame's announced
+    /// range for the next valid *header* (header checks only) and resumes there, so frames that a
+    /// truncated frame's announced length swallowed are still found. If the frame found there is
+    /// damaged too, its whole range is skipped without another look inside: every payload byte is
+    /// checksummed at most twice, whatever a peer sends.
+    ///
+    /// Pure apart from `recovery`; shared by the channel handler and by tests that drive it directly.
+    public static func next(from buffer: inout ByteBuffer, maximumPayload: Int, recovery: inout Recovery) -> Step {
         let available = buffer.readableBytes
         guard available > 0 else { return .needMoreData }
         // Find the first byte of the magic.
@@ -144,18 +166,51 @@ public struct FrameDecoder: ByteToMessageDecoder {
         let payload = buffer.getSlice(at: start + FrameFormat.headerSize, length: Int(header.length))!
         let actual = payload.withUnsafeReadableBytes { CRC32C.checksum($0) }
         guard actual == payloadCRC else {
-            // The header's own checksum matched, so it is (almost surely) a real header whose
-            // payload was damaged, or a forgery. Skipping the whole claimed frame keeps the work
-            // per input byte constant: re-scanning inside it would let a peer that plants a valid
-            // header every few bytes make the receiver checksum the same payload over and over.
+            // The header's own checksum matched, so it is a real header whose payload was damaged
+            // or cut short (a peer restarted mid-frame), or a forgery.
+            if recovery.rescanAllowed, let resume = nextHeader(in: buffer, before: total) {
+                recovery.rescanAllowed = false
+                buffer.moveReaderIndex(forwardBy: resume)
+                return .skipped(resume, .payloadChecksum)
+            }
+            recovery.rescanAllowed = true
             buffer.moveReaderIndex(forwardBy: total)
             return .skipped(total, .payloadChecksum)
         }
+        recovery.rescanAllowed = true
         buffer.moveReaderIndex(forwardBy: total)
         return .frame(
             Frame(
                 rawType: rawType, flags: FrameFlags(rawValue: flags), session: session, stream: stream,
                 payload: payload))
+    }
+}
+
+extension FrameDecoder {
+    /// Offset (1..<limit) of the first position in `buffer` that starts a header with a valid
+    /// checksum and version, or of a magic too close to the end to be checked; nil when none.
+    static func nextHeader(in buffer: ByteBuffer, before limit: Int) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes -> Int? in
+            var offset = 1
+            while offset < limit {
+                guard let found = bytes[offset..<limit].firstIndex(of: 0xF0) else { return nil }
+                offset = found
+                if offset + 4 <= bytes.count, bytes[offset + 1] == 0x4C, bytes[offset + 2] == 0x51,
+                    bytes[offset + 3] == 0x58
+                {
+                    guard offset + FrameFormat.headerSize <= bytes.count else { return offset }
+                    let header = UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + FrameFormat.headerSize)])
+                    let stored = UInt32(bigEndian: header.loadUnaligned(fromByteOffset: 28, as: UInt32.self))
+                    if header[4] == FrameFormat.headerVersion,
+                        CRC32C.checksum(UnsafeRawBufferPointer(rebasing: header[0..<28])) == stored
+                    {
+                        return offset
+                    }
+                }
+                offset += 1
+            }
+            return nil
+        }
     }
 }
 

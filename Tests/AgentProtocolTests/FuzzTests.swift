@@ -148,7 +148,7 @@ struct FuzzTests {
     /// Feeds `chunk` and decodes what it can, checking the decoder's guarantees.
     private static func feed(
         _ chunk: inout ByteBuffer, into buffer: inout ByteBuffer, intact: inout Set<FrameID>,
-        stats: inout FuzzStats, emit: (Frame) -> Void
+        stats: inout FuzzStats, recovery: inout FrameDecoder.Recovery, emit: (Frame) -> Void
     ) {
         buffer.writeBuffer(&chunk)
         var steps = 0
@@ -156,7 +156,7 @@ struct FuzzTests {
             steps += 1
             let snapshot = buffer  // shares storage; get* APIs only read within the readable bytes
             let before = buffer.readableBytes
-            let step = FrameDecoder.next(from: &buffer, maximumPayload: maximumPayload)
+            let step = FrameDecoder.next(from: &buffer, maximumPayload: maximumPayload, recovery: &recovery)
             let consumed = before - buffer.readableBytes
             switch step {
             case .needMoreData:
@@ -204,6 +204,7 @@ struct FuzzTests {
         var stats = FuzzStats()
         var intact: Set<FrameID> = []  // intact frames not decoded yet
         var buffer = ByteBuffer()
+        var recovery = FrameDecoder.Recovery()
         var staging = ByteBuffer()
         var emitted: [Frame] = []  // handed to the multiplexer in batches
 
@@ -229,7 +230,7 @@ struct FuzzTests {
                 let size = min(staging.readableBytes, Int.random(in: 1...8192, using: &rng))
                 var chunk = staging.readSlice(length: size)!
                 let start = ContinuousClock.now
-                Self.feed(&chunk, into: &buffer, intact: &intact, stats: &stats) {
+                Self.feed(&chunk, into: &buffer, intact: &intact, stats: &stats, recovery: &recovery) {
                     emitted.append($0)
                 }
                 stats.decodeTime += ContinuousClock.now - start
@@ -254,7 +255,7 @@ struct FuzzTests {
             final.writeBuffer(&bytes)
         }
         var tailFrames: [Frame] = []
-        Self.feed(&final, into: &buffer, intact: &intact, stats: &stats) {
+        Self.feed(&final, into: &buffer, intact: &intact, stats: &stats, recovery: &recovery) {
             tailFrames.append($0)
         }
         #expect(tailFrames.suffix(tail.count) == tail[...])
