@@ -51,43 +51,29 @@ struct FileHandlers {
             if !committed { unlink(temp) }
         }
         var size: UInt64 = 0
-        // Double buffering: one block is hashed and written on the thread pool while the next
-        // one is received, so the sender's credit keeps flowing.
-        let (finalHasher, commit) = try await withThrowingTaskGroup(of: Hasher.self) {
-            group -> (Hasher, Limiquantix_Agent_V1_UploadCommit?) in
-            var hasher = Hasher()
-            var inFlight = false
-            var pending = ByteBuffer()
-            var commit: Limiquantix_Agent_V1_UploadCommit?
-            func flush() async throws {
-                if inFlight, let done = try await group.next() { hasher = done }
-                inFlight = false
-                guard pending.readableBytes > 0 else { return }
-                let block = pending, state = hasher
-                pending = ByteBuffer()
-                group.addTask { try await self.write(block, to: fd, hasher: state) }
-                inFlight = true
-            }
-            while commit == nil, let event = try await context.next() {
+        // One block is hashed and written on the thread pool while the next one is received,
+        // so the sender's credit keeps flowing.
+        let (finalHasher, commit) = try await withDoubleBuffering(
+            initial: Hasher(), blockSize: Self.ioBlock,
+            process: { block, hasher in try await self.write(block, to: fd, hasher: hasher) }
+        ) { append -> Limiquantix_Agent_V1_UploadCommit? in
+            while let event = try await context.next() {
                 switch event {
                 case .data(var bytes, _, _, _):
                     size += UInt64(bytes.readableBytes)
                     guard size <= request.size else {
                         throw AgentError(.invalidArgument, "upload sent more than the announced \(request.size) bytes")
                     }
-                    pending.writeBuffer(&bytes)
-                    if pending.readableBytes >= Self.ioBlock { try await flush() }
+                    try await append(&bytes)
                 case .message(let payload, _):
                     let control = try Control(payload: payload)
                     guard case .commit(let c) = control.kind else {
                         throw AgentError(.protocolViolation, "unexpected control message on an upload stream")
                     }
-                    commit = c
+                    return c
                 }
             }
-            try await flush()
-            try await flush()
-            return (hasher, commit)
+            return nil
         }
         guard let commit else { throw AgentError(.invalidArgument, "upload ended without a commit") }
         let hasher = finalHasher

@@ -133,22 +133,12 @@ extension AgentSession {
             if !done { unlink(temp) }
         }
         var received: UInt64 = 0
-        // Double buffering: one block is hashed and written on the thread pool while the next
-        // one arrives, so the agent's credit keeps flowing.
-        let (digest, result) = try await withThrowingTaskGroup(of: FileHasher.self) {
-            group -> (Data, Limiquantix_Agent_V1_DownloadResult) in
-            var hasher = FileHasher()
-            var inFlight = false
-            var pending = ByteBuffer()
-            func flush() async throws {
-                if inFlight, let done = try await group.next() { hasher = done }
-                inFlight = false
-                guard pending.readableBytes > 0 else { return }
-                let block = pending, state = hasher
-                pending = ByteBuffer()
-                group.addTask { try await Self.hashAndWrite(block, fd: fd, hasher: state) }
-                inFlight = true
-            }
+        // One block is hashed and written on the thread pool while the next one arrives, so the
+        // agent's credit keeps flowing.
+        let (hasher, result) = try await withDoubleBuffering(
+            initial: FileHasher(), blockSize: Self.readBlock,
+            process: { block, hasher in try await Self.hashAndWrite(block, fd: fd, hasher: hasher) }
+        ) { append -> Limiquantix_Agent_V1_DownloadResult in
             while true {
                 guard let event = try await mux.next(stream: stream) else {
                     throw AgentError(.protocolViolation, "download ended without a result")
@@ -156,21 +146,17 @@ extension AgentSession {
                 switch event {
                 case .data(var bytes, _, _, _):
                     received += UInt64(bytes.readableBytes)
-                    pending.writeBuffer(&bytes)
-                    if pending.readableBytes >= Self.readBlock {
-                        try await flush()
-                        progress?(received, start.size)
-                    }
+                    try await append(&bytes)
+                    progress?(received, start.size)
                 case .message(let payload, _):
                     let reply = try Reply(payload: payload)
                     if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
                     guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply) }
-                    try await flush()
-                    try await flush()
-                    return (hasher.finalize(), result)
+                    return result
                 }
             }
         }
+        let digest = hasher.finalize()
         progress?(received, start.size)
         guard result.size == received, result.sha256 == digest else {
             throw AgentError(

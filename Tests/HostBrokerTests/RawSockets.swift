@@ -128,6 +128,16 @@ final class RawPeer: @unchecked Sendable {
         return nil
     }
 
+    /// Opens an exec stream and returns the guest pid once the agent reports it started.
+    func startExec(session: UInt64, stream: UInt32, argv: [String]) -> Int32? {
+        send(Frame(type: .open, session: session, stream: stream, payload: execRequest(argv)))
+        let started = reply(session: session, stream: stream) {
+            if case .execStarted = $0.kind { true } else { false }
+        }
+        guard case .execStarted(let s)? = started?.kind else { return nil }
+        return s.pid
+    }
+
     /// Reads replies on a stream until a message satisfying `match`.
     func reply(session: UInt64, stream: UInt32, timeoutMs: Int = 5000, _ match: (Reply) -> Bool) -> Reply? {
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)

@@ -80,15 +80,10 @@ struct ResyncTests {
             try await onThread {
                 let peer = RawPeer(fd: try RawSocket.connect(socket))
                 checks.check(peer.handshake(session: 0x77) != nil, "peer.handshake(session: 0x77) != nil")
-                peer.send(Frame(type: .open, session: 0x77, stream: 1, payload: execRequest(["sleep", "5"])))
-                let started = peer.reply(session: 0x77, stream: 1) {
-                    if case .execStarted = $0.kind { true } else { false }
-                }
-                guard case .execStarted(let s)? = started?.kind else {
+                guard let pid = peer.startExec(session: 0x77, stream: 1, argv: ["sleep", "5"]) else {
                     checks.check(false, "exec did not start")
                     return
                 }
-                let pid = s.pid
                 checks.check(peer.handshake(session: 0x77) != nil, "peer.handshake(session: 0x77) != nil")
                 usleep(300_000)
                 checks.check(isAlive(pid), "a repeated HELLO must not tear down the running session")
@@ -108,17 +103,13 @@ struct ResyncTests {
             try await onThread {
                 let peer = RawPeer(fd: try RawSocket.connect(socket))
                 checks.check(peer.handshake(session: 0xA) != nil, "peer.handshake(session: 0xA) != nil")
-                peer.send(Frame(type: .open, session: 0xA, stream: 1, payload: execRequest(["sleep", "60"])))
-                let started = peer.reply(session: 0xA, stream: 1) {
-                    if case .execStarted = $0.kind { true } else { false }
-                }
-                guard case .execStarted(let s)? = started?.kind else {
+                guard let pid = peer.startExec(session: 0xA, stream: 1, argv: ["sleep", "60"]) else {
                     checks.check(false, "exec did not start")
                     return
                 }
                 checks.check(peer.handshake(session: 0xB) != nil, "peer.handshake(session: 0xB) != nil")
-                for _ in 0..<40 where isAlive(s.pid) { usleep(50_000) }
-                checks.check(!isAlive(s.pid), "!isAlive(s.pid)")
+                for _ in 0..<40 where isAlive(pid) { usleep(50_000) }
+                checks.check(!isAlive(pid), "!isAlive(pid)")
             }
             #expect(checks.failures == [])
         }
