@@ -12,5 +12,6 @@ if grep -E "^/.*(warning|error):" /tmp/lqx-build.log | grep -v "/.build/" | grep
     echo "build produced warnings" >&2
     exit 1
 fi
+./scripts/check-agent-deps.sh .build/debug
 echo "== tests"
 swift test --skip-build --parallel --num-workers 2

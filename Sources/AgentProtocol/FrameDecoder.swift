@@ -56,6 +56,18 @@ public struct FrameDecoder: ByteToMessageDecoder {
         }
     }
 
+    /// Compacts the accumulation buffer only when that is cheap or overdue.
+    ///
+    /// NIO's default moves the unread remainder (here usually most of a 256 KiB frame) to the
+    /// front after every read, and because emitted frames are slices of the same storage, that move
+    /// copies into fresh memory. Compacting once at least 256 KiB were consumed and the remainder
+    /// is at most a quarter of that, or once 4 MiB were consumed, keeps the buffer bounded at a
+    /// fraction of the copying.
+    public func shouldReclaimBytes(buffer: ByteBuffer) -> Bool {
+        let consumed = buffer.readerIndex
+        return (consumed >= 256 * 1024 && buffer.readableBytes <= consumed / 4) || consumed >= 4 * 1024 * 1024
+    }
+
     public mutating func decodeLast(
         context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
     ) throws -> DecodingState {

@@ -8,6 +8,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/reboot.h>
+#include <sys/syscall.h>
+#include <sys/epoll.h>
+#include <malloc.h>
 
 int lqx_vsock_listen(uint32_t port, int backlog) {
     int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -40,6 +43,45 @@ int lqx_vsock_accept(int listen_fd, uint32_t *peer_cid, uint32_t *peer_port) {
 }
 
 int lqx_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int lqx_pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+    /* pidfd_open descriptors are always close-on-exec. */
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int lqx_reactor_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int lqx_reactor_add(int reactor, int fd, int writable) {
+    struct epoll_event event = {.events = (writable ? EPOLLOUT : EPOLLIN) | EPOLLONESHOT, .data.fd = fd};
+    return epoll_ctl(reactor, EPOLL_CTL_ADD, fd, &event);
+}
+
+int lqx_reactor_remove(int reactor, int fd) { return epoll_ctl(reactor, EPOLL_CTL_DEL, fd, NULL); }
+
+int lqx_reactor_wait(int reactor, int *ready, int max) {
+    struct epoll_event events[64];
+    if (max > 64) max = 64;
+    int n;
+    do {
+        n = epoll_wait(reactor, events, max, -1);
+    } while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; i++) {
+        ready[i] = events[i].data.fd;
+        epoll_ctl(reactor, EPOLL_CTL_DEL, ready[i], NULL);
+    }
+    return n;
+}
+
+int lqx_set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
 
 int lqx_reboot(int command) { return reboot(command); }
 
@@ -77,4 +119,12 @@ int lqx_vsock_loopback_probe(uint32_t port, int timeout_ms) {
     close(fd);
     close(listener);
     return result;
+}
+
+void lqx_tune_malloc(void) {
+    /* Transfer buffers (256 KiB frames, 1 MiB file blocks) come from the heap and are reused
+     * instead of being mmap'ed, faulted in, zeroed and unmapped each time; up to 8 MiB of free
+     * heap is kept before trimming. */
+    mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
 }

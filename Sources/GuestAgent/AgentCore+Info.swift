@@ -1,5 +1,5 @@
 import AgentProtocol
-import Foundation
+import Glibc
 import NIOCore
 
 extension AgentCore {
@@ -16,7 +16,7 @@ extension AgentCore {
                 ?? (try? String(contentsOfFile: "/usr/lib/os-release", encoding: .utf8)) ?? "")
         let bootID =
             (try? String(contentsOfFile: configuration.procRoot + "/sys/kernel/random/boot_id", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            .trimmingSpaces() ?? ""
         return .with {
             $0.agentVersion = AgentConfiguration.agentVersion
             $0.protocolVersion = FrameFormat.protocolVersion
@@ -42,13 +42,13 @@ extension AgentCore {
     static func parseOSRelease(_ text: String) -> [String: String] {
         var result: [String: String] = [:]
         for line in text.split(separator: "\n") {
-            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            let trimmed = line.trimmingSpaces()
             guard !trimmed.hasPrefix("#"), let eq = trimmed.firstIndex(of: "=") else { continue }
             let key = String(trimmed[..<eq])
             var value = String(trimmed[trimmed.index(after: eq)...])
             if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
                 value = String(value.dropFirst().dropLast())
-                value = value.replacingOccurrences(of: "\\\"", with: "\"").replacingOccurrences(of: "\\\\", with: "\\")
+                value = value.replacing("\\\"", with: "\"").replacing("\\\\", with: "\\")
             }
             result[key] = value
         }

@@ -1,5 +1,5 @@
 import AgentProtocol
-import Foundation
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix

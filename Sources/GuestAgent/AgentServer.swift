@@ -1,10 +1,9 @@
 import AgentProtocol
 import CLQXSupport
-import Foundation
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
-import ServiceLifecycle
 
 /// Builds the agent service from a configuration (the `lqx-agent` executable and tests use it).
 public func buildAgent(configuration: AgentConfiguration) throws -> AgentService {
@@ -12,7 +11,7 @@ public func buildAgent(configuration: AgentConfiguration) throws -> AgentService
 }
 
 /// The guest agent: serves every configured transport at once until cancelled or shut down.
-public final class AgentService: Service, Sendable {
+public final class AgentService: Sendable {
     /// Request dispatch and counters.
     public let core: AgentCore
     private let configuration: AgentConfiguration
@@ -29,7 +28,7 @@ public final class AgentService: Service, Sendable {
         self.core = try AgentCore(configuration: configuration, threadPool: threadPool)
     }
 
-    /// Serves until the task is cancelled or graceful shutdown is triggered.
+    /// Serves until the task is cancelled.
     public func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         threadPool.start()
@@ -50,16 +49,14 @@ public final class AgentService: Service, Sendable {
                 "agent.version": "\(AgentConfiguration.agentVersion)",
                 "agent.transports": "\(configuration.transports.map(\.description).joined(separator: ", "))",
             ])
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingDiscardingTaskGroup { group in
-                for transport in self.configuration.transports {
-                    group.addTask {
-                        switch transport {
-                        case .unix(let path): try await self.serveUnix(path: path)
-                        case .vsock(let port, let allowLocal):
-                            try await self.serveVsock(port: port, allowLocal: allowLocal)
-                        case .virtioSerial(let path): await self.serveVirtioSerial(path: path)
-                        }
+        try await withThrowingDiscardingTaskGroup { group in
+            for transport in self.configuration.transports {
+                group.addTask {
+                    switch transport {
+                    case .unix(let path): try await self.serveUnix(path: path)
+                    case .vsock(let port, let allowLocal):
+                        try await self.serveVsock(port: port, allowLocal: allowLocal)
+                    case .virtioSerial(let path): await self.serveVirtioSerial(path: path)
                     }
                 }
             }
@@ -122,7 +119,7 @@ public final class AgentService: Service, Sendable {
         // accept(2) blocks on a dedicated thread; NIO cannot report a vsock peer's CID, which is
         // what decides admission here.
         let (accepted, continuation) = AsyncStream<Int32>.makeStream()
-        let acceptThread = Thread {
+        startDetachedThread {
             while true {
                 var cid: UInt32 = 0, peerPort: UInt32 = 0
                 let fd = lqx_vsock_accept(listener, &cid, &peerPort)
@@ -145,7 +142,6 @@ public final class AgentService: Service, Sendable {
             }
             continuation.finish()
         }
-        acceptThread.start()
         defer {
             shutdown(listener, Int32(SHUT_RDWR))
             close(listener)

@@ -1,6 +1,6 @@
 import AgentProtocol
 import CLQXSupport
-import Foundation
+import Glibc
 
 /// A user the agent can run a command as.
 struct ExecUser: Sendable {
@@ -53,7 +53,7 @@ struct ExecUser: Sendable {
 enum ChildProcess {
     /// Finds an executable: paths with a '/' are used as given, other names are searched in PATH.
     static func resolve(_ name: String, path: String) throws(AgentError) -> String {
-        if name.contains("/") {
+        if name.contains("/" as Character) {
             guard access(name, X_OK) == 0 else {
                 throw AgentError(errno == ENOENT ? .notFound : .denied, "cannot execute \(name): \(errnoText())")
             }
@@ -138,22 +138,9 @@ enum ChildProcess {
         return pid
     }
 
-    /// Waits for a child on a dedicated thread (never blocks the cooperative pool).
+    /// Waits for a child without blocking the cooperative pool.
     static func wait(pid: pid_t) async -> Int32 {
-        await withCheckedContinuation { continuation in
-            let thread = Thread {
-                var status: Int32 = 0
-                while waitpid(pid, &status, 0) < 0 {
-                    if errno != EINTR {
-                        status = 127 << 8
-                        break
-                    }
-                }
-                continuation.resume(returning: status)
-            }
-            thread.stackSize = 128 << 10
-            thread.start()
-        }
+        await ChildReaper.wait(pid: pid)
     }
 }
 

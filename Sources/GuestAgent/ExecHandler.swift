@@ -1,6 +1,6 @@
 import AgentProtocol
 import CLQXSupport
-import Foundation
+import Glibc
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -41,7 +41,9 @@ struct ExecHandler {
         ]
         if request.pty { environment["TERM"] = "xterm-256color" }
         for (key, value) in request.env {
-            guard !key.isEmpty, !key.contains("="), !key.contains("\0"), !value.contains("\0") else {
+            guard !key.isEmpty, !key.contains("=" as Character), !key.contains("\0" as Character),
+                !value.contains("\0" as Character)
+            else {
                 throw AgentError(.invalidArgument, "invalid environment variable name \(key.debugDescription)")
             }
             environment[key] = value
@@ -95,6 +97,13 @@ struct ExecHandler {
                     spawn.stdin = null
                 }
             }
+            // The host-side ends are used with non-blocking I/O (the child's ends stay blocking: each
+            // end of a pipe is its own open file description).
+            if !request.pty {
+                for fd in parentEnds where lqx_set_nonblocking(fd) != 0 {
+                    throw AgentError(.io, "cannot make a pipe non-blocking: \(errnoText())")
+                }
+            }
         } catch {
             for fd in parentEnds { close(fd) }
             throw error
@@ -112,26 +121,21 @@ struct ExecHandler {
         context.logger.debug("exec started", metadata: ["exec.pid": "\(pid)", "exec.argv": "\(request.argv)"])
         try? await context.reply(.with { $0.execStarted = .with { $0.pid = pid } })
 
-        let group = MultiThreadedEventLoopGroup.singleton
         let outcome: (status: Int32, timedOut: Bool, bytes: Int)
         if ptyMaster >= 0 {
-            let channel = try await Self.adopt(inputOutput: ptyMaster, group: group)
+            let channel = try await Self.adopt(inputOutput: ptyMaster, group: MultiThreadedEventLoopGroup.singleton)
             outcome = try await channel.executeThenClose { inbound, outbound in
-                try await supervise(pid: pid, sources: [(inbound, 0)], sink: .pty(outbound), ptyMaster: ptyMaster)
+                try await supervise(
+                    pid: pid, sources: [(.stream(inbound), 0)], sink: .pty(outbound), ptyMaster: ptyMaster)
             }
         } else {
-            let out = try await Self.adopt(input: stdoutRead, group: group)
-            let err = try await Self.adopt(input: stderrRead, group: group)
-            let input: (any Channel)? =
-                stdinWrite >= 0
-                ? try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdinWrite).get() : nil
-            defer { input?.close(promise: nil) }
-            outcome = try await out.executeThenClose { outIn, _ in
-                try await err.executeThenClose { errIn, _ in
-                    try await supervise(
-                        pid: pid, sources: [(outIn, 0), (errIn, 1)], sink: input.map { .pipe($0) }, ptyMaster: -1)
-                }
-            }
+            // Pipes are read and written directly with non-blocking I/O and the reactor: no event
+            // loop channel setup per command (that cost more than the spawn itself).
+            let out = Descriptor(stdoutRead), err = Descriptor(stderrRead)
+            let input = stdinWrite >= 0 ? Descriptor(stdinWrite) : nil
+            defer { for descriptor in [out, err, input].compactMap({ $0 }) { descriptor.close() } }
+            outcome = try await supervise(
+                pid: pid, sources: [(.pipe(out), 0), (.pipe(err), 1)], sink: input.map { .pipe($0) }, ptyMaster: -1)
         }
         var value: Int32 = 0, core: Int32 = 0
         let kind = lqx_decode_wait_status(outcome.status, &value, &core)
@@ -164,7 +168,7 @@ struct ExecHandler {
     /// Runs the pumps and the reaper until the process exited and its output is drained (or the
     /// grace period after exit ran out). Kills the process group when the host goes away.
     private func supervise(
-        pid: pid_t, sources: [(NIOAsyncChannelInboundStream<ByteBuffer>, UInt8)],
+        pid: pid_t, sources: [(OutputSource, UInt8)],
         sink: InputSink?, ptyMaster: Int32
     ) async throws -> (status: Int32, timedOut: Bool, bytes: Int) {
         let context = self.context
@@ -174,8 +178,8 @@ struct ExecHandler {
             group.addTask {
                 do {
                     let total = try await withThrowingTaskGroup(of: Int.self) { pumps in
-                        for (stream, channel) in sources {
-                            pumps.addTask { try await Self.pump(stream, channel: channel, context: context) }
+                        for (source, channel) in sources {
+                            pumps.addTask { try await Self.pump(source, channel: channel, context: context) }
                         }
                         return try await pumps.reduce(0, +)
                     }
@@ -254,19 +258,60 @@ struct ExecHandler {
         }
     }
 
-    private static func pump(
-        _ stream: NIOAsyncChannelInboundStream<ByteBuffer>, channel: UInt8, context: StreamContext
-    ) async throws -> Int {
+    /// Where output comes from: a pipe read directly, or the PTY master's NIO channel.
+    enum OutputSource: Sendable {
+        case pipe(Descriptor)
+        case stream(NIOAsyncChannelInboundStream<ByteBuffer>)
+    }
+
+    /// Reads larger than this are sent as they are; smaller ones are copied into a right-sized
+    /// buffer so a trickle of small writes never pins a full read buffer per chunk.
+    static let readChunk = 64 * 1024
+
+    private static func pump(_ source: OutputSource, channel: UInt8, context: StreamContext) async throws -> Int {
         var total = 0
-        do {
-            for try await chunk in stream {
-                total += chunk.readableBytes
-                try await context.send(data: chunk, channel: channel)
+        switch source {
+        case .pipe(let descriptor):
+            defer { descriptor.close() }
+            let fd = descriptor.fd
+            var buffer = ByteBuffer()
+            readLoop: while true {
+                var result = 0
+                var code: Int32 = 0
+                buffer.clear(minimumCapacity: readChunk)
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: readChunk) { raw in
+                    result = read(fd, raw.baseAddress, readChunk)
+                    code = errno
+                    return max(result, 0)
+                }
+                switch result {
+                case 1...:
+                    total += result
+                    if result >= readChunk / 2 {
+                        try await context.send(data: buffer, channel: channel)
+                        buffer = ByteBuffer()
+                    } else {
+                        try await context.send(data: ByteBuffer(bytes: buffer.readableBytesView), channel: channel)
+                    }
+                case 0:
+                    break readLoop
+                default:
+                    if code == EINTR { continue }
+                    guard code == EAGAIN || code == EWOULDBLOCK else { break readLoop }
+                    try await Reactor.shared.wait(fd)
+                }
             }
-        } catch let error as AgentError {
-            throw error
-        } catch {
-            // EIO on a pty master once the last slave closed is the pty's EOF.
+        case .stream(let stream):
+            do {
+                for try await chunk in stream {
+                    total += chunk.readableBytes
+                    try await context.send(data: chunk, channel: channel)
+                }
+            } catch let error as AgentError {
+                throw error
+            } catch {
+                // EIO on a pty master once the last slave closed is the pty's EOF.
+            }
         }
         try Task.checkCancellation()
         try await context.send(data: ByteBuffer(), channel: channel, endOfChannel: true)
@@ -276,22 +321,41 @@ struct ExecHandler {
     /// Where stdin bytes go: a pipe (EOF closes it once every byte is written) or the PTY master
     /// (EOF is sent as ^D, the terminal's end-of-file character).
     enum InputSink: Sendable {
-        case pipe(any Channel)
+        case pipe(Descriptor)
         case pty(NIOAsyncChannelOutboundWriter<ByteBuffer>)
 
+        /// Writes every byte; throws when the process closed its end (EPIPE) or on cancellation.
         func write(_ bytes: ByteBuffer) async throws {
             switch self {
-            case .pipe(let channel): try await channel.writeAndFlush(bytes)
+            case .pipe(let descriptor):
+                let fd = descriptor.fd
+                var offset = 0
+                while offset < bytes.readableBytes {
+                    var code: Int32 = 0
+                    let n = bytes.withUnsafeReadableBytes { raw in
+                        let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                        code = errno
+                        return n
+                    }
+                    if n >= 0 {
+                        offset += n
+                    } else if code == EAGAIN || code == EWOULDBLOCK {
+                        try await Reactor.shared.wait(fd, writable: true)
+                    } else if code != EINTR {
+                        throw AgentError(.io, "stdin: \(errnoText(code))")
+                    }
+                }
             case .pty(let writer): try await writer.write(bytes)
             }
         }
 
         func endOfInput() async {
             switch self {
-            case .pipe(let channel): try? await channel.close(mode: .output)
+            case .pipe(let descriptor): descriptor.close()
             case .pty(let writer): try? await writer.write(ByteBuffer(bytes: [0x04]))
             }
         }
+
     }
 
     private static func input(context: StreamContext, sink: InputSink?, pid: pid_t, ptyMaster: Int32) async throws {

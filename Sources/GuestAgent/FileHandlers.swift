@@ -1,6 +1,5 @@
 import AgentProtocol
-import Crypto
-import Foundation
+import FoundationEssentials
 import Glibc
 import NIOCore
 import Synchronization
@@ -17,7 +16,7 @@ struct FileHandlers {
         guard path.hasPrefix("/") else {
             throw AgentError(.invalidArgument, "path \(path.debugDescription) is not absolute")
         }
-        guard !path.contains("\0"), path.utf8.count < 4096 else {
+        guard !path.contains("\0" as Character), path.utf8.count < 4096 else {
             throw AgentError(.invalidArgument, "path \(path.debugDescription) is not a valid file name")
         }
     }
@@ -54,7 +53,7 @@ struct FileHandlers {
         // One block is hashed and written on the thread pool while the next one is received,
         // so the sender's credit keeps flowing.
         let (finalHasher, commit) = try await withDoubleBuffering(
-            initial: Hasher(), blockSize: Self.ioBlock,
+            initial: SHA256Hasher(), blockSize: Self.ioBlock,
             process: { block, hasher in try await self.write(block, to: fd, hasher: hasher) }
         ) { append -> Limiquantix_Agent_V1_UploadCommit? in
             while let event = try await context.next() {
@@ -83,7 +82,8 @@ struct FileHandlers {
         }
         guard commit.sha256 == digest else {
             throw AgentError(
-                .checksumMismatch, "SHA-256 mismatch: received \(digest.hex), sender says \(commit.sha256.hex)")
+                .checksumMismatch,
+                "SHA-256 mismatch: received \(digest.hexString), sender says \(commit.sha256.hexString)")
         }
         try await core.blocking {
             guard fchmod(fd, mode_t(mode)) == 0 else { throw Self.ioError("chmod \(path)") }
@@ -108,7 +108,7 @@ struct FileHandlers {
             }
         }
         committed = true
-        core.audit?.record("upload", ["path": path, "size": Int(size), "sha256": digest.hex, "result": "ok"])
+        core.audit?.record("upload", ["path": path, "size": Int(size), "sha256": digest.hexString, "result": "ok"])
         try await context.reply(
             .with {
                 $0.uploadResult = .with {
@@ -117,14 +117,14 @@ struct FileHandlers {
             }, end: true)
     }
 
-    private func write(_ buffer: ByteBuffer, to fd: Int32, hasher: Hasher) async throws -> Hasher {
+    private func write(_ buffer: ByteBuffer, to fd: Int32, hasher: SHA256Hasher) async throws -> SHA256Hasher {
         try await core.blocking {
             var hasher = hasher
             try buffer.withUnsafeReadableBytes { raw in
-                hasher.update(bufferPointer: raw)
+                hasher.update(raw)
                 var offset = 0
                 while offset < raw.count {
-                    let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                    let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
                     if n < 0 {
                         if errno == EINTR { continue }
                         throw Self.ioError("write")
@@ -162,7 +162,7 @@ struct FileHandlers {
                     $0.size = size; $0.mode = mode
                 }
             })
-        var hasher = SHA256()
+        var hasher = SHA256Hasher()
         var total: UInt64 = 0
         let core = self.core
         func readBlock() async throws -> ByteBuffer {
@@ -184,14 +184,14 @@ struct FileHandlers {
         while next.readableBytes > 0 {
             let block = next
             async let prefetch = readBlock()
-            block.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+            hasher.update(block)
             total += UInt64(block.readableBytes)
             try await context.send(data: block)
             next = try await prefetch
         }
-        let digest = Data(hasher.finalize())
+        let digest = hasher.finalize()
         try await context.send(data: ByteBuffer(), endOfChannel: true)
-        core.audit?.record("download", ["path": path, "size": Int(total), "sha256": digest.hex, "result": "ok"])
+        core.audit?.record("download", ["path": path, "size": Int(total), "sha256": digest.hexString, "result": "ok"])
         try await context.reply(
             .with {
                 $0.downloadResult = .with {
@@ -300,19 +300,6 @@ struct FileHandlers {
             }
         return AgentError(kind, "\(what): \(errnoText(code))")
     }
-}
-
-extension Data {
-    var hex: String { map { String(format: "%02x", $0) }.joined() }
-}
-
-/// SHA-256 state handed between the stream task and the I/O thread pool.
-// @unchecked Sendable: the state is a value that is only ever used by one thread at a time (it is
-// passed in and returned, never shared); swift-crypto does not mark SHA256 Sendable.
-struct Hasher: @unchecked Sendable {
-    private var sha = SHA256()
-    mutating func update(bufferPointer: UnsafeRawBufferPointer) { sha.update(bufferPointer: bufferPointer) }
-    func finalize() -> Data { Data(sha.finalize()) }
 }
 
 /// A file descriptor closed exactly once.

@@ -1,6 +1,6 @@
 import AgentProtocol
 import CLQXSupport
-import Foundation
+import Glibc
 
 /// poweroff / reboot / halt: acknowledge first, sync, then systemd when present, else reboot(2).
 struct PowerHandler {
@@ -27,7 +27,7 @@ struct PowerHandler {
         guard !dryRun else { return }
         let logger = context.logger
         // Detached on purpose: the power action must outlive this stream and session.
-        Thread.detachNewThread {
+        startDetachedThread {
             if delay > 0 { sleep(delay) }
             sync()
             if systemd {

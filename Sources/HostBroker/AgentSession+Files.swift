@@ -1,5 +1,4 @@
 import AgentProtocol
-import Crypto
 import Foundation
 import Glibc
 import NIOCore
@@ -75,7 +74,7 @@ extension AgentSession {
                 return TransferResult(size: result.size, sha256: result.sha256.hexString)
             }
             group.addTask {
-                var hasher = FileHasher()
+                var hasher = SHA256Hasher()
                 var sent: UInt64 = 0
                 var next = try await Self.read(fd: fd)
                 while next.readableBytes > 0 {
@@ -136,7 +135,7 @@ extension AgentSession {
         // One block is hashed and written on the thread pool while the next one arrives, so the
         // agent's credit keeps flowing.
         let (hasher, result) = try await withDoubleBuffering(
-            initial: FileHasher(), blockSize: Self.readBlock,
+            initial: SHA256Hasher(), blockSize: Self.readBlock,
             process: { block, hasher in try await Self.hashAndWrite(block, fd: fd, hasher: hasher) }
         ) { append -> Limiquantix_Agent_V1_DownloadResult in
             while true {
@@ -193,7 +192,7 @@ extension AgentSession {
         }
     }
 
-    static func hashAndWrite(_ buffer: ByteBuffer, fd: Int32, hasher: FileHasher) async throws -> FileHasher {
+    static func hashAndWrite(_ buffer: ByteBuffer, fd: Int32, hasher: SHA256Hasher) async throws -> SHA256Hasher {
         try await NIOThreadPool.singleton.runIfActive {
             var hasher = hasher
             hasher.update(buffer)
@@ -209,19 +208,4 @@ extension AgentSession {
             return hasher
         }
     }
-}
-
-/// SHA-256 over ByteBuffers.
-// @unchecked Sendable: a value used by one task at a time; swift-crypto's SHA256 is not marked Sendable.
-struct FileHasher: @unchecked Sendable {
-    private var sha = SHA256()
-    mutating func update(_ buffer: ByteBuffer) {
-        buffer.withUnsafeReadableBytes { sha.update(bufferPointer: $0) }
-    }
-    func finalize() -> Data { Data(sha.finalize()) }
-}
-
-extension Data {
-    /// Lowercase hex.
-    var hexString: String { map { String(format: "%02x", $0) }.joined() }
 }

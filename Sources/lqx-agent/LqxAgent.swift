@@ -1,10 +1,11 @@
 import AgentProtocol
 import ArgumentParser
-import Foundation
+import CLQXSupport
+import Glibc
 import GuestAgent
 import Logging
 import NIOCore
-import ServiceLifecycle
+import UnixSignals
 
 @main
 struct LqxAgent: AsyncParsableCommand {
@@ -12,10 +13,13 @@ struct LqxAgent: AsyncParsableCommand {
         commandName: "lqx-agent",
         abstract: "limiquantix guest agent: lets the host run commands, move files and read telemetry in this VM.",
         discussion: """
-            Serves every configured transport at once. With no transport flag the agent uses the
+            Serves every configured transport at once. With no transport flag the agent uses the \
             virtio-serial port \(AgentConfiguration.defaultVirtioSerialPath) and AF_VSOCK port \
             \(AgentConfiguration.defaultVsockPort). What the host may do is set by the policy file \
-            (\(AgentConfiguration.defaultPolicyPath)); see docs/agent-policy in the README.
+            (\(AgentConfiguration.defaultPolicyPath)): sections [exec], [files] and [power] with \
+            enabled, read, write and shutdown = true|false; anything else is an error. See \
+            packaging/agent/agent.toml for a commented sample. SIGTERM or SIGINT stop the agent \
+            and kill the commands it started.
             """,
         version: AgentConfiguration.agentVersion)
 
@@ -61,6 +65,7 @@ struct LqxAgent: AsyncParsableCommand {
     var logLevel: String = "info"
 
     func run() async throws {
+        lqx_tune_malloc()
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("unknown log level \(logLevel)")
         }
@@ -98,9 +103,20 @@ struct LqxAgent: AsyncParsableCommand {
             session: SessionConfiguration(keepaliveTimeout: .milliseconds(Int64(keepaliveTimeout * 1000))),
             logger: logger)
         let agent = try buildAgent(configuration: configuration)
-        let group = ServiceGroup(
-            configuration: .init(services: [agent], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        // SIGTERM/SIGINT end the agent cleanly: the serving task is cancelled, which closes every
+        // session and kills the process groups of running commands.
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await agent.run() }
+            group.addTask {
+                for await signal in signals {
+                    logger.info("stopping", metadata: ["signal": "\(signal)"])
+                    return
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
     }
 
     static func defaultAuditLog() -> String? {

@@ -1,5 +1,6 @@
 import AgentProtocol
 import ArgumentParser
+import CLQXSupport
 import Foundation
 import HostBroker
 
@@ -28,6 +29,7 @@ struct Copy: AsyncParsableCommand {
     }
 
     func run() async throws {
+        lqx_tune_malloc()
         try await runReportingErrors {
             let bar = (!noProgress && isatty(2) == 1) ? ProgressBar() : nil
             let progress: TransferProgress? = bar.map { bar in

@@ -30,12 +30,35 @@ struct AgentPolicyTests {
         "typos and wrong types are errors, never silently ignored",
         arguments: [
             "[exec]\nenable = false", "[execs]\nenabled = false", "[exec]\nenabled = \"no\"", "exec = false",
-            "[files\nread = true",
+            "[files\nread = true", "[exec]\nenabled = true\nenabled = false", "[exec]\n[exec]",
+            "[[exec]]\nenabled = true", "[exec]\nenabled = yes", "[exec]\nenabled", "[exec]\nenabled = \"true\"",
+            "[exec]\nexec.enabled = true", "[exec]\nenabled = 1",
         ])
     func rejects(text: String) {
         let error = #expect(throws: AgentError.self) { try AgentPolicy.parse(text, source: "agent.toml") }
         #expect(error?.code == .invalidArgument)
         #expect(error?.message.hasPrefix("agent.toml") == true)
+    }
+
+    @Test("comments, blank lines, CRLF and spacing are accepted")
+    func layout() throws {
+        let policy = try AgentPolicy.parse(
+            "# header\r\n\r\n  [ exec ]  # trailing\r\n\tenabled=false   # off\r\n[power]\nshutdown =  true\n")
+        #expect(policy == AgentPolicy(allowExec: false))
+    }
+
+    @Test("the sample policy shipped in packaging/ parses to allow-all")
+    func packagedSample() throws {
+        let path = #filePath.split(separator: "/").dropLast(3).joined(separator: "/")
+        #expect(try AgentPolicy.load(path: "/" + path + "/packaging/agent/agent.toml", required: true) == AgentPolicy())
+    }
+
+    @Test("errors name the line")
+    func lineNumbers() {
+        let error = #expect(throws: AgentError.self) {
+            try AgentPolicy.parse("[exec]\nenabled = true\n\nbogus = 1", source: "agent.toml")
+        }
+        #expect(error?.message.hasPrefix("agent.toml:4:") == true)
     }
 
     @Test("a missing default file means the default policy; a missing explicit file is an error")

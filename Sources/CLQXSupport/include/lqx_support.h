@@ -12,6 +12,21 @@ uint32_t lqx_crc32c(uint32_t crc, const void *data, size_t len);
 /// 1 when lqx_crc32c runs on the CPU's crc32 instruction.
 int lqx_crc32c_is_hardware(void);
 
+/// Incremental SHA-256 (uses the x86 SHA extensions when present).
+typedef struct lqx_sha256 {
+    uint32_t h[8];
+    uint64_t length;
+    uint8_t buffer[64];
+    size_t used;
+} lqx_sha256;
+void lqx_sha256_init(lqx_sha256 *ctx);
+void lqx_sha256_update(lqx_sha256 *ctx, const void *data, size_t len);
+void lqx_sha256_final(lqx_sha256 *ctx, uint8_t digest[32]);
+/// 1 when SHA-256 runs on the CPU's SHA extensions.
+int lqx_sha256_is_hardware(void);
+/// Tests only: 1 forces the portable implementation, 0 returns to detection.
+void lqx_sha256_force_portable(int portable);
+
 /// What lqx_spawn should do in the child.
 typedef struct lqx_spawn_options {
     const char *path;          /* executable, already resolved */
@@ -52,6 +67,25 @@ int lqx_vsock_listen(uint32_t port, int backlog);
 
 /// Accepts one connection (blocking, close-on-exec); writes the peer's CID and port. -1 on error.
 int lqx_vsock_accept(int listen_fd, uint32_t *peer_cid, uint32_t *peer_port);
+/// pidfd_open(2) with close-on-exec: a descriptor that becomes readable when `pid` exits.
+/// -1 with errno (ENOSYS before Linux 5.3).
+int lqx_pidfd_open(pid_t pid);
+
+/// A one-shot readiness reactor (epoll): lqx_reactor_add arms `fd` once for readability (or
+/// writability); lqx_reactor_wait blocks until at least one armed descriptor is ready, removes the
+/// ready ones from the set, writes them to `ready` (at most `max`, up to 64) and returns how many;
+/// it retries EINTR. lqx_reactor_remove disarms a descriptor. -1 with errno on error.
+int lqx_reactor_create(void);
+int lqx_reactor_add(int reactor, int fd, int writable);
+int lqx_reactor_remove(int reactor, int fd);
+int lqx_reactor_wait(int reactor, int *ready, int max);
+
+/// Tunes glibc malloc for a process that moves large buffers (see vsock.c).
+void lqx_tune_malloc(void);
+
+/// Sets O_NONBLOCK on a descriptor (its open file description).
+int lqx_set_nonblocking(int fd);
+
 /// pipe2(fds, O_CLOEXEC).
 int lqx_pipe_cloexec(int fds[2]);
 

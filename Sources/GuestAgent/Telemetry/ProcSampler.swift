@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 #if canImport(Glibc)
     import Glibc
@@ -540,7 +541,7 @@ public struct ProcSampler: Sendable {
 
     /// Decodes the `\ooo` octal escapes the kernel uses for spaces, tabs, newlines and backslashes.
     static func decodeOctalEscapes(_ field: Substring) -> String {
-        guard field.contains("\\") else { return String(field) }
+        guard field.contains("\\" as Character) else { return String(field) }
         let bytes = Array(field.utf8)
         var output: [UInt8] = []
         output.reserveCapacity(bytes.count)
@@ -619,7 +620,7 @@ public struct ProcSampler: Sendable {
             let name = interfaces[index].name
             let directory = sysRoot + "/class/net/" + name
             if let mac = try? Self.readFile(directory + "/address") {
-                let trimmed = mac.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+                let trimmed = mac.trimmingSpaces().lowercased()
                 if !trimmed.isEmpty, trimmed != "00:00:00:00:00:00" {
                     interfaces[index].macAddress = trimmed
                 }
@@ -628,7 +629,7 @@ public struct ProcSampler: Sendable {
                 interfaces[index].addresses = info.addresses
                 interfaces[index].up = info.flags & UInt32(IFF_UP) != 0
             } else if let state = try? Self.readFile(directory + "/operstate") {
-                interfaces[index].up = state.trimmingCharacters(in: .whitespacesAndNewlines).lowercased() == "up"
+                interfaces[index].up = state.trimmingSpaces().lowercased() == "up"
             }
         }
         return interfaces
@@ -639,8 +640,8 @@ public struct ProcSampler: Sendable {
         var result: [NetworkInterfaceStats] = []
         for line in text.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
-            let name = line[..<colon].trimmingCharacters(in: .whitespaces)
-            guard !name.isEmpty, !name.contains(" "), !name.contains("|") else { continue }
+            let name = line[..<colon].trimmingSpaces()
+            guard !name.isEmpty, !name.contains(" " as Character), !name.contains("|" as Character) else { continue }
             let tokens = fields(line[line.index(after: colon)...])
             guard tokens.count >= 16 else { continue }
             var counters: [UInt64] = []
