@@ -74,7 +74,7 @@ let package = Package(
         .executableTarget(
             name: "lqx-bench",
             dependencies: [
-                "HostBroker", "AgentProtocol",
+                "HostBroker", "AgentProtocol", "CLQXSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -123,8 +123,8 @@ int lqx_vsock_loopback_probe(uint32_t port, int timeout_ms) {
 
 void lqx_tune_malloc(void) {
     /* Transfer buffers (256 KiB frames, 1 MiB file blocks) come from the heap and are reused
-     * instead of being mmap'ed, faulted in, zeroed and unmapped each time; up to 8 MiB of free
+     * instead of being mmap'ed, faulted in, zeroed and unmapped each time; up to 4 MiB of free
      * heap is kept before trimming. */
-    mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
-    mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+    mallopt(M_MMAP_THRESHOLD, 2 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 4 * 1024 * 1024);
 }

@@ -1,6 +1,7 @@
 import AgentProtocol
 import CLQXSupport
 import Glibc
+import Synchronization
 
 /// A user the agent can run a command as.
 struct ExecUser: Sendable {
@@ -42,12 +43,39 @@ struct ExecUser: Sendable {
             shell: String(cString: entry.pw_shell), groups: Array(groups.prefix(Int(max(count, 0)))))
     }
 
-    /// The user the agent runs as.
+    /// The user the agent runs as. The passwd lookup is cached until /etc/passwd or /etc/group
+    /// changes (one stat each per exec instead of parsing them).
     static func current() -> ExecUser {
-        (try? lookup(String(geteuid())))
-            ?? ExecUser(uid: geteuid(), gid: getegid(), name: "\(geteuid())", home: "/", shell: "/bin/sh", groups: [])
+        let key = CurrentUserCache.Key(uid: geteuid(), passwd: fileStamp("/etc/passwd"), group: fileStamp("/etc/group"))
+        if let cached = currentUserCache.withLock({ $0?.key == key ? $0?.user : nil }) { return cached }
+        let user =
+            (try? lookup(String(key.uid)))
+            ?? ExecUser(uid: key.uid, gid: getegid(), name: "\(key.uid)", home: "/", shell: "/bin/sh", groups: [])
+        currentUserCache.withLock { $0 = CurrentUserCache(key: key, user: user) }
+        return user
+    }
+
+    private static func fileStamp(_ path: String) -> [Int] {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return [] }
+        return [
+            Int(info.st_ino), Int(info.st_size), info.st_mtim.tv_sec, info.st_mtim.tv_nsec, info.st_ctim.tv_sec,
+            info.st_ctim.tv_nsec,
+        ]
     }
 }
+
+private struct CurrentUserCache {
+    struct Key: Equatable {
+        var uid: uid_t
+        var passwd: [Int]
+        var group: [Int]
+    }
+    var key: Key
+    var user: ExecUser
+}
+
+private let currentUserCache = Mutex<CurrentUserCache?>(nil)
 
 /// Spawning and reaping child processes.
 enum ChildProcess {

@@ -1,4 +1,5 @@
 import AgentProtocol
+import CLQXSupport
 import Foundation
 import HostBroker
 import Logging
@@ -14,6 +15,8 @@ struct AgentBench {
             print("usage: lqx-bench PATH/TO/lqx-agent [work-dir]")
             exit(2)
         }
+        // The broker process tunes malloc as `lqx cp` does (large transfer buffers stay on the heap).
+        lqx_tune_malloc()
         let agentPath = arguments[1]
         let work = arguments.count > 2 ? arguments[2] : NSTemporaryDirectory() + "lqx-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
