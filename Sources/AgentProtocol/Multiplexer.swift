@@ -46,8 +46,9 @@ public struct SessionLimits: Sendable, Equatable {
 /// Multiplexes streams over one session: stream table, per-stream credit in both directions, and
 /// the outbound scheduler (control frames first, then data round-robin across streams).
 ///
-/// Thread-safe. The connection feeds received frames to `receive(_:)`; one writer task drains
-/// `nextOutbound()`. Memory is bounded: inbound bytes per stream never exceed the window this side
+/// Thread-safe. The connection feeds received frames to `receive(_:)`; one writer drains the
+/// outbound frames, either an `EventLoopWriter` on the channel's event loop (`pollOutbound()`
+/// after the outbound hook fires) or a task awaiting `nextOutbound()`. Memory is bounded: inbound bytes per stream never exceed the window this side
 /// granted, outbound data per stream never exceeds the window the peer granted, and control
 /// frames are bounded by `maxQueuedControlFrames` (the reader waits when it is full).
 public final class Multiplexer: Sendable {
@@ -92,6 +93,7 @@ public final class Multiplexer: Sendable {
         var data: [UInt32: Deque<Frame>] = [:]
         var ready: Deque<UInt32> = []
         var writerWaiter: CheckedContinuation<Void, Never>?
+        var outboundHook: (@Sendable () -> Void)?
         var controlSpaceWaiters: [CheckedContinuation<Void, Never>] = []
         var closed: AgentError?
         var drained = false
@@ -583,6 +585,7 @@ public final class Multiplexer: Sendable {
         for ping in pings { ping.resume(throwing: error) }
         for waiter in spaceWaiters { waiter.resume() }
         writer?.resume()
+        state.withLock { $0.outboundHook }?()
     }
 
     /// The error that closed the session, if it is closed.
@@ -591,53 +594,26 @@ public final class Multiplexer: Sendable {
     // MARK: Outbound
 
     private func wakeWriter() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let (waiter, hook) = state.withLock { state in
             let waiter = state.writerWaiter
             state.writerWaiter = nil
-            return waiter
+            return (waiter, state.outboundHook)
         }
         waiter?.resume()
+        hook?()
+    }
+
+    /// Installs a function called whenever frames become ready to write or the session closes
+    /// (used by `EventLoopWriter`, which then calls `pollOutbound`). It may be called on any thread.
+    public func setOutboundHook(_ hook: (@Sendable () -> Void)?) {
+        state.withLock { $0.outboundHook = hook }
     }
 
     /// The next frames to write, control frames first, then up to `maxDataBytes` of data taken
     /// round-robin from the streams. Returns nil once the session is closed and drained.
     public func nextOutbound(maxDataBytes: Int = 1 << 20) async -> [Frame]? {
         while true {
-            let (batch, spaceWaiters, finished, senders) = state.withLock {
-                state -> ([Frame], [CheckedContinuation<Void, Never>], Bool, [CheckedContinuation<Void, any Error>]) in
-                var batch: [Frame] = []
-                var senders: [CheckedContinuation<Void, any Error>] = []
-                while let frame = state.control.popFirst() { batch.append(frame) }
-                var budget = maxDataBytes
-                while budget > 0, let id = state.ready.popFirst() {
-                    guard var queue = state.data[id], let frame = queue.popFirst() else { continue }
-                    budget -= frame.payload.readableBytes
-                    batch.append(frame)
-                    if queue.isEmpty {
-                        state.data[id] = nil
-                    } else {
-                        state.data[id] = queue
-                        state.ready.append(id)
-                    }
-                    if var stream = state.streams[id] {
-                        stream.queuedFrames -= 1
-                        stream.queuedBytes -= frame.payload.readableBytes + Self.frameCharge
-                        senders += stream.sendWaiters
-                        stream.sendWaiters = []
-                        // A finished stream whose frames are all written is forgotten.
-                        if stream.finished && stream.queuedFrames == 0 {
-                            state.streams[id] = nil
-                        } else {
-                            state.streams[id] = stream
-                        }
-                    }
-                }
-                let waiters = state.controlSpaceWaiters
-                state.controlSpaceWaiters = []
-                return (batch, waiters, batch.isEmpty && state.closed != nil, senders)
-            }
-            for waiter in spaceWaiters { waiter.resume() }
-            for sender in senders { sender.resume() }
+            let (batch, finished) = pollOutbound(maxDataBytes: maxDataBytes)
             if !batch.isEmpty { return batch }
             if finished { return nil }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -649,6 +625,48 @@ public final class Multiplexer: Sendable {
                 if ready { continuation.resume() }
             }
         }
+    }
+
+    /// Takes the frames that are ready to write without waiting: control frames first, then up to
+    /// `maxDataBytes` of data round-robin. `finished` is true once the session is closed and
+    /// nothing is left to write.
+    public func pollOutbound(maxDataBytes: Int = 1 << 20) -> (batch: [Frame], finished: Bool) {
+        let (batch, spaceWaiters, finished, senders) = state.withLock {
+            state -> ([Frame], [CheckedContinuation<Void, Never>], Bool, [CheckedContinuation<Void, any Error>]) in
+            var batch: [Frame] = []
+            var senders: [CheckedContinuation<Void, any Error>] = []
+            while let frame = state.control.popFirst() { batch.append(frame) }
+            var budget = maxDataBytes
+            while budget > 0, let id = state.ready.popFirst() {
+                guard var queue = state.data[id], let frame = queue.popFirst() else { continue }
+                budget -= frame.payload.readableBytes
+                batch.append(frame)
+                if queue.isEmpty {
+                    state.data[id] = nil
+                } else {
+                    state.data[id] = queue
+                    state.ready.append(id)
+                }
+                if var stream = state.streams[id] {
+                    stream.queuedFrames -= 1
+                    stream.queuedBytes -= frame.payload.readableBytes + Self.frameCharge
+                    senders += stream.sendWaiters
+                    stream.sendWaiters = []
+                    // A finished stream whose frames are all written is forgotten.
+                    if stream.finished && stream.queuedFrames == 0 {
+                        state.streams[id] = nil
+                    } else {
+                        state.streams[id] = stream
+                    }
+                }
+            }
+            let waiters = state.controlSpaceWaiters
+            state.controlSpaceWaiters = []
+            return (batch, waiters, batch.isEmpty && state.closed != nil, senders)
+        }
+        for waiter in spaceWaiters { waiter.resume() }
+        for sender in senders { sender.resume() }
+        return (batch, finished)
     }
 
     /// Marks the agent's side of a finished stream; the stream is forgotten once its queued

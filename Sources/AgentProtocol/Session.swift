@@ -53,15 +53,6 @@ extension FramedChannel {
 
 /// The parts of a session both ends run the same way.
 public enum SessionLoops {
-    /// Writes the multiplexer's outbound frames until the session is closed and drained.
-    public static func write(
-        _ mux: Multiplexer, to outbound: NIOAsyncChannelOutboundWriter<Frame>
-    ) async throws {
-        while let batch = await mux.nextOutbound() {
-            try await outbound.write(contentsOf: batch)
-        }
-    }
-
     /// Sends keepalive PINGs on silence and closes the session when the peer stays silent for
     /// `configuration.keepaliveTimeout`. Returns when the session closes or the task is cancelled.
     public static func keepalive(_ mux: Multiplexer, configuration: SessionConfiguration) async {

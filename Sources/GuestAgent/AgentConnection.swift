@@ -77,8 +77,7 @@ struct AgentConnection {
                         }
                         current = startSession(
                             frame: frame, hello: accepted.0, remote: accepted.1, version: accepted.2,
-                            outbound: outbound,
-                            logger: logger)
+                            channel: channel.channel, logger: logger)
                         continue
                     }
                     guard let session = current, frame.session == session.mux.session,
@@ -141,8 +140,7 @@ struct AgentConnection {
     }
 
     private func startSession(
-        frame: Frame, hello: Hello, remote: SessionLimits, version: UInt32,
-        outbound: NIOAsyncChannelOutboundWriter<Frame>, logger: Logger
+        frame: Frame, hello: Hello, remote: SessionLimits, version: UInt32, channel: any Channel, logger: Logger
     ) -> Current {
         let local = self.core.configuration.session.limits
         let mux = Multiplexer(session: frame.session, local: local, remote: remote)
@@ -170,7 +168,7 @@ struct AgentConnection {
             await withDiscardingTaskGroup { group in
                 group.addTask {
                     do {
-                        try await SessionLoops.write(mux, to: outbound)
+                        try await EventLoopWriter.run(mux, channel: channel)
                     } catch {
                         mux.close(AgentError(.closed, "write failed: \(error)"))
                     }

@@ -254,7 +254,7 @@ public final class AgentClient: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
-                    try await SessionLoops.write(mux, to: outbound)
+                    try await EventLoopWriter.run(mux, channel: channel)
                 } catch {
                     mux.close(AgentError(.closed, "write failed: \(error)"))
                 }

@@ -1,0 +1,108 @@
+import NIOCore
+import Synchronization
+
+/// Writes a multiplexer's outbound frames from its channel's event loop.
+///
+/// A task that queues a frame schedules at most one drain on the loop, which writes everything
+/// ready while the channel is writable and flushes once. There is no writer task between the
+/// multiplexer and the channel, so a frame costs one thread hop to reach the socket instead of
+/// two. When the channel stops being writable the drain stops; it resumes when the channel
+/// becomes writable again, so frames wait in the multiplexer's bounded queues, not in NIO.
+public final class EventLoopWriter: Sendable {
+    private let mux: Multiplexer
+    private let channel: any Channel
+    private let scheduled = Atomic<Bool>(false)
+    private let completion = Mutex<Completion>(Completion())
+
+    private struct Completion {
+        var done = false
+        var result: AgentError?
+        var waiter: CheckedContinuation<Void, any Error>?
+    }
+
+    private init(mux: Multiplexer, channel: any Channel) {
+        self.mux = mux
+        self.channel = channel
+    }
+
+    /// Writes until the session is closed and every queued frame is written. Throws when a write
+    /// fails or the channel closes first (the multiplexer is then closed too).
+    public static func run(_ mux: Multiplexer, channel: any Channel) async throws {
+        let writer = EventLoopWriter(mux: mux, channel: channel)
+        let handler = WritabilityHandler(writer: writer)
+        try await channel.pipeline.addHandler(handler, position: .first).get()
+        // One channel can carry several sessions in turn (virtio-serial): remove this one's handler.
+        defer { channel.pipeline.removeHandler(handler, promise: nil) }
+        channel.closeFuture.whenComplete { _ in
+            writer.finish(AgentError(.closed, "connection closed"))
+        }
+        mux.setOutboundHook { [writer] in writer.kick() }
+        defer { mux.setOutboundHook(nil) }
+        writer.kick()
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let ready = writer.completion.withLock { state -> Result<Void, any Error>? in
+                if state.done { return state.result.map { .failure($0) } ?? .success(()) }
+                state.waiter = continuation
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+
+    /// Schedules a drain on the event loop unless one is already pending.
+    func kick() {
+        guard !scheduled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        channel.eventLoop.execute { self.drain() }
+    }
+
+    private func drain() {
+        scheduled.store(false, ordering: .releasing)
+        var wrote = false
+        defer { if wrote { channel.flush() } }
+        while channel.isWritable {
+            let (batch, finished) = mux.pollOutbound()
+            if batch.isEmpty {
+                if finished {
+                    if wrote {
+                        channel.flush()
+                        wrote = false
+                    }
+                    finish(nil)
+                }
+                return
+            }
+            for frame in batch.dropLast() { channel.write(frame, promise: nil) }
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.write(batch.last!, promise: promise)
+            promise.futureResult.whenFailure { [self] error in
+                let failure = AgentError(.closed, "write failed: \(error)")
+                mux.close(failure)
+                finish(failure)
+            }
+            wrote = true
+        }
+    }
+
+    private func finish(_ error: AgentError?) {
+        let waiter = completion.withLock { state -> CheckedContinuation<Void, any Error>? in
+            guard !state.done else { return nil }
+            state.done = true
+            state.result = error
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        if let error { waiter?.resume(throwing: error) } else { waiter?.resume() }
+    }
+
+    /// Restarts the drain when the channel becomes writable again.
+    private final class WritabilityHandler: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+        typealias InboundIn = Any
+        let writer: EventLoopWriter
+        init(writer: EventLoopWriter) { self.writer = writer }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if context.channel.isWritable { writer.kick() }
+            context.fireChannelWritabilityChanged()
+        }
+    }
+}
