@@ -14,7 +14,7 @@ struct Info: AsyncParsableCommand {
         try await runReportingErrors {
             let info = try await options.withSession { try await $0.info() }
             if output == .json {
-                print(try info.jsonString(options: jsonOptions))
+                print(try JSONOutput.render(info))
                 return
             }
             print("agent:     lqx-agent \(info.agentVersion) (protocol \(info.protocolVersion))")
@@ -96,10 +96,3 @@ func formatBytes(_ bytes: UInt64) -> String {
     }
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
 }
-
-let jsonOptions: JSONEncodingOptions = {
-    var options = JSONEncodingOptions()
-    options.alwaysPrintInt64sAsNumbers = true
-    options.preserveProtoFieldNames = true
-    return options
-}()

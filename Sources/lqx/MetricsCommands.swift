@@ -13,7 +13,7 @@ struct Metrics: AsyncParsableCommand {
         try await runReportingErrors {
             let sample = try await options.withSession { try await $0.telemetry() }
             if output == .json {
-                print(try sample.jsonString(options: jsonOptions))
+                print(try JSONOutput.render(sample))
             } else {
                 print(render(sample), terminator: "")
             }

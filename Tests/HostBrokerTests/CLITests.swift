@@ -111,6 +111,16 @@ struct CLITests {
         #expect(info?["agent_version"] as? String == AgentConfiguration.agentVersion)
         let metrics = try JSONSerialization.jsonObject(with: Data(results[1].stdout.utf8)) as? [String: Any]
         #expect((metrics?["memory"] as? [String: Any])?["total_bytes"] != nil)
+        // Zero values are printed too (protobuf's JSON mapping would drop them): loopback never
+        // has receive errors, and every memory field is there.
+        let interfaces = metrics?["interfaces"] as? [[String: Any]] ?? []
+        #expect(interfaces.first { $0["name"] as? String == "lo" }?["rx_errors"] as? Int == 0)
+        #expect(
+            Set(((metrics?["memory"] as? [String: Any]) ?? [:]).keys) == [
+                "total_bytes", "available_bytes", "free_bytes", "buffers_bytes", "cached_bytes", "swap_total_bytes",
+                "swap_free_bytes",
+            ])
+        #expect(info?["capabilities"] is [String])
         #expect(results[2].status == 0, "\(results[2].stderr)")
         #expect(try String(contentsOfFile: dir.file("remote/local.txt"), encoding: .utf8) == payload)
         #expect(results[3].status == 0, "\(results[3].stderr)")
