@@ -33,6 +33,9 @@ public final class EventLoopWriter: Sendable {
         try await channel.pipeline.addHandler(handler, position: .first).get()
         // One channel can carry several sessions in turn (virtio-serial): remove this one's handler.
         defer { channel.pipeline.removeHandler(handler, promise: nil) }
+        let responder = try? await channel.pipeline.handler(type: PingResponder.self).get()
+        responder?.attach(mux)
+        defer { responder?.attach(nil) }
         channel.closeFuture.whenComplete { _ in
             writer.finish(AgentError(.closed, "connection closed"))
         }
@@ -104,5 +107,38 @@ public final class EventLoopWriter: Sendable {
             if context.channel.isWritable { writer.kick() }
             context.fireChannelWritabilityChanged()
         }
+    }
+}
+
+/// Answers the current session's PINGs on the event loop, ahead of the async reader.
+///
+/// A PING needs nothing from the session but its id, so answering it where it is decoded keeps
+/// round-trip measurements and keepalives independent of how busy the session's tasks are. The
+/// multiplexer still learns that the peer is alive. PINGs of other sessions, oversized ones and
+/// everything else pass through unchanged.
+public final class PingResponder: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+    public typealias InboundIn = FrameEvent
+    public typealias InboundOut = FrameEvent
+    public typealias OutboundOut = Frame
+
+    private let current = Mutex<Multiplexer?>(nil)
+
+    public init() {}
+
+    /// The session whose PINGs to answer (nil: none).
+    public func attach(_ mux: Multiplexer?) {
+        current.withLock { $0 = mux }
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .frame(let frame) = unwrapInboundIn(data), frame.type == .ping, frame.payload.readableBytes <= 64,
+            let mux = current.withLock({ $0 }), mux.session == frame.session, mux.closedError == nil
+        {
+            mux.noteReceived()
+            let pong = Frame(type: .pong, session: frame.session, payload: frame.payload)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
     }
 }

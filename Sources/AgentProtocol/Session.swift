@@ -42,6 +42,7 @@ extension FramedChannel {
         try channel.pipeline.syncOperations.addHandlers([
             ByteToMessageHandler(FrameDecoder(maximumPayload: maximumPayload)),
             FrameEncoder(),
+            PingResponder(),
         ])
         return try FramedChannel(
             wrappingChannelSynchronously: channel,
