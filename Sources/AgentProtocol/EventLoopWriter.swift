@@ -115,7 +115,9 @@ public final class EventLoopWriter: Sendable {
 /// A PING needs nothing from the session but its id, so answering it where it is decoded keeps
 /// round-trip measurements and keepalives independent of how busy the session's tasks are. The
 /// multiplexer still learns that the peer is alive. PINGs of other sessions, oversized ones and
-/// everything else pass through unchanged.
+/// everything else pass through unchanged, and so does every PING while the connection is not
+/// writable: a peer that floods PINGs without reading its PONGs then meets the multiplexer's
+/// control-queue bound and transport backpressure instead of growing NIO's write buffer.
 public final class PingResponder: ChannelInboundHandler, RemovableChannelHandler, Sendable {
     public typealias InboundIn = FrameEvent
     public typealias InboundOut = FrameEvent
@@ -132,7 +134,8 @@ public final class PingResponder: ChannelInboundHandler, RemovableChannelHandler
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .frame(let frame) = unwrapInboundIn(data), frame.type == .ping, frame.payload.readableBytes <= 64,
-            let mux = current.withLock({ $0 }), mux.session == frame.session, mux.closedError == nil
+            context.channel.isWritable, let mux = current.withLock({ $0 }), mux.session == frame.session,
+            mux.closedError == nil
         {
             mux.noteReceived()
             let pong = Frame(type: .pong, session: frame.session, payload: frame.payload)

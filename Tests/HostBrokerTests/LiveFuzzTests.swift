@@ -122,4 +122,56 @@ struct LiveFuzzTests {
             #expect(grown < 256 << 20)
         }
     }
+
+    @Test("a host that floods PINGs and never reads the PONGs meets backpressure, not unbounded buffering")
+    func pingFlood() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let socket = dir.file("agent.sock")
+        try await withRunningAgent(socket: socket) {
+            let baseline = residentBytes()
+            let total = 2_000_000  // 80 MB of PING frames
+            let written = try await onThread { () -> Int in
+                let peer = RawPeer(fd: try RawSocket.connect(socket))
+                defer { close(peer.fd) }
+                guard peer.handshake(session: 0xF100D) != nil else { return -1 }
+                var payload = ByteBuffer()
+                payload.writeInteger(UInt64(7))
+                let one = Array(Frame(type: .ping, session: 0xF100D, payload: payload).encoded().readableBytesView)
+                let chunk = [UInt8]((0..<1024).map { _ in one }.joined())
+                _ = fcntl(peer.fd, F_SETFL, fcntl(peer.fd, F_GETFL) | O_NONBLOCK)
+                var written = 0
+                var stalledSince: ContinuousClock.Instant?
+                while written < total * one.count {
+                    let n = chunk.withUnsafeBytes { write(peer.fd, $0.baseAddress!, $0.count) }
+                    if n > 0 {
+                        written += n
+                        stalledSince = nil
+                        if n < chunk.count { usleep(1000) }
+                        continue
+                    }
+                    guard n < 0, errno == EAGAIN || errno == EWOULDBLOCK else { break }
+                    let since = stalledSince ?? .now
+                    stalledSince = since
+                    if ContinuousClock.now - since > .seconds(1) { break }  // the agent stopped reading
+                    usleep(1000)
+                }
+                return written
+            }
+            let grown = residentBytes() - baseline
+            print("ping flood: \(written >> 10) KiB written before the agent pushed back, RSS grew \(grown >> 20) MiB")
+            #expect(written > 0)
+            #expect(written < total * 40 / 2, "the agent kept reading: PONGs are being buffered without bound")
+            // The whole test process is measured (other tests run in parallel); unbounded PONG
+            // buffering grew it by more than 350 MiB.
+            #expect(grown < 192 << 20)
+            // The agent still serves a well-behaved broker.
+            let client = AgentClient(address: .unix(path: socket), configuration: Harness.brokerConfiguration())
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                defer { group.cancelAll() }
+                _ = try await client.session(timeout: .seconds(15)).ping()
+            }
+        }
+    }
 }
