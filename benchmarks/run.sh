@@ -9,6 +9,9 @@ swift build -c release --static-swift-stdlib --product lqx-agent --scratch-path 
 swift build -c release --product lqx-bench
 strip -o .build-static/lqx-agent.stripped .build-static/release/lqx-agent
 AGENT=.build-static/lqx-agent.stripped
+# Let the build's write-back finish first: it otherwise shows up as noise in the first run.
+sync
+sleep 10
 BENCH=$(swift build -c release --show-bin-path)/lqx-bench
 run() {
     local out=$1 work=$2
