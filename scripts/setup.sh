@@ -4,7 +4,7 @@
 set -euo pipefail
 export PATH="/opt/swift/usr/bin:$PATH"
 need=()
-for pkg in build-essential linux-libc-dev pkg-config; do
+for pkg in build-essential linux-libc-dev pkg-config qemu-system-x86 busybox-static cpio binutils; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test tier that exists: format lint, build without warnings, unit + loopback tests.
+# Runs every test tier: format lint, build without warnings, unit + loopback tests, then the system
+# tests against the agent inside a QEMU guest (image from packaging/guest-image/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -13,5 +14,11 @@ if grep -E "^/.*(warning|error):" /tmp/lqx-build.log | grep -v "/.build/" | grep
     exit 1
 fi
 ./scripts/check-agent-deps.sh .build/debug
+echo "== guest image"
+./packaging/guest-image/build.sh
+# A test runner that dies must not leave guests behind.
+trap 'pkill -f "qemu-system-x86_64.*org.limiquantix.agent.0" || true' EXIT
 echo "== tests"
-swift test --skip-build --parallel --num-workers 2
+swift test --skip-build --parallel --num-workers 2 --skip GuestSystemTests
+echo "== system tests in a QEMU guest"
+swift test --skip-build --filter GuestSystemTests

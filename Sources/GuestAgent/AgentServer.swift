@@ -31,6 +31,9 @@ public final class AgentService: Sendable {
     /// Serves until the task is cancelled.
     public func run() async throws {
         signal(SIGPIPE, SIG_IGN)
+        // The virtio-serial transport asks for SIGIO on one thread (see lqx_vport_wait_host); a
+        // stray one anywhere else must not terminate the agent.
+        signal(SIGIO, SIG_IGN)
         threadPool.start()
         do {
             try await serveAll()
@@ -169,10 +172,9 @@ public final class AgentService: Sendable {
         }
     }
 
-    /// The port reads EOF while no host is connected: reopen with a short pause instead of spinning.
+    /// Serves the virtio-serial port, reopening it when it is missing or fails (hot-unplug).
     private func serveVirtioSerial(path: String) async {
         let logger = configuration.logger
-        let maxPayload = self.maxPayload
         var reportedMissing = false
         while !Task.isCancelled {
             let fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
@@ -187,18 +189,88 @@ public final class AgentService: Sendable {
                 continue
             }
             reportedMissing = false
-            do {
-                let channel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(inputOutput: fd) {
-                    channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try FramedChannel.framing(channel, maximumPayload: maxPayload)
-                    }
-                }
-                await AgentConnection(core: core, transport: "virtio-serial").serve(channel)
-            } catch {
-                logger.warning("virtio-serial port failed", metadata: ["path": "\(path)", "error": "\(error)"])
-            }
-            try? await Task.sleep(for: .milliseconds(200))
+            await servePort(fd, path: path)
+            close(fd)
+            if !Task.isCancelled { try? await Task.sleep(for: .milliseconds(200)) }
         }
+    }
+
+    /// One open port: wait for the host end (SIGIO, no spinning), relay the port to a socket pair
+    /// whose other end is an ordinary NIO connection, and start over when the host leaves or the
+    /// session ends. The port stays open throughout, so no byte of a live host is lost between
+    /// sessions. Returns when cancelled or the port fails.
+    private func servePort(_ port: Int32, path: String) async {
+        let logger = configuration.logger
+        let maxPayload = self.maxPayload
+        var stop: [Int32] = [-1, -1]
+        guard lqx_pipe_cloexec(&stop) == 0 else {
+            logger.error("cannot create a pipe: \(errnoText())")
+            return
+        }
+        defer {
+            close(stop[0])
+            close(stop[1])
+        }
+        let stopRead = stop[0], stopWrite = stop[1]
+        await withTaskCancellationHandler {
+            while !Task.isCancelled {
+                let waited = await runOnThread { lqx_vport_wait_host(port, stopRead) }
+                guard waited == 1 else {
+                    if waited < 0 {
+                        logger.warning(
+                            "virtio-serial port failed",
+                            metadata: ["path": "\(path)", "error": "\(errnoText(-waited))"])
+                    }
+                    return
+                }
+                var pair: [Int32] = [-1, -1]
+                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0
+                else {
+                    logger.error("cannot create a socket pair: \(errnoText())")
+                    return
+                }
+                let relayEnd = pair[0]
+                _ = lqx_set_nonblocking(relayEnd)
+                let relay = Task { await runOnThread { lqx_vport_relay(port, relayEnd, stopRead, 256 << 10) } }
+                do {
+                    let channel = try await ClientBootstrap(group: group).withConnectedSocket(pair[1]) { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try FramedChannel.framing(channel, maximumPayload: maxPayload)
+                        }
+                    }
+                    // The session ends when the relay closes its end (host gone) or by itself; in
+                    // the second case the relay sees the socket close and returns.
+                    await withDiscardingTaskGroup { group in
+                        group.addTask {
+                            await AgentConnection(core: self.core, transport: "virtio-serial").serve(channel)
+                        }
+                        group.addTask {
+                            _ = await relay.value
+                            shutdown(relayEnd, Int32(SHUT_RDWR))
+                        }
+                    }
+                } catch {
+                    logger.warning("virtio-serial session failed", metadata: ["error": "\(error)"])
+                }
+                let outcome = await relay.value
+                close(relayEnd)
+                if outcome < 0 {
+                    logger.warning(
+                        "virtio-serial port failed", metadata: ["path": "\(path)", "error": "\(errnoText(-outcome))"])
+                    return
+                }
+                if outcome == LQX_RELAY_STOPPED { return }
+            }
+        } onCancel: {
+            var byte: UInt8 = 1
+            _ = write(stopWrite, &byte, 1)
+        }
+    }
+}
+
+/// Runs blocking work on its own thread and resumes with its result.
+func runOnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        startDetachedThread { continuation.resume(returning: body()) }
     }
 }

@@ -89,6 +89,23 @@ int lqx_set_nonblocking(int fd);
 /// pipe2(fds, O_CLOEXEC).
 int lqx_pipe_cloexec(int fds[2]);
 
+/// Waits until the host end of the virtio-serial port `port` (non-blocking descriptor) is open.
+/// Sleeps on SIGIO from the driver (thread-directed, read via a signalfd; the caller's process should
+/// ignore SIGIO) with a one-second poll as a fallback. Returns 1 once the host is connected, 0 when
+/// `stop_fd` became readable, or -errno.
+int lqx_vport_wait_host(int port, int stop_fd);
+
+#define LQX_RELAY_HOST_GONE 1
+#define LQX_RELAY_LOCAL_CLOSED 2
+#define LQX_RELAY_STOPPED 3
+
+/// Copies bytes both ways between a virtio-serial port and a stream socket (both non-blocking) with
+/// two buffers of `capacity` bytes, until the host end closes (LQX_RELAY_HOST_GONE), the socket's
+/// peer closes (LQX_RELAY_LOCAL_CLOSED; its last bytes are still written to the port), `stop_fd`
+/// becomes readable (LQX_RELAY_STOPPED), or an error (-errno). A full buffer stops reading its
+/// source, so backpressure passes through.
+int lqx_vport_relay(int port, int sock, int stop_fd, size_t capacity);
+
 /// reboot(2) with a LINUX_REBOOT_CMD_* value.
 int lqx_reboot(int command);
 
