@@ -9,7 +9,7 @@ import Testing
 /// the release agent), reached through the virtio-serial port's unix socket. Needs the image from
 /// `packaging/guest-image/build.sh` (scripts/test.sh builds it first). Serialized: each test boots
 /// its own guest, and TCG guests are CPU-bound.
-@Suite("system tests in a QEMU guest", .serialized)
+@Suite("system tests in a QEMU guest", .serialized, GuestVM.printConsoleOnIssue)
 struct GuestSystemTests {
     static let bootTimeout: Duration = .seconds(120)
 

@@ -11,6 +11,22 @@ import Testing
 /// initramfs with lqx-agent), through `packaging/guest-image/boot.sh`. The agent's virtio-serial
 /// port is a unix socket QEMU listens on; `client` is a broker kept connected to it.
 final class GuestVM: Sendable {
+    /// The guest of the running test, for the suite's issue handler (see `printConsoleOnIssue`).
+    @TaskLocal static var current: GuestVM?
+
+    /// A suite trait: the first issue a test records prints its guest's console, so a failed
+    /// expectation shows what the guest was doing, not only a thrown error.
+    static var printConsoleOnIssue: some SuiteTrait & TestTrait {
+        .compactMapIssues { issue in
+            if let vm = current, vm.consolePrinted.exchange(true, ordering: .relaxed) == false {
+                print(
+                    "---- guest console (\(vm.consolePath)) at: \(issue) ----\n\(vm.console)\n---- end of console ----")
+            }
+            return issue
+        }
+    }
+
+    private let consolePrinted = Atomic<Bool>(false)
     static let repositoryRoot: String = {
         var url = URL(fileURLWithPath: #filePath)
         for _ in 0..<3 { url.deleteLastPathComponent() }
@@ -117,21 +133,24 @@ final class GuestVM: Sendable {
         defer { vm.destroy() }
         let client = vm.makeClient()
         do {
-            return try await withThrowingTaskGroup(of: T?.self) { group in
-                if connect {
-                    group.addTask {
-                        try await client.run()
-                        return nil
+            return try await $current.withValue(vm) {
+                try await withThrowingTaskGroup(of: T?.self) { group in
+                    if connect {
+                        group.addTask {
+                            try await client.run()
+                            return nil
+                        }
                     }
+                    group.addTask { try await body(vm, client) }
+                    defer { group.cancelAll() }
+                    while let result = try await group.next() {
+                        if let result { return result }
+                    }
+                    throw AgentError(.internal, "guest harness ended without a result")
                 }
-                group.addTask { try await body(vm, client) }
-                defer { group.cancelAll() }
-                while let result = try await group.next() {
-                    if let result { return result }
-                }
-                throw AgentError(.internal, "guest harness ended without a result")
             }
         } catch {
+            guard !vm.consolePrinted.exchange(true, ordering: .relaxed) else { throw error }
             print(
                 "---- guest console (\(vm.consolePath)) after: \(error) ----\n\(vm.console)\n---- end of console ----")
             throw error

@@ -12,8 +12,12 @@ struct AgentBench {
     static func main() async throws {
         let arguments = CommandLine.arguments
         guard arguments.count >= 2 else {
-            print("usage: lqx-bench PATH/TO/lqx-agent [work-dir]")
+            print("usage: lqx-bench PATH/TO/lqx-agent [work-dir]\n       lqx-bench guest IMAGE_DIR")
             exit(2)
+        }
+        if arguments[1] == "guest" {
+            try await GuestBench.run(imageDirectory: arguments.count > 2 ? arguments[2] : ".build-guest/image")
+            return
         }
         // The broker process tunes malloc as `lqx cp` does (large transfer buffers stay on the heap).
         lqx_tune_malloc()
