@@ -41,10 +41,19 @@ if [ -z "$kpkg" ]; then
     kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 fi
 deb=$(ls "$cache"/debs/"${kpkg}"_*.deb 2>/dev/null | head -1 || true)
+download() { (cd "$cache/debs" && apt-get download "$kpkg" 2>&1 | grep -v "^W: Download is performed unsandboxed" >&2 || true); }
 if [ -z "$deb" ]; then
     log "downloading $kpkg"
-    (cd "$cache/debs" && apt-get download "$kpkg" 2>&1 | grep -v "^W: Download is performed unsandboxed" >&2 || true)
+    download
     deb=$(ls "$cache"/debs/"${kpkg}"_*.deb 2>/dev/null | head -1 || true)
+    if [ -z "$deb" ]; then
+        # Stale package lists name a version the mirror no longer has: refresh and ask again.
+        log "refreshing package lists and retrying"
+        apt-get update -qq
+        kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+        download
+        deb=$(ls "$cache"/debs/"${kpkg}"_*.deb 2>/dev/null | head -1 || true)
+    fi
     [ -n "$deb" ] || { log "could not download $kpkg (apt-get download failed)"; exit 1; }
 fi
 kroot=$cache/kernel/$(basename "$deb" .deb)
