@@ -72,6 +72,11 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "lqx-fuzz-frames",
+            dependencies: ["AgentProtocol", "CLQXSupport", .product(name: "NIOCore", package: "swift-nio")],
+            path: "fuzz/FrameFuzz"
+        ),
+        .executableTarget(
             name: "lqx-bench",
             dependencies: [
                 "HostBroker", "AgentProtocol", "CLQXSupport",

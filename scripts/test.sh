@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 echo "== swift format lint"
-swift format lint --strict --recursive Sources Tests Package.swift
+swift format lint --strict --recursive Sources Tests Package.swift fuzz
 echo "== build"
 swift build --build-tests 2>&1 | tee /tmp/lqx-build.log
 if grep -E "^/.*(warning|error):" /tmp/lqx-build.log | grep -v "/.build/" | grep -v "/Generated/"; then
@@ -20,5 +20,7 @@ echo "== guest image"
 trap 'pkill -f "qemu-system-x86_64.*org.limiquantix.agent.0" || true' EXIT
 echo "== tests"
 swift test --skip-build --parallel --num-workers 2 --skip GuestSystemTests
+echo "== libFuzzer: frame decoder, messages, multiplexer (60 s)"
+./scripts/fuzz.sh 60
 echo "== system tests in a QEMU guest"
 swift test --skip-build --filter GuestSystemTests

@@ -106,6 +106,9 @@ int lqx_vport_wait_host(int port, int stop_fd);
 /// source, so backpressure passes through.
 int lqx_vport_relay(int port, int sock, int stop_fd, size_t capacity);
 
+/// libFuzzer's driver; defined only in binaries linked with -sanitize=fuzzer (fuzz/FrameFuzz).
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
+
 /// reboot(2) with a LINUX_REBOOT_CMD_* value.
 int lqx_reboot(int command);
 
