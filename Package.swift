@@ -97,7 +97,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GuestAgentTests",
-            dependencies: ["GuestAgent", "AgentProtocol"]
+            dependencies: ["GuestAgent", "AgentProtocol", "CLQXSupport"]
         ),
         .testTarget(
             name: "HostBrokerTests",

@@ -12,6 +12,7 @@
 #include <termios.h>
 #include <unistd.h>
 #include <spawn.h>
+#include <pthread.h>
 
 struct child_error {
     int err;
@@ -40,6 +41,32 @@ static void close_other_fds(int keep) {
         if (fd != keep) close(fd);
 }
 
+/* Signals a child must have reset to SIG_DFL. exec(2) already resets caught signals; only ignored
+   ones survive it. Asking posix_spawn to reset every signal costs one sigaction(2) per signal in
+   the child while the parent waits (vfork), which under emulation is a visible part of an exec.
+   The set is the signals ignored when the agent first spawns (inherited from its parent), SIGPIPE
+   and SIGIO (which the agent ignores before serving) and glibc's internal signals. The agent
+   ignores no other signal later. */
+static sigset_t ignored_signals;
+static pthread_once_t ignored_signals_once = PTHREAD_ONCE_INIT;
+
+static void compute_ignored_signals(void) {
+    sigemptyset(&ignored_signals);
+    for (int s = 1; s < NSIG; s++) {
+        struct sigaction sa;
+        if (sigaction(s, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_IGN)
+            sigaddset(&ignored_signals, s);
+    }
+    sigaddset(&ignored_signals, SIGPIPE);
+    sigaddset(&ignored_signals, SIGIO);
+    /* glibc reserves the signals below SIGRTMIN for itself (32, 33); its sigaddset refuses them, and
+       its posix_spawn sets them to SIG_IGN in the child unless they are in this set, so a command
+       would start with them ignored. Set their bits directly. */
+    unsigned long *words = (unsigned long *)&ignored_signals;
+    const int bits = 8 * (int)sizeof(unsigned long);
+    for (int s = 32; s < SIGRTMIN; s++) words[(s - 1) / bits] |= 1UL << ((s - 1) % bits);
+}
+
 /* posix_spawn uses clone(CLONE_VM|CLONE_VFORK) in glibc: no page-table copy of this (large,
    multi-threaded) process, so it is several times faster than fork. It cannot change user ids,
    so that case takes the fork path below. */
@@ -48,12 +75,12 @@ static pid_t spawn_vfork(const lqx_spawn_options *o, int *child_errno, const cha
     posix_spawn_file_actions_t fa;
     posix_spawnattr_init(&attr);
     posix_spawn_file_actions_init(&fa);
-    sigset_t none, all;
+    sigset_t none;
     sigemptyset(&none);
-    sigfillset(&all);
+    pthread_once(&ignored_signals_once, compute_ignored_signals);
     short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
     posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setsigdefault(&attr, &ignored_signals);
     if (o->pty_slave_path) {
         /* setsid() runs before the file actions, so opening the tty makes it the controlling one. */
         flags |= POSIX_SPAWN_SETSID;

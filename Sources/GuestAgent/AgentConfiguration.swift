@@ -37,6 +37,10 @@ public struct AgentConfiguration: Sendable {
     public var sysRoot: String
     /// Logger for the agent; requests log with `agent.session` and `stream.id` metadata.
     public var logger: Logger
+    /// After this long without a new request the agent gives back memory it only needed while
+    /// busy or starting: resident code pages (reloaded from the page cache when touched again) and
+    /// free heap. Nil never does. See `lqx_release_clean_mappings`.
+    public var idleTrim: Duration?
 
     /// Creates a configuration.
     public init(
@@ -47,7 +51,8 @@ public struct AgentConfiguration: Sendable {
         session: SessionConfiguration = SessionConfiguration(),
         procRoot: String = "/proc",
         sysRoot: String = "/sys",
-        logger: Logger = Logger(label: "lqx-agent")
+        logger: Logger = Logger(label: "lqx-agent"),
+        idleTrim: Duration? = AgentConfiguration.defaultIdleTrim
     ) {
         self.transports = transports
         self.policy = policy
@@ -57,6 +62,7 @@ public struct AgentConfiguration: Sendable {
         self.procRoot = procRoot
         self.sysRoot = sysRoot
         self.logger = logger
+        self.idleTrim = idleTrim
     }
 
     /// The agent version reported in WELCOME and info.
@@ -65,6 +71,8 @@ public struct AgentConfiguration: Sendable {
     public static let defaultVirtioSerialPath = "/dev/virtio-ports/org.limiquantix.agent.0"
     /// Default AF_VSOCK port.
     public static let defaultVsockPort: UInt32 = 5170
+    /// Default quiet time before the agent releases idle memory.
+    public static let defaultIdleTrim: Duration = .seconds(10)
     /// Default policy file.
     public static let defaultPolicyPath = "/etc/limiquantix/agent.toml"
 }

@@ -29,6 +29,14 @@ struct AgentConnection {
 
     /// Serves until the channel closes; always returns normally.
     func serve(_ channel: FramedChannel) async {
+        // Reader, handlers and writer of this connection run on its channel's event loop.
+        let executor = EventLoopExecutor(channel.channel.eventLoop)
+        await withTaskExecutorPreference(executor) {
+            await serve(channel, executor: executor)
+        }
+    }
+
+    private func serve(_ channel: FramedChannel, executor: EventLoopExecutor) async {
         var logger = core.logger
         logger[metadataKey: "agent.transport"] = "\(transport)"
         do {
@@ -77,7 +85,7 @@ struct AgentConnection {
                         }
                         current = startSession(
                             frame: frame, hello: accepted.0, remote: accepted.1, version: accepted.2,
-                            channel: channel.channel, logger: logger)
+                            channel: channel.channel, executor: executor, logger: logger)
                         continue
                     }
                     guard let session = current, frame.session == session.mux.session,
@@ -140,7 +148,8 @@ struct AgentConnection {
     }
 
     private func startSession(
-        frame: Frame, hello: Hello, remote: SessionLimits, version: UInt32, channel: any Channel, logger: Logger
+        frame: Frame, hello: Hello, remote: SessionLimits, version: UInt32, channel: any Channel,
+        executor: EventLoopExecutor, logger: Logger
     ) -> Current {
         let local = self.core.configuration.session.limits
         let mux = Multiplexer(session: frame.session, local: local, remote: remote)
@@ -164,7 +173,7 @@ struct AgentConnection {
         let (requests, continuation) = AsyncStream<(UInt32, ByteBuffer)>.makeStream()
         let core = self.core
         let configuration = core.configuration.session
-        let task = Task {
+        let task = Task(executorPreference: executor) {
             await withDiscardingTaskGroup { group in
                 group.addTask {
                     do {

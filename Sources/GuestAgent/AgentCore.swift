@@ -7,16 +7,20 @@ import Synchronization
 
 /// Counters the agent keeps about its input (visible in logs and tests).
 public final class AgentMetrics: Sendable {
-    private let counters = Mutex<(discardedBytes: Int, staleFrames: Int, requests: Int)>((0, 0, 0))
+    private let counters = Mutex<(discardedBytes: Int, staleFrames: Int, requests: Int, idleReleases: Int)>(
+        (0, 0, 0, 0))
     func discarded(bytes: Int) { counters.withLock { $0.discardedBytes += bytes } }
     func staleFrame() { counters.withLock { $0.staleFrames += 1 } }
     func request() { counters.withLock { $0.requests += 1 } }
+    func releasedIdleMemory() { counters.withLock { $0.idleReleases += 1 } }
     /// Bytes skipped by the frame decoder.
     public var discardedBytes: Int { counters.withLock { $0.discardedBytes } }
     /// Frames dropped because they belonged to another session.
     public var staleFrames: Int { counters.withLock { $0.staleFrames } }
     /// Requests accepted.
     public var requests: Int { counters.withLock { $0.requests } }
+    /// Times the agent released idle memory (see `AgentConfiguration.idleTrim`).
+    public var idleReleases: Int { counters.withLock { $0.idleReleases } }
 }
 
 /// The agent's shared state and request dispatch; transports hand it streams.
@@ -49,7 +53,7 @@ public final class AgentCore: Sendable {
 
     func handle(stream id: UInt32, request payload: ByteBuffer, mux: Multiplexer, logger: Logger) async {
         var logger = logger
-        logger[metadataKey: "stream.id"] = "\(id)"
+        if logger.logLevel <= .debug { logger[metadataKey: "stream.id"] = "\(id)" }
         metrics.request()
         let context = StreamContext(mux: mux, id: id, logger: logger)
         var request: Request?

@@ -53,6 +53,9 @@ public final class AgentService: Sendable {
                 "agent.transports": "\(configuration.transports.map(\.description).joined(separator: ", "))",
             ])
         try await withThrowingDiscardingTaskGroup { group in
+            if let quiet = self.configuration.idleTrim {
+                group.addTask { await self.releaseMemoryWhenIdle(after: quiet) }
+            }
             for transport in self.configuration.transports {
                 group.addTask {
                     switch transport {
@@ -67,6 +70,29 @@ public final class AgentService: Sendable {
     }
 
     private var maxPayload: Int { configuration.session.limits.maxFramePayload }
+
+    /// Once no request has started for between `quiet` / 2 and `quiet`, unmaps the resident code
+    /// and constant pages and trims the heap, once per quiet period. Startup (argument parsing,
+    /// transport setup) and each kind of request touch code that an idle agent does not run again;
+    /// without this it stays counted against the agent (and harder for the guest to reclaim,
+    /// being mapped executable) for the agent's whole life. Requests still running (a telemetry
+    /// subscription, a long command) are unaffected except for minor faults as they touch their
+    /// code again.
+    private func releaseMemoryWhenIdle(after quiet: Duration) async {
+        var seen = -1
+        var releasedAt = -1
+        while true {
+            do { try await Task.sleep(for: quiet / 2) } catch { return }
+            let requests = core.metrics.requests
+            if requests == seen && requests != releasedAt {
+                releasedAt = requests
+                let kilobytes = (try? await threadPool.runIfActive { lqx_release_clean_mappings() }) ?? -1
+                core.metrics.releasedIdleMemory()
+                configuration.logger.debug("released idle memory", metadata: ["kB": "\(kilobytes)"])
+            }
+            seen = requests
+        }
+    }
 
     private func serveUnix(path: String) async throws {
         let maxPayload = self.maxPayload

@@ -18,6 +18,9 @@ struct ExecHandler {
 
     private typealias Pipe = NIOAsyncChannel<ByteBuffer, ByteBuffer>
 
+    /// /dev/null, opened once (close-on-exec) for the stdin of commands that get no input.
+    private static let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+
     func run() async throws {
         guard let program = request.argv.first, !program.isEmpty else {
             throw AgentError(.invalidArgument, "exec needs a non-empty argv")
@@ -35,21 +38,27 @@ struct ExecHandler {
             }
         }
         let runAs = user ?? current
-        var environment: [String: String] = [
-            "PATH": Self.defaultPath, "HOME": runAs.home, "USER": runAs.name, "LOGNAME": runAs.name,
-            "SHELL": runAs.shell, "LANG": "C.UTF-8",
+        // KEY=VALUE strings built directly (no dictionary): the request's variables, in name order,
+        // replace the defaults of the same name.
+        var environment = [
+            "PATH=\(Self.defaultPath)", "HOME=\(runAs.home)", "USER=\(runAs.name)", "LOGNAME=\(runAs.name)",
+            "SHELL=\(runAs.shell)", "LANG=C.UTF-8",
         ]
-        if request.pty { environment["TERM"] = "xterm-256color" }
-        for (key, value) in request.env {
+        if request.pty { environment.append("TERM=xterm-256color") }
+        var searchPath = Self.defaultPath
+        for (key, value) in request.env.sorted(by: { $0.key < $1.key }) {
             guard !key.isEmpty, !key.contains("=" as Character), !key.contains("\0" as Character),
                 !value.contains("\0" as Character)
             else {
                 throw AgentError(.invalidArgument, "invalid environment variable name \(key.debugDescription)")
             }
-            environment[key] = value
+            if key == "PATH" { searchPath = value }
+            let prefix = key + "="
+            environment.removeAll { $0.hasPrefix(prefix) }
+            environment.append(prefix + value)
         }
         let cwd = request.cwd.isEmpty ? (access(runAs.home, X_OK) == 0 ? runAs.home : "/") : request.cwd
-        let path = try ChildProcess.resolve(program, path: environment["PATH"] ?? Self.defaultPath)
+        let path = try ChildProcess.resolve(program, path: searchPath)
         var cwdInfo = stat()
         if stat(cwd, &cwdInfo) != 0 {
             let code: AgentError.Code = errno == EACCES ? .denied : .notFound
@@ -59,7 +68,7 @@ struct ExecHandler {
             throw AgentError(.invalidArgument, "working directory \(cwd) is not a directory")
         }
         var spawn = ChildProcess.Spawn(
-            path: path, argv: request.argv, env: environment.map { "\($0.key)=\($0.value)" }.sorted(), cwd: cwd,
+            path: path, argv: request.argv, env: environment, cwd: cwd,
             user: user)
 
         // Descriptors: the parent's ends become NIO channels, the child's ends are closed after spawn.
@@ -90,6 +99,8 @@ struct ExecHandler {
                     parentEnds.append(input.write)
                     childEnds.append(input.read)
                     spawn.stdin = input.read
+                } else if Self.devNull >= 0 {
+                    spawn.stdin = Self.devNull
                 } else {
                     let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
                     guard null >= 0 else { throw AgentError(.io, "cannot open /dev/null: \(errnoText())") }

@@ -61,11 +61,20 @@ struct LqxAgent: AsyncParsableCommand {
     )
     var keepaliveTimeout: Double = 5
 
+    @Option(
+        name: .customLong("idle-trim"),
+        help: ArgumentHelp(
+            "Seconds without a new request after which the agent gives back idle memory (default 10; 0 never).",
+            discussion: "Unmaps resident code pages, which come back from the page cache when used, and trims the heap."
+        ))
+    var idleTrim: Double = 10
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func run() async throws {
         lqx_tune_malloc()
+        guard idleTrim >= 0, idleTrim.isFinite else { throw ValidationError("--idle-trim takes seconds >= 0") }
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("unknown log level \(logLevel)")
         }
@@ -101,7 +110,7 @@ struct LqxAgent: AsyncParsableCommand {
             transports: transports, policy: policyValue, auditLogPath: auditLog ?? Self.defaultAuditLog(),
             dryRunPower: dryRunPower,
             session: SessionConfiguration(keepaliveTimeout: .milliseconds(Int64(keepaliveTimeout * 1000))),
-            logger: logger)
+            logger: logger, idleTrim: idleTrim > 0 ? .milliseconds(Int64(idleTrim * 1000)) : nil)
         let agent = try buildAgent(configuration: configuration)
         // SIGTERM/SIGINT end the agent cleanly: the serving task is cancelled, which closes every
         // session and kills the process groups of running commands.

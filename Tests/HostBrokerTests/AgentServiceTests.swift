@@ -110,6 +110,34 @@ struct AgentServiceTests {
         #expect(lines[1]["size"] as? Int == 3)
     }
 
+    @Test("an idle agent gives back memory once per quiet period and keeps serving")
+    func idleRelease() async throws {
+        try await Harness.withAgentService(configure: { $0.idleTrim = .milliseconds(300) }) { agent, session, _ in
+            func waitForReleases(_ count: Int) async throws {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while agent.core.metrics.idleReleases < count, ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+            // Startup and the first command: at least one release once things are quiet.
+            _ = try await session.exec(ExecOptions(["true"])).collect()
+            try await waitForReleases(1)
+            try await Task.sleep(for: .milliseconds(900))
+            let settled = agent.core.metrics.idleReleases
+            #expect(settled >= 1)
+            // Keepalive pings are not requests: no further release without new work.
+            try await Task.sleep(for: .milliseconds(900))
+            #expect(agent.core.metrics.idleReleases == settled)
+            // The agent works after releasing its pages, and a new quiet period releases again, once.
+            let (out, _, status) = try await session.exec(ExecOptions(["echo", "still here"])).collect()
+            #expect(status.exitCode == 0)
+            #expect(String(buffer: out) == "still here\n")
+            try await waitForReleases(settled + 1)
+            try await Task.sleep(for: .milliseconds(900))
+            #expect(agent.core.metrics.idleReleases == settled + 1)
+        }
+    }
+
     @Test("denied and failed operations are audited too")
     func auditFailures() async throws {
         let policy = AgentPolicy(allowExec: false)

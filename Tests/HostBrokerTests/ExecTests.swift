@@ -28,6 +28,16 @@ struct ExecTests {
         #expect(status.exitCode == 0)
     }
 
+    @Test("commands start with no ignored and no blocked signals (the agent ignores SIGPIPE and SIGIO)")
+    func cleanSignalState() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let (out, _, status) = try await Harness.withAgent { session in
+            try await session.exec(ExecOptions(["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"])).collect()
+        }
+        #expect(status.exitCode == 0)
+        #expect(String(buffer: out) == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n")
+    }
+
     @Test("a process killed by a signal reports the signal")
     func killedBySignal() async throws {
         let status = try await Harness.withAgent { session in

@@ -34,9 +34,10 @@ enum Harness {
     {
         var logger = Logger(label: "test-agent")
         logger.logLevel = .warning
+        // Idle memory release is off in tests except where a test turns it on.
         return AgentConfiguration(
             transports: [.unix(path: socket)], policy: policy, auditLogPath: audit, dryRunPower: true,
-            session: sessionConfiguration, logger: logger)
+            session: sessionConfiguration, logger: logger, idleTrim: nil)
     }
 
     static func brokerConfiguration() -> BrokerConfiguration {
@@ -57,12 +58,22 @@ enum Harness {
         policy: AgentPolicy = AgentPolicy(), audit: Bool = false,
         _ body: @Sendable @escaping (AgentSession, TempDir) async throws -> T
     ) async throws -> T {
+        try await withAgentService(policy: policy, audit: audit) { _, session, dir in try await body(session, dir) }
+    }
+
+    /// Like `withAgent`, with the agent service itself (its counters) and a configuration hook.
+    static func withAgentService<T: Sendable>(
+        policy: AgentPolicy = AgentPolicy(), audit: Bool = false,
+        configure: (inout AgentConfiguration) -> Void = { _ in },
+        _ body: @Sendable @escaping (AgentService, AgentSession, TempDir) async throws -> T
+    ) async throws -> T {
         let dir = try TempDir()
         defer { dir.remove() }
         let socket = dir.file("agent.sock")
-        let agent = try buildAgent(
-            configuration: agentConfiguration(
-                socket: socket, policy: policy, audit: audit ? dir.file("audit.log") : nil))
+        var configuration = agentConfiguration(
+            socket: socket, policy: policy, audit: audit ? dir.file("audit.log") : nil)
+        configure(&configuration)
+        let agent = try buildAgent(configuration: configuration)
         var logger = Logger(label: "test-broker")
         logger.logLevel = .warning
         let client = AgentClient(address: .unix(path: socket), configuration: brokerConfiguration(), logger: logger)
@@ -77,7 +88,7 @@ enum Harness {
             }
             group.addTask {
                 let session = try await client.session(timeout: .seconds(20))
-                return try await body(session, dir)
+                return try await body(agent, session, dir)
             }
             defer { group.cancelAll() }
             while let result = try await group.next() {

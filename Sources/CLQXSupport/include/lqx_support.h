@@ -83,6 +83,11 @@ int lqx_reactor_wait(int reactor, int *ready, int max);
 /// Tunes glibc malloc for a process that moves large buffers (see vsock.c).
 void lqx_tune_malloc(void);
 
+/// Unmaps the resident pages of read-only private file mappings that hold no private page (code
+/// and constants, reloaded from the page cache on the next touch) and trims the heap. Returns the
+/// kilobytes released from the page tables, or -1 when /proc/self/smaps cannot be read.
+long lqx_release_clean_mappings(void);
+
 /// Sets O_NONBLOCK on a descriptor (its open file description).
 int lqx_set_nonblocking(int fd);
 
