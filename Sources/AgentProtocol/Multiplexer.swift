@@ -603,6 +603,11 @@ public final class Multiplexer: Sendable {
         hook?()
     }
 
+    /// True while frames are queued and not yet taken by the writer.
+    public var hasQueuedOutbound: Bool {
+        state.withLock { !$0.control.isEmpty || !$0.ready.isEmpty }
+    }
+
     /// Installs a function called whenever frames become ready to write or the session closes
     /// (used by `EventLoopWriter`, which then calls `pollOutbound`). It may be called on any thread.
     public func setOutboundHook(_ hook: (@Sendable () -> Void)?) {

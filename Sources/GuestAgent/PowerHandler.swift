@@ -7,6 +7,9 @@ struct PowerHandler {
     let core: AgentCore
     let context: StreamContext
 
+    /// Microseconds between the reply leaving the agent's queues and the power action.
+    static let transportGrace: UInt32 = 300_000
+
     func run(_ request: Limiquantix_Agent_V1_ShutdownRequest) async throws {
         let action = request.action
         let delay = min(request.delaySeconds, 86_400)
@@ -25,9 +28,17 @@ struct PowerHandler {
                 }
             }, end: true)
         guard !dryRun else { return }
+        // Acknowledged means on the wire: wait until the writer took the reply (at most 2 s), then
+        // give the transport (a virtio-serial relay, the virtqueue, the host's reader) a moment
+        // before the power action can stop the machine under it.
+        let deadline = ContinuousClock.now + .seconds(2)
+        while context.mux.hasQueuedOutbound, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
         let logger = context.logger
         // Detached on purpose: the power action must outlive this stream and session.
         startDetachedThread {
+            usleep(Self.transportGrace)
             if delay > 0 { sleep(delay) }
             sync()
             if systemd {
