@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "AgentProtocol", targets: ["AgentProtocol"]),
         .library(name: "GuestAgent", targets: ["GuestAgent"]),
         .library(name: "HostBroker", targets: ["HostBroker"]),
+        .library(name: "NodeDaemon", targets: ["NodeDaemon"]),
         .executable(name: "lqx-agent", targets: ["lqx-agent"]),
         .executable(name: "lqx", targets: ["lqx"]),
     ],
@@ -22,6 +23,16 @@ let package = Package(
     ],
     targets: [
         .target(name: "CLQXSupport", cSettings: [.unsafeFlags(["-O2"])]),
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
+        .target(
+            name: "NodeDaemon",
+            dependencies: [
+                "CLibvirt", "HostBroker", "AgentProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "AgentProtocol",
             dependencies: [
@@ -98,6 +109,11 @@ let package = Package(
         .testTarget(
             name: "GuestAgentTests",
             dependencies: ["GuestAgent", "AgentProtocol", "CLQXSupport"]
+        ),
+        .testTarget(
+            name: "NodeDaemonTests",
+            dependencies: ["NodeDaemon", "HostBroker", "AgentProtocol"],
+            exclude: ["Golden"]
         ),
         .testTarget(
             name: "HostBrokerTests",

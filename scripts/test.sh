@@ -16,11 +16,21 @@ fi
 ./scripts/check-agent-deps.sh .build/debug
 echo "== guest image"
 ./packaging/guest-image/build.sh
-# A test runner that dies must not leave guests behind.
-trap 'pkill -f "qemu-system-x86_64.*org.limiquantix.agent.0" || true' EXIT
+echo "== libvirtd"
+./scripts/libvirt-up.sh
+export LQX_REQUIRE_LIBVIRT=1
+# A test runner that dies must not leave guests or test domains behind.
+cleanup() {
+    pkill -f "qemu-system-x86_64.*org.limiquantix.agent.0" || true
+    for vm in $(virsh -c qemu:///system list --all --name 2>/dev/null | grep '^lqx-test-' || true); do
+        virsh -c qemu:///system destroy "$vm" >/dev/null 2>&1 || true
+        virsh -c qemu:///system undefine --nvram "$vm" >/dev/null 2>&1 || true
+    done
+}
+trap cleanup EXIT
 echo "== tests"
-swift test --skip-build --parallel --num-workers 2 --skip GuestSystemTests
+swift test --skip-build --parallel --num-workers 2 --skip "GuestSystemTests|NodeLibvirtSystemTests"
 echo "== libFuzzer: frame decoder, messages, multiplexer (60 s)"
 ./scripts/fuzz.sh 60
-echo "== system tests in a QEMU guest"
-swift test --skip-build --filter GuestSystemTests
+echo "== system tests in a QEMU guest (direct and through libvirt)"
+swift test --skip-build --filter "GuestSystemTests|NodeLibvirtSystemTests"

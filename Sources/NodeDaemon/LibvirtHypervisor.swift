@@ -1,0 +1,332 @@
+import Foundation
+import Logging
+import NIOPosix
+
+/// What the node reports about one VM.
+public struct VMStatus: Sendable, Equatable, Codable {
+    public var name: String
+    public var uuid: String
+    public var state: DomainState
+    /// Host end of the agent's virtio-serial port.
+    public var agentSocket: String
+    public var consoleLog: String
+}
+
+/// The node's hypervisor operations (libvirt is the implementation; tests of other pieces may
+/// substitute their own).
+public protocol Hypervisor: Sendable {
+    /// Validates the spec, checks what it refers to, prepares the VM's files and defines it
+    /// (stopped). Nothing is left behind when any step fails.
+    func create(_ spec: VMSpec) async throws(NodeError) -> VMStatus
+    func start(_ name: String) async throws(NodeError)
+    /// ACPI power button: the guest decides.
+    func requestShutdown(_ name: String) async throws(NodeError)
+    /// Stops the VM at once (pulls the plug).
+    func forceStop(_ name: String) async throws(NodeError)
+    func reboot(_ name: String) async throws(NodeError)
+    func pause(_ name: String) async throws(NodeError)
+    func resume(_ name: String) async throws(NodeError)
+    /// Deletes a stopped VM (a running one only with `force`) and, with `deleteDisks`, the disk
+    /// images the node created for it. Disks given by path are never deleted.
+    func delete(_ name: String, force: Bool, deleteDisks: Bool) async throws(NodeError)
+    func status(_ name: String) async throws(NodeError) -> VMStatus
+    func list() async throws(NodeError) -> [VMStatus]
+}
+
+/// Where a node keeps each VM's files.
+public struct NodeLayout: Sendable, Equatable {
+    /// Disk images, NVRAM and console logs: `<state>/vms/<name>/`.
+    public var stateDirectory: String
+    /// Sockets: `<run>/vms/<name>/agent.sock`.
+    public var runDirectory: String
+
+    public init(stateDirectory: String, runDirectory: String) {
+        self.stateDirectory = stateDirectory
+        self.runDirectory = runDirectory
+    }
+
+    public func vmState(_ name: String) -> String { "\(stateDirectory)/vms/\(name)" }
+    public func vmRun(_ name: String) -> String { "\(runDirectory)/vms/\(name)" }
+}
+
+/// `Hypervisor` over libvirt.
+public final class LibvirtHypervisor: Hypervisor {
+    public let connection: LibvirtConnection
+    public let layout: NodeLayout
+    public let facts: HostFacts
+    private let logger: Logger
+    private let pool: NIOThreadPool
+
+    public init(
+        uri: String = "qemu:///system", layout: NodeLayout, facts: HostFacts = .detect(),
+        logger: Logger = Logger(label: "lqx-node"), pool: NIOThreadPool = .singleton
+    ) throws(NodeError) {
+        self.connection = try LibvirtConnection(uri: uri)
+        self.layout = layout
+        self.facts = facts
+        self.logger = logger
+        self.pool = pool
+    }
+
+    /// Runs blocking libvirt and file work on the thread pool.
+    private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws(NodeError) -> T) async throws(NodeError)
+        -> T
+    {
+        do {
+            return try await pool.runIfActive {
+                do throws(NodeError) { return Result<T, NodeError>.success(try body()) } catch {
+                    return .failure(error)
+                }
+            }.get()
+        } catch let error as NodeError {
+            throw error
+        } catch {
+            throw NodeError(.hypervisor, "\(error)")
+        }
+    }
+
+    private func domain(_ name: String) throws(NodeError) -> LibvirtDomain {
+        guard let domain = try connection.domain(named: name) else {
+            throw NodeError(.notFound, "no VM named \(name)")
+        }
+        return domain
+    }
+
+    public func create(_ spec: VMSpec) async throws(NodeError) -> VMStatus {
+        try spec.validate()
+        return try await blocking { [self] () throws(NodeError) in try createBlocking(spec) }
+    }
+
+    private func createBlocking(_ spec: VMSpec) throws(NodeError) -> VMStatus {
+        if try connection.domain(named: spec.name) != nil {
+            throw NodeError(.alreadyExists, "a VM named \(spec.name) exists already")
+        }
+        // Everything the spec refers to must exist before anything is created.
+        for (index, nic) in spec.nics.enumerated() {
+            switch nic.attachment {
+            case .network(let name):
+                let state = connection.networkState(name)
+                guard state.exists else {
+                    throw NodeError(.notFound, "nics[\(index)]: libvirt network \(name) does not exist")
+                }
+            case .bridge(let name):
+                guard FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/bridge") else {
+                    throw NodeError(.notFound, "nics[\(index)]: bridge \(name) does not exist on this host")
+                }
+            }
+        }
+        if case .kernel(let kernel, let initrd, _) = spec.boot {
+            try requireFile(kernel, field: "kernel")
+            if let initrd { try requireFile(initrd, field: "initrd") }
+        }
+        for (index, disk) in spec.disks.enumerated() {
+            switch disk.source {
+            case .path(let path): try requireFile(path, field: "disks[\(index)].path")
+            case .clone(let backing): try requireFile(backing, field: "disks[\(index)].backing")
+            case .new: break
+            }
+        }
+        if spec.firmware == .uefi && facts.ovmf == nil {
+            throw NodeError(.invalidSpec, "firmware uefi: OVMF is not installed on this host (apt install ovmf)")
+        }
+
+        let stateDir = layout.vmState(spec.name), runDir = layout.vmRun(spec.name)
+        var created: [String] = []
+        do throws(NodeError) {
+            // The parents are traversable; each VM's own directories belong to libvirt's QEMU user,
+            // which opens the disks there and creates the agent socket.
+            for parent in ["\(layout.stateDirectory)/vms", "\(layout.runDirectory)/vms"] {
+                try makeDirectory(parent, mode: 0o755)
+            }
+            for dir in [stateDir, runDir] {
+                guard !FileManager.default.fileExists(atPath: dir) else {
+                    throw NodeError(.alreadyExists, "\(dir) exists; a VM named \(spec.name) was not cleaned up")
+                }
+                try makeDirectory(dir, mode: 0o750)
+                created.append(dir)
+                if let user = facts.qemuUser { chown(dir, user.uid, user.gid) }
+            }
+            let uuid = UUID().uuidString.lowercased()
+            var disks: [DomainPlan.PlannedDisk] = []
+            for (index, disk) in spec.disks.enumerated() {
+                switch disk.source {
+                case .path(let path):
+                    disks.append(
+                        .init(path: path, format: try imageFormat(path), bus: disk.bus, readOnly: disk.readOnly))
+                case .new(let size):
+                    let path = "\(stateDir)/disk\(index).qcow2"
+                    try qemuImg(["create", "-q", "-f", "qcow2", path, "\(size)G"])
+                    disks.append(.init(path: path, format: "qcow2", bus: disk.bus, readOnly: disk.readOnly))
+                case .clone(let backing):
+                    let path = "\(stateDir)/disk\(index).qcow2"
+                    try qemuImg([
+                        "create", "-q", "-f", "qcow2", "-F", try imageFormat(backing), "-b", backing, path,
+                    ])
+                    disks.append(.init(path: path, format: "qcow2", bus: disk.bus, readOnly: disk.readOnly))
+                }
+            }
+            let plan = DomainPlan(
+                spec: spec, uuid: uuid, domainType: facts.kvmUsable ? .kvm : .qemu, emulator: facts.emulator,
+                disks: disks,
+                macs: spec.nics.enumerated().map {
+                    $1.mac?.lowercased() ?? DomainPlan.generatedMAC(uuid: uuid, index: $0)
+                },
+                agentSocket: "\(runDir)/agent.sock", consoleLog: "\(stateDir)/console.log",
+                vsockCID: facts.vhostVsock ? try nextFreeCID() : nil,
+                uefi: spec.firmware == .uefi
+                    ? facts.ovmf.map {
+                        .init(code: $0.code, varsTemplate: $0.varsTemplate, nvram: "\(stateDir)/VARS.fd")
+                    }
+                    : nil)
+            let domain = try connection.define(xml: plan.domainXML())
+            logger.info("VM created", metadata: ["vm": "\(spec.name)", "vm.uuid": "\(uuid)"])
+            return VMStatus(
+                name: spec.name, uuid: domain.uuid, state: try domain.state(), agentSocket: plan.agentSocket,
+                consoleLog: plan.consoleLog)
+        } catch {
+            for dir in created.reversed() { try? FileManager.default.removeItem(atPath: dir) }
+            throw error
+        }
+    }
+
+    private func requireFile(_ path: String, field: String) throws(NodeError) {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+            throw NodeError(.notFound, "\(field): \(path) does not exist or is not a file")
+        }
+    }
+
+    private func makeDirectory(_ path: String, mode: Int) throws(NodeError) {
+        do {
+            try FileManager.default.createDirectory(
+                atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: mode])
+        } catch {
+            throw NodeError(.io, "cannot create \(path): \(error.localizedDescription)")
+        }
+    }
+
+    /// `qcow2` or `raw`, from the image's first bytes (never trusting a guest-writable header
+    /// for anything but this choice; backing files of qcow2 images are not followed by libvirt
+    /// unless declared).
+    private func imageFormat(_ path: String) throws(NodeError) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw NodeError(.notFound, "cannot read \(path)")
+        }
+        defer { try? handle.close() }
+        let magic = (try? handle.read(upToCount: 4)) ?? nil
+        return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
+    }
+
+    private func qemuImg(_ arguments: [String]) throws(NodeError) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
+        process.arguments = arguments
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        do { try process.run() } catch {
+            throw NodeError(.io, "cannot run qemu-img (apt install qemu-utils): \(error.localizedDescription)")
+        }
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw NodeError(
+                .io,
+                "qemu-img \(arguments.first ?? "") failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+    }
+
+    /// The lowest guest CID from 3 up that no defined domain uses.
+    private func nextFreeCID() throws(NodeError) -> UInt32 {
+        var used = Set<UInt32>()
+        for domain in try connection.domains() {
+            guard let xml = try? domain.xml(inactive: true), let range = xml.range(of: "<cid auto='no' address='")
+            else {
+                continue
+            }
+            if let cid = UInt32(xml[range.upperBound...].prefix { $0.isNumber }) { used.insert(cid) }
+        }
+        var cid: UInt32 = 3
+        while used.contains(cid) { cid += 1 }
+        return cid
+    }
+
+    public func start(_ name: String) async throws(NodeError) {
+        try await blocking { [self] () throws(NodeError) in
+            let domain = try domain(name)
+            guard try !domain.state().isActive else {
+                throw NodeError(.failedPrecondition, "VM \(name) is already running")
+            }
+            try domain.start()
+        }
+    }
+
+    public func requestShutdown(_ name: String) async throws(NodeError) {
+        try await blocking { [self] () throws(NodeError) in try domain(name).shutdown() }
+    }
+
+    public func forceStop(_ name: String) async throws(NodeError) {
+        try await blocking { [self] () throws(NodeError) in
+            let domain = try domain(name)
+            guard try domain.state().isActive else { return }
+            try domain.destroy()
+        }
+    }
+
+    public func reboot(_ name: String) async throws(NodeError) {
+        try await blocking { [self] () throws(NodeError) in try domain(name).reboot() }
+    }
+
+    public func pause(_ name: String) async throws(NodeError) {
+        try await blocking { [self] () throws(NodeError) in try domain(name).suspend() }
+    }
+
+    public func resume(_ name: String) async throws(NodeError) {
+        try await blocking { [self] () throws(NodeError) in try domain(name).resume() }
+    }
+
+    public func delete(_ name: String, force: Bool, deleteDisks: Bool) async throws(NodeError) {
+        try await blocking { [self] () throws(NodeError) in
+            let domain = try domain(name)
+            if try domain.state().isActive {
+                guard force else {
+                    throw NodeError(.failedPrecondition, "VM \(name) is running; stop it first or delete with --force")
+                }
+                try domain.destroy()
+            }
+            try domain.undefine()
+            try? FileManager.default.removeItem(atPath: layout.vmRun(name))
+            let stateDir = layout.vmState(name)
+            if deleteDisks {
+                try? FileManager.default.removeItem(atPath: stateDir)
+            } else if let entries = try? FileManager.default.contentsOfDirectory(atPath: stateDir) {
+                // Keep the node-created disk images; drop the rest (console log, NVRAM).
+                for entry in entries where !entry.hasSuffix(".qcow2") {
+                    try? FileManager.default.removeItem(atPath: "\(stateDir)/\(entry)")
+                }
+            }
+            logger.info("VM deleted", metadata: ["vm": "\(name)", "disks.deleted": "\(deleteDisks)"])
+        }
+    }
+
+    public func status(_ name: String) async throws(NodeError) -> VMStatus {
+        try await blocking { [self] () throws(NodeError) in try status(of: domain(name)) }
+    }
+
+    public func list() async throws(NodeError) -> [VMStatus] {
+        try await blocking { [self] () throws(NodeError) in
+            // Only the node's own VMs: other domains on the same libvirtd are not ours to report.
+            try connection.domains().filter {
+                (try? $0.xml(inactive: true))?.contains(DomainPlan.metadataNamespace) == true
+            }
+            .map { domain throws(NodeError) in try status(of: domain) }.sorted { $0.name < $1.name }
+        }
+    }
+
+    private func status(of domain: LibvirtDomain) throws(NodeError) -> VMStatus {
+        let name = domain.name
+        return VMStatus(
+            name: name, uuid: domain.uuid, state: try domain.state(), agentSocket: "\(layout.vmRun(name))/agent.sock",
+            consoleLog: "\(layout.vmState(name))/console.log")
+    }
+}

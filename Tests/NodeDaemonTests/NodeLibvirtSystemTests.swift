@@ -1,0 +1,78 @@
+import AgentProtocol
+import Foundation
+import HostBroker
+import Logging
+import NodeDaemon
+import Testing
+
+/// A real VM through libvirtd: the test guest image (packaging/guest-image/build.sh) booted by
+/// kernel + initramfs, its agent reached on the socket libvirt binds for the virtio-serial channel.
+@Suite("node: a real VM under libvirt", .serialized)
+struct NodeLibvirtSystemTests {
+    static var imageDirectory: String {
+        ProcessInfo.processInfo.environment["LQX_GUEST_IMAGE"]
+            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build-guest/image").path
+    }
+
+    @Test("create → start → agent session → exec → pause/resume → running delete refused → force stop → delete")
+    func lifecycle() async throws {
+        guard LibvirtAvailability.available else { return }
+        let kernel = Self.imageDirectory + "/vmlinuz", initrd = Self.imageDirectory + "/initramfs.cpio"
+        try #require(
+            FileManager.default.fileExists(atPath: kernel),
+            "guest image missing: run packaging/guest-image/build.sh (scripts/test.sh does)")
+        let node = try TestNode()
+        defer { node.remove() }
+        let hypervisor = try LibvirtHypervisor(layout: node.layout)
+        let name = TestNode.vmName("life")
+        let created = try await hypervisor.create(
+            VMSpec(
+                name: name, vcpus: 2, memoryMiB: 512,
+                boot: .kernel(path: kernel, initrd: initrd, cmdline: "console=ttyS0 loglevel=4 rdinit=/init")))
+        do {
+            try await hypervisor.start(name)
+            #expect(try await hypervisor.status(name).state == .running)
+
+            var logger = Logger(label: "node-test")
+            logger.logLevel = .critical
+            let client = AgentClient(
+                address: .unix(path: created.agentSocket),
+                configuration: BrokerConfiguration(reconnectBackoff: .milliseconds(50)...(.milliseconds(200))),
+                logger: logger)
+            let runner = Task { try await client.run() }
+            defer { runner.cancel() }
+            let session = try await client.session(timeout: .seconds(120))
+            let info = try await session.info()
+            #expect(info.os.id == "lqx-guest")
+            let (out, _, status) = try await session.exec(ExecOptions(["cat", "/proc/cmdline"])).collect()
+            #expect(status.exitCode == 0)
+            #expect(String(buffer: out).contains("rdinit=/init"))
+
+            try await hypervisor.pause(name)
+            #expect(try await hypervisor.status(name).state == .paused)
+            try await hypervisor.resume(name)
+            #expect(try await hypervisor.status(name).state == .running)
+            _ = try await session.ping()
+
+            let refused = await #expect(throws: NodeError.self) {
+                try await hypervisor.delete(name, force: false, deleteDisks: true)
+            }
+            #expect(refused?.code == .failedPrecondition)
+            #expect(try await hypervisor.status(name).state == .running)
+
+            try await hypervisor.forceStop(name)
+            #expect(try await hypervisor.status(name).state == .shutOff)
+            let console = (try? String(contentsOfFile: created.consoleLog, encoding: .utf8)) ?? ""
+            #expect(console.contains("rcS"), "console log: \(console.suffix(500))")
+        } catch {
+            let console = (try? String(contentsOfFile: created.consoleLog, encoding: .utf8)) ?? "(none)"
+            print("guest console:\n\(console.suffix(4000))")
+            try? await hypervisor.delete(name, force: true, deleteDisks: true)
+            throw error
+        }
+        try await hypervisor.delete(name, force: false, deleteDisks: true)
+        let leftovers = node.contents().filter { $0.contains(name) }
+        #expect(leftovers.isEmpty, "left behind: \(leftovers)")
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Starts virtlogd and libvirtd when they are not running (there is no systemd as PID 1 on the CI
+# machines) and waits until qemu:///system answers.
+set -euo pipefail
+pgrep -x virtlogd >/dev/null || virtlogd -d
+pgrep -x libvirtd >/dev/null || libvirtd -d
+for _ in $(seq 1 50); do
+    if virsh -c qemu:///system version >/dev/null 2>&1; then exit 0; fi
+    sleep 0.2
+done
+echo "libvirt-up: libvirtd did not answer on qemu:///system within 10 s" >&2
+exit 1
