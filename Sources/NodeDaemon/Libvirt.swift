@@ -12,11 +12,15 @@ public final class LibvirtConnection: @unchecked Sendable {
 
     public init(uri: String) throws(NodeError) {
         Self.installQuietErrorHandler()
+        // Events need libvirt's event loop, registered before the first connection opens.
+        let events = LibvirtEventLoop.ensureStarted()
         guard let pointer = virConnectOpen(uri) else {
             throw Self.lastError("cannot connect to libvirt at \(uri)", notFound: .hypervisor)
         }
         self.pointer = pointer
         self.uri = uri
+        // A libvirtd that stops answering is noticed within 15 s (needs the event loop).
+        if events { virConnectSetKeepAlive(pointer, 5, 3) }
     }
 
     deinit {

@@ -313,6 +313,17 @@ public final class LibvirtHypervisor: Hypervisor {
         try await blocking { [self] () throws(NodeError) in try status(of: domain(name)) }
     }
 
+    /// The status of a VM this node manages (its domain carries the node's metadata), or nil for
+    /// an unknown name or another tool's domain.
+    public func managedStatus(_ name: String) async throws(NodeError) -> VMStatus? {
+        try await blocking { [self] () throws(NodeError) -> VMStatus? in
+            guard let domain = try connection.domain(named: name),
+                (try? domain.xml(inactive: true))?.contains(DomainPlan.metadataNamespace) == true
+            else { return nil }
+            return try status(of: domain)
+        }
+    }
+
     public func list() async throws(NodeError) -> [VMStatus] {
         try await blocking { [self] () throws(NodeError) in
             // Only the node's own VMs: other domains on the same libvirtd are not ours to report.

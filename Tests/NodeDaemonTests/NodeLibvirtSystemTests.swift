@@ -76,3 +76,68 @@ struct NodeLibvirtSystemTests {
         #expect(leftovers.isEmpty, "left behind: \(leftovers)")
     }
 }
+
+@Suite("node: events, agents and re-adoption under libvirt", .serialized)
+struct NodeManagerSystemTests {
+    @Test(
+        "events drive the state; the agent follows the VM; a restarted daemon re-adopts it; graceful stop goes through the agent"
+    )
+    func managerLifecycle() async throws {
+        guard LibvirtAvailability.available else { return }
+        let image = NodeLibvirtSystemTests.imageDirectory
+        try #require(FileManager.default.fileExists(atPath: image + "/vmlinuz"), "guest image missing")
+        let node = try TestNode()
+        defer { node.remove() }
+        var logger = Logger(label: "node-test")
+        logger.logLevel = .critical
+        let broker = BrokerConfiguration(reconnectBackoff: .milliseconds(50)...(.milliseconds(200)))
+        let hypervisor = try LibvirtHypervisor(layout: node.layout, logger: logger)
+        let name = TestNode.vmName("managed")
+        let created = try await hypervisor.create(
+            VMSpec(
+                name: name, vcpus: 2, memoryMiB: 512,
+                boot: .kernel(
+                    path: image + "/vmlinuz", initrd: image + "/initramfs.cpio",
+                    cmdline: "console=ttyS0 loglevel=4 rdinit=/init")))
+        do {
+            let first = VMManager(hypervisor: hypervisor, broker: broker, logger: logger)
+            try await first.start()
+            #expect(first.knownState(name) == .shutOff)
+            #expect(first.agent(name) == nil)
+            try await hypervisor.start(name)
+            #expect(await first.waitForState(name, timeout: .seconds(10)) { $0 == .running })
+            let session = try await first.agentSession(name, timeout: .seconds(120))
+            let bootID = try await session.info().bootID
+            let (out, _, status) = try await session.exec(ExecOptions(["echo", "hello"])).collect()
+            #expect(status.exitCode == 0)
+            #expect(String(buffer: out) == "hello\n")
+
+            // The daemon goes away and comes back: the VM keeps running and is adopted again.
+            first.shutdown()
+            let second = VMManager(
+                hypervisor: try LibvirtHypervisor(layout: node.layout, logger: logger), broker: broker, logger: logger)
+            try await second.start()
+            defer { second.shutdown() }
+            #expect(second.knownState(name) == .running)
+            let again = try await second.agentSession(name, timeout: .seconds(30))
+            #expect(try await again.info().bootID == bootID)
+
+            // Paused and resumed from outside the manager: events keep its state current.
+            try await hypervisor.pause(name)
+            #expect(await second.waitForState(name, timeout: .seconds(10)) { $0 == .paused })
+            try await hypervisor.resume(name)
+            #expect(await second.waitForState(name, timeout: .seconds(10)) { $0 == .running })
+
+            let method = try await second.stop(name, timeout: .seconds(30))
+            #expect(method == .agent)
+            #expect(second.knownState(name) == .shutOff)
+            #expect(second.agent(name) == nil)
+        } catch {
+            let console = (try? String(contentsOfFile: created.consoleLog, encoding: .utf8)) ?? "(none)"
+            print("guest console:\n\(console.suffix(4000))")
+            try? await hypervisor.delete(name, force: true, deleteDisks: true)
+            throw error
+        }
+        try await hypervisor.delete(name, force: false, deleteDisks: true)
+    }
+}

@@ -1,0 +1,175 @@
+import Foundation
+
+/// The host's hardware as the scheduler needs it (MODEL.md, Node status), read from /proc and /sys.
+public struct HostInventory: Sendable, Equatable, Codable {
+    public struct CPU: Sendable, Equatable, Codable {
+        public var model: String
+        /// Logical CPUs (what `nproc` counts when nothing restricts it).
+        public var logical: Int
+        public var sockets: Int
+        public var coresPerSocket: Int
+        public var threadsPerCore: Int
+        public var flags: [String]
+    }
+
+    public struct NUMANode: Sendable, Equatable, Codable {
+        public var id: Int
+        public var cpus: [Int]
+        public var memoryBytes: UInt64
+    }
+
+    public struct Memory: Sendable, Equatable, Codable {
+        public var totalBytes: UInt64
+        public var hugePagesTotal: Int
+        public var hugePageSizeBytes: UInt64
+    }
+
+    public struct Disk: Sendable, Equatable, Codable {
+        public enum Kind: String, Sendable, Equatable, Codable { case hdd, ssd, nvme }
+        public var name: String
+        public var kind: Kind
+        public var sizeBytes: UInt64
+        public var model: String
+    }
+
+    public struct NIC: Sendable, Equatable, Codable {
+        public var name: String
+        public var driver: String
+        /// Mb/s; nil when the link reports none (down, or virtual).
+        public var speedMbps: Int?
+        public var mac: String
+        /// Virtual functions the device supports (SR-IOV), 0 without SR-IOV.
+        public var sriovTotalVFs: Int
+    }
+
+    public struct GPU: Sendable, Equatable, Codable {
+        public var address: String
+        public var vendorID: String
+        public var deviceID: String
+    }
+
+    public var cpu: CPU
+    public var numa: [NUMANode]
+    public var memory: Memory
+    public var disks: [Disk]
+    public var nics: [NIC]
+    public var gpus: [GPU]
+
+    /// Reads the host (roots are parameters so tests can use a prepared tree).
+    public static func detect(procRoot: String = "/proc", sysRoot: String = "/sys") -> HostInventory {
+        func read(_ path: String) -> String? { try? String(contentsOfFile: path, encoding: .utf8) }
+        func trimmed(_ path: String) -> String? {
+            read(path)?.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        func list(_ path: String) -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+        }
+
+        // CPU: one block per logical CPU in /proc/cpuinfo.
+        var model = "", flags: [String] = []
+        var logical = 0
+        var packages = Set<String>(), coresPerPackage: [String: Set<String>] = [:]
+        for block in (read("\(procRoot)/cpuinfo") ?? "").components(separatedBy: "\n\n")
+        where block.contains("processor") {
+            logical += 1
+            var fields: [String: String] = [:]
+            for line in block.split(separator: "\n") {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                fields[line[..<colon].trimmingCharacters(in: .whitespaces)] =
+                    line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            if model.isEmpty { model = fields["model name"] ?? "" }
+            if flags.isEmpty { flags = (fields["flags"] ?? "").split(separator: " ").map(String.init) }
+            let package = fields["physical id"] ?? "0"
+            packages.insert(package)
+            coresPerPackage[package, default: []].insert(fields["core id"] ?? String(logical))
+        }
+        let sockets = max(packages.count, 1)
+        let cores = max(coresPerPackage.values.map(\.count).max() ?? 1, 1)
+        let threads = max(logical / max(sockets * cores, 1), 1)
+
+        // Memory and huge pages.
+        var meminfo: [String: UInt64] = [:]
+        for line in (read("\(procRoot)/meminfo") ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard parts.count >= 2, let value = UInt64(parts[1]) else { continue }
+            meminfo[String(parts[0].dropLast())] = parts.count > 2 && parts[2] == "kB" ? value * 1024 : value
+        }
+
+        // NUMA nodes.
+        var numa: [NUMANode] = []
+        for entry in list("\(sysRoot)/devices/system/node") where entry.hasPrefix("node") {
+            guard let id = Int(entry.dropFirst(4)) else { continue }
+            let base = "\(sysRoot)/devices/system/node/\(entry)"
+            var bytes: UInt64 = 0
+            for line in (read("\(base)/meminfo") ?? "").split(separator: "\n") where line.contains("MemTotal:") {
+                let parts = line.split(separator: " ")
+                if let kb = parts.dropLast().last.flatMap({ UInt64($0) }) { bytes = kb * 1024 }
+            }
+            numa.append(NUMANode(id: id, cpus: Self.parseCPUList(trimmed("\(base)/cpulist") ?? ""), memoryBytes: bytes))
+        }
+
+        // Block devices: real disks only (no loop, ram, zram, device-mapper or md).
+        var disks: [Disk] = []
+        for name in list("\(sysRoot)/block") {
+            guard !["loop", "ram", "zram", "dm-", "md", "sr", "fd"].contains(where: { name.hasPrefix($0) }) else {
+                continue
+            }
+            let base = "\(sysRoot)/block/\(name)"
+            let sectors = UInt64(trimmed("\(base)/size") ?? "") ?? 0
+            let kind: Disk.Kind =
+                name.hasPrefix("nvme") ? .nvme : (trimmed("\(base)/queue/rotational") == "1" ? .hdd : .ssd)
+            disks.append(
+                Disk(name: name, kind: kind, sizeBytes: sectors * 512, model: trimmed("\(base)/device/model") ?? ""))
+        }
+
+        // Network interfaces with a device behind them (physical or paravirtual; not lo, bridges, tunnels).
+        var nics: [NIC] = []
+        for name in list("\(sysRoot)/class/net") {
+            let base = "\(sysRoot)/class/net/\(name)"
+            guard let driverLink = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(base)/device/driver")
+            else { continue }
+            let speed = Int(trimmed("\(base)/speed") ?? "").flatMap { $0 > 0 ? $0 : nil }
+            nics.append(
+                NIC(
+                    name: name, driver: (driverLink as NSString).lastPathComponent, speedMbps: speed,
+                    mac: trimmed("\(base)/address") ?? "",
+                    sriovTotalVFs: Int(trimmed("\(base)/device/sriov_totalvfs") ?? "") ?? 0))
+        }
+
+        // GPUs: PCI display controllers (class 0x03xxxx).
+        var gpus: [GPU] = []
+        for address in list("\(sysRoot)/bus/pci/devices") {
+            let base = "\(sysRoot)/bus/pci/devices/\(address)"
+            guard let pciClass = trimmed("\(base)/class"), pciClass.hasPrefix("0x03") else { continue }
+            gpus.append(
+                GPU(
+                    address: address, vendorID: trimmed("\(base)/vendor") ?? "",
+                    deviceID: trimmed("\(base)/device") ?? ""))
+        }
+
+        return HostInventory(
+            cpu: CPU(
+                model: model, logical: logical, sockets: sockets, coresPerSocket: cores, threadsPerCore: threads,
+                flags: flags),
+            numa: numa,
+            memory: Memory(
+                totalBytes: meminfo["MemTotal"] ?? 0, hugePagesTotal: Int(meminfo["HugePages_Total"] ?? 0),
+                hugePageSizeBytes: meminfo["Hugepagesize"] ?? 0),
+            disks: disks, nics: nics, gpus: gpus)
+    }
+
+    /// "0-3,8,10-11" → [0, 1, 2, 3, 8, 10, 11]; malformed parts are skipped.
+    static func parseCPUList(_ text: String) -> [Int] {
+        var cpus: [Int] = []
+        for part in text.split(separator: ",") {
+            let bounds = part.split(separator: "-").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            if bounds.count == 1, let single = bounds[0] {
+                cpus.append(single)
+            } else if bounds.count == 2, let low = bounds[0], let high = bounds[1], low <= high, high - low < 65536 {
+                cpus += Array(low...high)
+            }
+        }
+        return cpus
+    }
+}

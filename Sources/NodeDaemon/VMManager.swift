@@ -1,0 +1,223 @@
+import AgentProtocol
+import HostBroker
+import Logging
+import Synchronization
+
+/// Keeps the node's view of its VMs current from libvirt's lifecycle events (no polling) and runs
+/// one agent broker per running VM: started when the domain starts (or is found running when the
+/// daemon starts: re-adoption), stopped when it stops. VMs keep running while the daemon restarts.
+public final class VMManager: Sendable {
+    public let hypervisor: LibvirtHypervisor
+    private let logger: Logger
+    private let broker: BrokerConfiguration
+    private let state = Mutex<State>(State())
+    /// Events are processed one at a time, in order, by one task (see `start`).
+    private let events: AsyncStream<DomainEvent>
+    private let eventInput: AsyncStream<DomainEvent>.Continuation
+
+    private struct Entry {
+        var state: DomainState
+        var agentSocket: String
+        var agent: AgentClient?
+        var runner: Task<Void, Never>?
+    }
+
+    private struct Waiter {
+        let name: String
+        let wanted: @Sendable (DomainState) -> Bool
+        let continuation: CheckedContinuation<Void, Never>
+    }
+
+    private struct State {
+        var vms: [String: Entry] = [:]
+        var waiters: [Int: Waiter] = [:]
+        var nextWaiter = 0
+        var eventHandler: Int32?
+        var eventTask: Task<Void, Never>?
+    }
+
+    public init(
+        hypervisor: LibvirtHypervisor, broker: BrokerConfiguration = BrokerConfiguration(),
+        logger: Logger = Logger(label: "lqx-node")
+    ) {
+        self.hypervisor = hypervisor
+        self.broker = broker
+        self.logger = logger
+        (events, eventInput) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
+    }
+
+    /// Subscribes to events, then adopts every VM that exists (agents for the running ones).
+    public func start() async throws(NodeError) {
+        let input = eventInput
+        let id = try hypervisor.connection.addEventHandler { event in input.yield(event) }
+        let events = self.events
+        let task = Task { [weak self] in
+            for await event in events {
+                guard let self else { return }
+                await self.handle(event)
+            }
+        }
+        state.withLock {
+            $0.eventHandler = id
+            $0.eventTask = task
+        }
+        for vm in try await hypervisor.list() { update(vm.name, vm.state, agentSocket: vm.agentSocket) }
+        logger.info("node adopted VMs", metadata: ["vms": "\(state.withLock { $0.vms.count })"])
+    }
+
+    /// Stops every broker (not the VMs) and the event subscription.
+    public func shutdown() {
+        let (runners, handler, eventTask) = state.withLock {
+            state -> ([Task<Void, Never>], Int32?, Task<Void, Never>?) in
+            let runners = state.vms.values.compactMap(\.runner)
+            for name in state.vms.keys {
+                state.vms[name]?.runner = nil
+                state.vms[name]?.agent = nil
+            }
+            defer {
+                state.eventHandler = nil
+                state.eventTask = nil
+            }
+            return (runners, state.eventHandler, state.eventTask)
+        }
+        for runner in runners { runner.cancel() }
+        if let handler { hypervisor.connection.removeEventHandler(handler) }
+        eventTask?.cancel()
+    }
+
+    /// The state the node knows (from events) for a VM, or nil when it does not know the VM.
+    public func knownState(_ name: String) -> DomainState? {
+        state.withLock { $0.vms[name]?.state }
+    }
+
+    /// The broker of a running VM.
+    public func agent(_ name: String) -> AgentClient? {
+        state.withLock { $0.vms[name]?.agent }
+    }
+
+    /// A live agent session of a running VM, waiting up to `timeout` for the agent.
+    public func agentSession(_ name: String, timeout: Duration = .seconds(30)) async throws(NodeError) -> AgentSession {
+        guard let client = agent(name) else {
+            throw NodeError(.failedPrecondition, "VM \(name) is not running, so it has no agent")
+        }
+        do {
+            return try await client.session(timeout: timeout)
+        } catch {
+            throw NodeError(.timeout, "the agent of VM \(name) did not answer within \(timeout): \(error)")
+        }
+    }
+
+    /// How a graceful stop ended.
+    public enum StopMethod: String, Sendable {
+        /// The agent powered the guest off.
+        case agent
+        /// The guest reacted to the ACPI power button.
+        case acpi
+        /// Neither worked in time: the VM was stopped at once.
+        case forced
+    }
+
+    /// Stops a VM gracefully: through its agent when one is connected, else the ACPI power button;
+    /// after `timeout` without the VM shutting off, it is stopped at once.
+    public func stop(_ name: String, timeout: Duration = .seconds(60)) async throws(NodeError) -> StopMethod {
+        guard try await hypervisor.status(name).state.isActive else { return .agent }
+        var method = StopMethod.acpi
+        if let client = agent(name), let session = try? await client.session(timeout: .seconds(2)) {
+            do {
+                _ = try await session.shutdown(.poweroff)
+                method = .agent
+            } catch {
+                logger.info("agent shutdown failed; using ACPI", metadata: ["vm": "\(name)", "error": "\(error)"])
+            }
+        }
+        if method == .acpi { try? await hypervisor.requestShutdown(name) }
+        if await waitForState(name, timeout: timeout, { !$0.isActive }) { return method }
+        logger.warning("VM did not shut down in time; stopping it", metadata: ["vm": "\(name)"])
+        try await hypervisor.forceStop(name)
+        _ = await waitForState(name, timeout: .seconds(10), { !$0.isActive })
+        return .forced
+    }
+
+    /// Waits until the event-fed state of `name` satisfies `wanted`; false on timeout.
+    public func waitForState(
+        _ name: String, timeout: Duration, _ wanted: @escaping @Sendable (DomainState) -> Bool
+    ) async -> Bool {
+        let id = state.withLock { state -> Int in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            self.resumeWaiter(id)
+        }
+        defer { timer.cancel() }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if let current = state.vms[name]?.state, wanted(current) { return true }
+                state.waiters[id] = Waiter(name: name, wanted: wanted, continuation: continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+        return state.withLock { $0.vms[name].map { wanted($0.state) } ?? false }
+    }
+
+    private func resumeWaiter(_ id: Int) {
+        state.withLock { $0.waiters.removeValue(forKey: id) }?.continuation.resume()
+    }
+
+    private func handle(_ event: DomainEvent) async {
+        if event.kind == .undefined {
+            remove(event.name)
+            return
+        }
+        // The event says that something happened; the state is read back so the cache never
+        // guesses (events are handled in order, so a later read never loses to an earlier one).
+        guard let status = (try? await hypervisor.managedStatus(event.name)) ?? nil else {
+            remove(event.name)
+            return
+        }
+        update(status.name, status.state, agentSocket: status.agentSocket)
+    }
+
+    private func remove(_ name: String) {
+        let (runner, waiters) = state.withLock { state -> (Task<Void, Never>?, [Waiter]) in
+            let runner = state.vms.removeValue(forKey: name)?.runner
+            let matching = state.waiters.filter { $0.value.name == name }
+            for key in matching.keys { state.waiters[key] = nil }
+            return (runner, Array(matching.values))
+        }
+        runner?.cancel()
+        for waiter in waiters { waiter.continuation.resume() }
+    }
+
+    private func update(_ name: String, _ newState: DomainState, agentSocket: String) {
+        let broker = self.broker, logger = self.logger
+        let (stale, waiters) = state.withLock { state -> (Task<Void, Never>?, [Waiter]) in
+            var entry = state.vms[name] ?? Entry(state: newState, agentSocket: agentSocket)
+            entry.state = newState
+            var stale: Task<Void, Never>?
+            if newState.isActive, entry.agent == nil {
+                var agentLogger = logger
+                agentLogger[metadataKey: "vm"] = "\(name)"
+                let client = AgentClient(address: .unix(path: agentSocket), configuration: broker, logger: agentLogger)
+                entry.agent = client
+                entry.runner = Task {
+                    do { try await client.run() } catch {
+                        agentLogger.debug("agent broker ended", metadata: ["error": "\(error)"])
+                    }
+                }
+            } else if !newState.isActive {
+                stale = entry.runner
+                entry.agent = nil
+                entry.runner = nil
+            }
+            state.vms[name] = entry
+            let ready = state.waiters.filter { $0.value.name == name && $0.value.wanted(newState) }
+            for key in ready.keys { state.waiters[key] = nil }
+            return (stale, Array(ready.values))
+        }
+        stale?.cancel()
+        for waiter in waiters { waiter.continuation.resume() }
+    }
+}
