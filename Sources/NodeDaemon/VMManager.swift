@@ -10,6 +10,7 @@ public final class VMManager: Sendable {
     public let hypervisor: LibvirtHypervisor
     private let logger: Logger
     private let broker: BrokerConfiguration
+    private let telemetryInterval: Duration
     private let state = Mutex<State>(State())
     /// Events are processed one at a time, in order, by one task (see `start`).
     private let events: AsyncStream<DomainEvent>
@@ -20,6 +21,7 @@ public final class VMManager: Sendable {
         var agentSocket: String
         var agent: AgentClient?
         var runner: Task<Void, Never>?
+        var telemetry: TelemetrySample?
     }
 
     private struct Waiter {
@@ -38,10 +40,11 @@ public final class VMManager: Sendable {
 
     public init(
         hypervisor: LibvirtHypervisor, broker: BrokerConfiguration = BrokerConfiguration(),
-        logger: Logger = Logger(label: "lqx-node")
+        telemetryInterval: Duration = .seconds(5), logger: Logger = Logger(label: "lqx-node")
     ) {
         self.hypervisor = hypervisor
         self.broker = broker
+        self.telemetryInterval = telemetryInterval
         self.logger = logger
         (events, eventInput) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
     }
@@ -88,6 +91,11 @@ public final class VMManager: Sendable {
     /// The state the node knows (from events) for a VM, or nil when it does not know the VM.
     public func knownState(_ name: String) -> DomainState? {
         state.withLock { $0.vms[name]?.state }
+    }
+
+    /// The latest in-guest telemetry sample of a VM (a subscription per running VM's agent).
+    public func telemetry(_ name: String) -> TelemetrySample? {
+        state.withLock { $0.vms[name]?.telemetry }
     }
 
     /// The broker of a running VM.
@@ -180,6 +188,20 @@ public final class VMManager: Sendable {
         update(status.name, status.state, agentSocket: status.agentSocket)
     }
 
+    /// Keeps a telemetry subscription open on the VM's agent, across reconnects, until cancelled.
+    private static func collectTelemetry(
+        _ client: AgentClient, every interval: Duration, store: @Sendable (TelemetrySample) -> Void
+    ) async {
+        while !Task.isCancelled {
+            do {
+                let session = try await client.session(timeout: .seconds(60))
+                for try await sample in session.telemetry(every: interval) { store(sample) }
+            } catch {
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
     private func remove(_ name: String) {
         let (runner, waiters) = state.withLock { state -> (Task<Void, Never>?, [Waiter]) in
             let runner = state.vms.removeValue(forKey: name)?.runner
@@ -198,13 +220,23 @@ public final class VMManager: Sendable {
             entry.state = newState
             var stale: Task<Void, Never>?
             if newState.isActive, entry.agent == nil {
-                var agentLogger = logger
-                agentLogger[metadataKey: "vm"] = "\(name)"
+                var vmLogger = logger
+                vmLogger[metadataKey: "vm"] = "\(name)"
+                let agentLogger = vmLogger
                 let client = AgentClient(address: .unix(path: agentSocket), configuration: broker, logger: agentLogger)
                 entry.agent = client
+                let interval = telemetryInterval
+                let store: @Sendable (TelemetrySample) -> Void = { [weak self] sample in
+                    self?.state.withLock { $0.vms[name]?.telemetry = sample }
+                }
                 entry.runner = Task {
-                    do { try await client.run() } catch {
-                        agentLogger.debug("agent broker ended", metadata: ["error": "\(error)"])
+                    await withDiscardingTaskGroup { group in
+                        group.addTask {
+                            do { try await client.run() } catch {
+                                agentLogger.debug("agent broker ended", metadata: ["error": "\(error)"])
+                            }
+                        }
+                        group.addTask { await Self.collectTelemetry(client, every: interval, store: store) }
                     }
                 }
             } else if !newState.isActive {

@@ -66,9 +66,7 @@ struct NodeLibvirtSystemTests {
             let console = (try? String(contentsOfFile: created.consoleLog, encoding: .utf8)) ?? ""
             #expect(console.contains("rcS"), "console log: \(console.suffix(500))")
         } catch {
-            let console = (try? String(contentsOfFile: created.consoleLog, encoding: .utf8)) ?? "(none)"
-            print("guest console:\n\(console.suffix(4000))")
-            try? await hypervisor.delete(name, force: true, deleteDisks: true)
+            await abandon(name, hypervisor, console: created.consoleLog)
             throw error
         }
         try await hypervisor.delete(name, force: false, deleteDisks: true)
@@ -100,7 +98,8 @@ struct NodeManagerSystemTests {
                     path: image + "/vmlinuz", initrd: image + "/initramfs.cpio",
                     cmdline: "console=ttyS0 loglevel=4 rdinit=/init")))
         do {
-            let first = VMManager(hypervisor: hypervisor, broker: broker, logger: logger)
+            let first = VMManager(
+                hypervisor: hypervisor, broker: broker, telemetryInterval: .seconds(1), logger: logger)
             try await first.start()
             #expect(first.knownState(name) == .shutOff)
             #expect(first.agent(name) == nil)
@@ -115,12 +114,22 @@ struct NodeManagerSystemTests {
             // The daemon goes away and comes back: the VM keeps running and is adopted again.
             first.shutdown()
             let second = VMManager(
-                hypervisor: try LibvirtHypervisor(layout: node.layout, logger: logger), broker: broker, logger: logger)
+                hypervisor: try LibvirtHypervisor(layout: node.layout, logger: logger), broker: broker,
+                telemetryInterval: .seconds(1), logger: logger)
             try await second.start()
             defer { second.shutdown() }
             #expect(second.knownState(name) == .running)
             let again = try await second.agentSession(name, timeout: .seconds(30))
             #expect(try await again.info().bootID == bootID)
+
+            // In-guest telemetry flows per VM: memory close to the spec's 512 MiB.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while second.telemetry(name) == nil, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let sample = try #require(second.telemetry(name))
+            let totalMiB = Double(sample.memory.totalBytes) / 1_048_576
+            #expect(totalMiB > 400 && totalMiB <= 512, "MemTotal \(totalMiB) MiB")
 
             // Paused and resumed from outside the manager: events keep its state current.
             try await hypervisor.pause(name)
@@ -133,11 +142,16 @@ struct NodeManagerSystemTests {
             #expect(second.knownState(name) == .shutOff)
             #expect(second.agent(name) == nil)
         } catch {
-            let console = (try? String(contentsOfFile: created.consoleLog, encoding: .utf8)) ?? "(none)"
-            print("guest console:\n\(console.suffix(4000))")
-            try? await hypervisor.delete(name, force: true, deleteDisks: true)
+            await abandon(name, hypervisor, console: created.consoleLog)
             throw error
         }
         try await hypervisor.delete(name, force: false, deleteDisks: true)
     }
+}
+
+/// After a failed system test: prints the guest console and deletes the VM.
+func abandon(_ name: String, _ hypervisor: LibvirtHypervisor, console: String) async {
+    let text = (try? String(contentsOfFile: console, encoding: .utf8)) ?? "(none)"
+    print("guest console:\n\(text.suffix(4000))")
+    try? await hypervisor.delete(name, force: true, deleteDisks: true)
 }
