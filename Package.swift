@@ -11,6 +11,13 @@ let package = Package(
         .library(name: "NodeDaemon", targets: ["NodeDaemon"]),
         .executable(name: "lqx-agent", targets: ["lqx-agent"]),
         .executable(name: "lqx", targets: ["lqx"]),
+        .executable(name: "lqx-node", targets: ["lqx-node"]),
+    ],
+    traits: [
+        .trait(
+            name: "NodeClient",
+            description: "lqx talks to node daemons over gRPC (`lqx --node`); off for the in-guest build"),
+        .default(enabledTraits: ["NodeClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -20,17 +27,42 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     ],
     targets: [
         .target(name: "CLQXSupport", cSettings: [.unsafeFlags(["-O2"])]),
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .target(
+            name: "NodeAPI",
+            dependencies: [
+                "AgentProtocol",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
+        ),
+        .target(
             name: "NodeDaemon",
             dependencies: [
-                "CLibvirt", "HostBroker", "AgentProtocol",
+                "CLibvirt", "HostBroker", "AgentProtocol", "NodeAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "lqx-node",
+            dependencies: [
+                "NodeDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -80,6 +112,11 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .target(name: "NodeAPI", condition: .when(traits: ["NodeClient"])),
+                .product(name: "GRPCCore", package: "grpc-swift-2", condition: .when(traits: ["NodeClient"])),
+                .product(
+                    name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport",
+                    condition: .when(traits: ["NodeClient"])),
             ]
         ),
         .executableTarget(
@@ -96,6 +133,7 @@ let package = Package(
             ],
             path: "benchmarks/AgentBench"
         ),
+        .target(name: "LQXTestSupport", path: "Tests/Support"),
         .testTarget(
             name: "AgentProtocolTests",
             dependencies: [
@@ -112,13 +150,17 @@ let package = Package(
         ),
         .testTarget(
             name: "NodeDaemonTests",
-            dependencies: ["NodeDaemon", "HostBroker", "AgentProtocol"],
+            dependencies: [
+                "NodeDaemon", "HostBroker", "AgentProtocol", "NodeAPI", "LQXTestSupport",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+            ],
             exclude: ["Golden"]
         ),
         .testTarget(
             name: "HostBrokerTests",
             dependencies: [
-                "HostBroker", "GuestAgent", "AgentProtocol", "CLQXSupport",
+                "HostBroker", "GuestAgent", "AgentProtocol", "CLQXSupport", "LQXTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

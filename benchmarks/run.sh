@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
-swift build -c release --static-swift-stdlib --product lqx-agent --scratch-path .build-static
+swift build -c release --static-swift-stdlib --disable-default-traits --product lqx-agent --scratch-path .build-static
 swift build -c release --product lqx-bench
 strip -o .build-static/lqx-agent.stripped .build-static/release/lqx-agent
 AGENT=.build-static/lqx-agent.stripped

@@ -1,18 +1,45 @@
 #!/usr/bin/env bash
-# Regenerates Sources/AgentProtocol/Generated/*.pb.swift from proto/. Run by hand after editing a
-# .proto file and commit the result; CI never runs protoc.
-# Needs: apt-get install protobuf-compiler; builds protoc-gen-swift from the swift-protobuf package.
+# Regenerates the committed protobuf and gRPC code from proto/. Run by hand after editing a .proto
+# file and commit the result; CI never runs protoc.
+#   Sources/AgentProtocol/Generated/  limiquantix/agent/v1/agent.proto (messages only)
+#   Sources/NodeAPI/Generated/        limiquantix/node/v1/node.proto (messages + gRPC service)
+# Needs: apt-get install protobuf-compiler; builds protoc-gen-swift (swift-protobuf 1.39.0) and
+# protoc-gen-grpc-swift-2 (grpc-swift-protobuf 2.4.1) from the package sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
 PLUGIN_DIR=${PLUGIN_DIR:-.build-protoc}
-if [ ! -x "$PLUGIN_DIR/swift-protobuf/.build/release/protoc-gen-swift" ]; then
-    mkdir -p "$PLUGIN_DIR"
-    [ -d "$PLUGIN_DIR/swift-protobuf" ] || git clone -q https://github.com/apple/swift-protobuf "$PLUGIN_DIR/swift-protobuf"
-    git -C "$PLUGIN_DIR/swift-protobuf" checkout -q 1.39.0
-    (cd "$PLUGIN_DIR/swift-protobuf" && swift build -c release --product protoc-gen-swift)
-fi
-protoc --plugin=protoc-gen-swift="$PLUGIN_DIR/swift-protobuf/.build/release/protoc-gen-swift" \
+mkdir -p "$PLUGIN_DIR"
+plugin() { # NAME REPO VERSION PRODUCT
+    local dir="$PLUGIN_DIR/$1"
+    if [ ! -x "$dir/.build/release/$4" ]; then
+        [ -d "$dir" ] || git clone -q "$2" "$dir"
+        git -C "$dir" checkout -q "$3"
+        (cd "$dir" && swift build -c release --product "$4")
+    fi
+    echo "$dir/.build/release/$4"
+}
+swift_plugin=$(plugin swift-protobuf https://github.com/apple/swift-protobuf 1.39.0 protoc-gen-swift)
+grpc_plugin=$(plugin grpc-swift-protobuf https://github.com/grpc/grpc-swift-protobuf 2.4.1 protoc-gen-grpc-swift-2)
+
+protoc --plugin=protoc-gen-swift="$swift_plugin" \
     --swift_out=Sources/AgentProtocol/Generated --swift_opt=Visibility=Public \
     -I proto proto/limiquantix/agent/v1/agent.proto
-swift format -i -r Sources/AgentProtocol/Generated
-echo "generated Sources/AgentProtocol/Generated"
+
+# node.proto imports agent.proto: its types come from the AgentProtocol module.
+mapping=$(mktemp)
+trap 'rm -f "$mapping"' EXIT
+cat >"$mapping" <<'MAP'
+mapping {
+  module_name: "AgentProtocol"
+  proto_file_path: "limiquantix/agent/v1/agent.proto"
+}
+MAP
+mkdir -p Sources/NodeAPI/Generated
+protoc --plugin=protoc-gen-swift="$swift_plugin" --plugin=protoc-gen-grpc-swift-2="$grpc_plugin" \
+    --swift_out=Sources/NodeAPI/Generated --swift_opt=Visibility=Public,ProtoPathModuleMappings="$mapping" \
+    --grpc-swift-2_out=Sources/NodeAPI/Generated \
+    --grpc-swift-2_opt=Visibility=Public,Server=true,Client=true,ProtoPathModuleMappings="$mapping" \
+    -I proto proto/limiquantix/node/v1/node.proto
+swift format -i -r Sources/AgentProtocol/Generated Sources/NodeAPI/Generated
+echo "generated Sources/AgentProtocol/Generated and Sources/NodeAPI/Generated"

@@ -101,6 +101,11 @@ public final class AgentClient: Service, Sendable {
         eventContinuation.finish()
     }
 
+    /// The open session, if there is one now (never waits).
+    public var currentSession: AgentSession? {
+        state.withLock { state in state.current.flatMap { $0.mux.closedError == nil ? $0 : nil } }
+    }
+
     /// The current session, waiting up to `timeout` for one to be established.
     public func session(timeout: Duration = .seconds(30)) async throws -> AgentSession {
         let id: UInt64 = state.withLock {

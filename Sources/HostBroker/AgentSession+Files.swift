@@ -48,10 +48,29 @@ extension AgentSession {
             throw AgentError(.invalidArgument, "\(localPath) is not a regular file")
         }
         let size = UInt64(st.st_size)
+        var options = options
+        if options.mode == nil { options.mode = UInt32(st.st_mode & 0o7777) }
+        do {
+            return try await upload(to: guestPath, size: size, options: options, progress: progress) {
+                let block = try await Self.read(fd: fd)
+                return block.readableBytes > 0 ? block : nil
+            }
+        } catch let error as AgentError where error.code == .io && error.message.hasPrefix("the source") {
+            throw AgentError(.io, "\(localPath) changed size during the upload (\(error.message))")
+        }
+    }
+
+    /// Streams bytes into a guest file: `source` returns the next block (nil at the end) and must
+    /// deliver exactly `size` bytes. Atomic in the guest (temp file, fsync, rename), SHA-256 checked
+    /// by the agent against what was sent. The next block is read while the current one is sent.
+    public func upload(
+        to guestPath: String, size: UInt64, options: UploadOptions = UploadOptions(),
+        progress: TransferProgress? = nil, source: @escaping @Sendable () async throws -> ByteBuffer?
+    ) async throws -> TransferResult {
         let request = Request.with {
             $0.upload = .with {
                 $0.path = guestPath
-                $0.mode = options.mode ?? UInt32(st.st_mode & 0o7777)
+                $0.mode = options.mode ?? 0o644
                 if let uid = options.uid { $0.uid = uid }
                 if let gid = options.gid { $0.gid = gid }
                 $0.size = size
@@ -76,10 +95,12 @@ extension AgentSession {
             group.addTask {
                 var hasher = SHA256Hasher()
                 var sent: UInt64 = 0
-                var next = try await Self.read(fd: fd)
-                while next.readableBytes > 0 {
-                    let block = next
-                    async let prefetch = Self.read(fd: fd)
+                var next = try await source()
+                while let block = next {
+                    async let prefetch = source()
+                    guard sent + UInt64(block.readableBytes) <= size else {
+                        throw AgentError(.io, "the source has more than the announced \(size) bytes")
+                    }
                     hasher.update(block)
                     try await mux.send(stream: stream, data: block)
                     sent += UInt64(block.readableBytes)
@@ -87,7 +108,7 @@ extension AgentSession {
                     next = try await prefetch
                 }
                 guard sent == size else {
-                    throw AgentError(.io, "\(localPath) changed size during the upload (\(sent) of \(size) bytes)")
+                    throw AgentError(.io, "the source ended after \(sent) of the announced \(size) bytes")
                 }
                 let commit = Control.with {
                     $0.commit = .with {
@@ -106,6 +127,49 @@ extension AgentSession {
         }
         completed = true
         return result
+    }
+
+    /// Streams a guest file: `start` gets its size and mode first, then `receive` every block in
+    /// order. Returns after the agent's SHA-256 matched the bytes received (a mismatch throws
+    /// `checksumMismatch` after the blocks were delivered: the receiver must not commit before).
+    public func download(
+        _ guestPath: String, start: @Sendable (_ size: UInt64, _ mode: UInt32) async throws -> Void,
+        receive: @Sendable (ByteBuffer) async throws -> Void
+    ) async throws -> TransferResult {
+        let stream = try open(.with { $0.download = .with { $0.path = guestPath } })
+        var completed = false
+        defer { completed ? mux.release(stream: stream) : abandon(stream) }
+        guard let (first, _) = try await nextReply(stream) else {
+            throw AgentError(.protocolViolation, "download stream ended early")
+        }
+        guard case .downloadStart(let header) = first.kind else { throw unexpected(first) }
+        try await start(header.size, header.mode)
+        var hasher = SHA256Hasher()
+        var received: UInt64 = 0
+        while true {
+            guard let event = try await mux.next(stream: stream) else {
+                throw AgentError(.protocolViolation, "download ended without a result")
+            }
+            switch event {
+            case .data(let bytes, _, _, _):
+                received += UInt64(bytes.readableBytes)
+                hasher.update(bytes)
+                try await receive(bytes)
+            case .message(let payload, _):
+                let reply = try Reply(payload: payload)
+                if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
+                guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply) }
+                let digest = hasher.finalize()
+                guard result.size == received, result.sha256 == digest else {
+                    throw AgentError(
+                        .checksumMismatch,
+                        "download of \(guestPath) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
+                    )
+                }
+                completed = true
+                return TransferResult(size: received, sha256: digest.hexString)
+            }
+        }
     }
 
     /// Copies a guest file to `localPath` atomically (temp file, fsync, rename), verifying the

@@ -84,6 +84,13 @@ public struct DomainPlan: Sendable, Equatable {
         return "52:54:00:" + bytes.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined(separator: ":")
     }
 
+    /// Devices that each take a PCIe root port: virtio disks, the SCSI controller, NICs, the
+    /// virtio-serial controller, RNG, balloon, vsock, and the watchdog's PCIe-to-PCI bridge.
+    var pcieDevices: Int {
+        disks.filter { $0.bus == .virtio }.count + (disks.contains { $0.bus == .scsi } ? 1 : 0) + spec.nics.count + 3
+            + (vsockCID != nil ? 1 : 0) + (spec.watchdog != .none ? 1 : 0)
+    }
+
     /// The libvirt domain XML.
     public func domainXML() -> String {
         var x = XMLWriter()
@@ -143,29 +150,21 @@ public struct DomainPlan: Sendable, Equatable {
         // Target names count per prefix: SATA and SCSI disks share sda, sdb, …
         var perPrefix: [String: Int] = [:]
         for disk in disks {
-            let prefix = disk.bus == .virtio ? "vd" : "sd"
+            let prefix = Self.targetPrefix(disk.bus)
             let index = perPrefix[prefix, default: 0]
             perPrefix[prefix] = index + 1
-            let letter = String(UnicodeScalar(UInt8(ascii: "a") + UInt8(index)))
-            // QEMU has no read-only SATA disk; a read-only SATA image (an ISO, a seed) is a CD-ROM.
-            let cdrom = disk.readOnly && disk.bus == .sata
-            x.open("disk", ["type": "file", "device": cdrom ? "cdrom" : "disk"])
-            if cdrom {
-                x.empty("driver", ["name": "qemu", "type": disk.format])
-            } else {
-                x.empty("driver", ["name": "qemu", "type": disk.format, "discard": "unmap"])
-            }
-            x.empty("source", ["file": disk.path])
-            switch disk.bus {
-            case .virtio: x.empty("target", ["dev": prefix + letter, "bus": "virtio"])
-            case .sata: x.empty("target", ["dev": prefix + letter, "bus": "sata"])
-            case .scsi: x.empty("target", ["dev": prefix + letter, "bus": "scsi"])
-            }
-            if disk.readOnly { x.empty("readonly") }
-            x.close("disk")
+            Self.writeDisk(&x, disk, target: Self.target(prefix: prefix, index: index))
         }
         if disks.contains(where: { $0.bus == .scsi }) {
             x.empty("controller", ["type": "scsi", "index": "0", "model": "virtio-scsi"])
+        }
+        // q35 hot-plugs PCIe devices only into free root ports, and libvirt places the defined
+        // devices into declared ports first: one port per PCIe device, plus spares for disks
+        // attached later. No USB controller (nothing uses it; it would take a port).
+        x.empty("controller", ["type": "usb", "model": "none"])
+        x.empty("controller", ["type": "pci", "index": "0", "model": "pcie-root"])
+        for _ in 0..<(pcieDevices + Self.spareRootPorts) {
+            x.empty("controller", ["type": "pci", "model": "pcie-root-port"])
         }
         for (index, nic) in spec.nics.enumerated() {
             switch nic.attachment {
@@ -209,6 +208,46 @@ public struct DomainPlan: Sendable, Equatable {
         x.empty("memballoon", ["model": "virtio"])
         x.close("devices")
         x.close("domain")
+        return x.text
+    }
+}
+
+extension DomainPlan {
+    /// Free PCIe root ports in every domain, for disks attached while it runs.
+    static let spareRootPorts = 4
+
+    /// `vd` for virtio, `sd` for SATA and SCSI (which share one sequence).
+    static func targetPrefix(_ bus: DiskSpec.Bus) -> String { bus == .virtio ? "vd" : "sd" }
+
+    /// vda, vdb, … vdz for index 0…25.
+    static func target(prefix: String, index: Int) -> String {
+        prefix + String(UnicodeScalar(UInt8(ascii: "a") + UInt8(index)))
+    }
+
+    /// One `<disk>` element.
+    static func writeDisk(_ x: inout XMLWriter, _ disk: PlannedDisk, target: String) {
+        // QEMU has no read-only SATA disk; a read-only SATA image (an ISO, a seed) is a CD-ROM.
+        let cdrom = disk.readOnly && disk.bus == .sata
+        x.open("disk", ["type": "file", "device": cdrom ? "cdrom" : "disk"])
+        if cdrom {
+            x.empty("driver", ["name": "qemu", "type": disk.format])
+        } else {
+            x.empty("driver", ["name": "qemu", "type": disk.format, "discard": "unmap"])
+        }
+        x.empty("source", ["file": disk.path])
+        switch disk.bus {
+        case .virtio: x.empty("target", ["dev": target, "bus": "virtio"])
+        case .sata: x.empty("target", ["dev": target, "bus": "sata"])
+        case .scsi: x.empty("target", ["dev": target, "bus": "scsi"])
+        }
+        if disk.readOnly { x.empty("readonly") }
+        x.close("disk")
+    }
+
+    /// The `<disk>` element alone (for attaching to a defined domain).
+    static func diskXML(_ disk: PlannedDisk, target: String) -> String {
+        var x = XMLWriter()
+        writeDisk(&x, disk, target: target)
         return x.text
     }
 }

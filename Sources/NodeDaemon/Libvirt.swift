@@ -36,12 +36,17 @@ public final class LibvirtConnection: @unchecked Sendable {
     static func installQuietErrorHandler() { _ = quietHandler }
 
     /// The calling thread's last libvirt error as a NodeError.
-    static func lastError(_ context: String, notFound: NodeError.Code = .notFound) -> NodeError {
-        guard let error = virGetLastError() else { return NodeError(.hypervisor, "\(context): unknown libvirt error") }
+    /// `context` is evaluated after the error was read: it may call libvirt (a domain's name),
+    /// and every libvirt call resets the thread's error.
+    static func lastError(_ context: @autoclosure () -> String, notFound: NodeError.Code = .notFound) -> NodeError {
+        guard let error = virGetLastError() else {
+            return NodeError(.hypervisor, "\(context()): unknown libvirt error")
+        }
         let message = error.pointee.message.map { String(cString: $0) } ?? "libvirt error \(error.pointee.code)"
         let code: NodeError.Code
         switch Int(error.pointee.code) {
-        case Int(VIR_ERR_NO_DOMAIN.rawValue), Int(VIR_ERR_NO_NETWORK.rawValue), Int(VIR_ERR_NO_STORAGE_VOL.rawValue):
+        case Int(VIR_ERR_NO_DOMAIN.rawValue), Int(VIR_ERR_NO_NETWORK.rawValue), Int(VIR_ERR_NO_STORAGE_VOL.rawValue),
+            Int(VIR_ERR_NO_DOMAIN_SNAPSHOT.rawValue):
             code = notFound
         case Int(VIR_ERR_OPERATION_INVALID.rawValue): code = .failedPrecondition
         case Int(VIR_ERR_XML_ERROR.rawValue), Int(VIR_ERR_XML_DETAIL.rawValue),
@@ -50,8 +55,11 @@ public final class LibvirtConnection: @unchecked Sendable {
         default: code = .hypervisor
         }
         virResetLastError()
-        return NodeError(code, "\(context): \(message)")
+        return NodeError(code, "\(context()): \(message)")
     }
+
+    /// Whether libvirtd still answers (keepalive notices a dead one within 15 s).
+    public var isAlive: Bool { virConnectIsAlive(pointer) == 1 }
 
     /// Defines (persistently) a domain from XML.
     public func define(xml: String) throws(NodeError) -> LibvirtDomain {

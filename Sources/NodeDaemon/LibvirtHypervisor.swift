@@ -10,6 +10,9 @@ public struct VMStatus: Sendable, Equatable, Codable {
     /// Host end of the agent's virtio-serial port.
     public var agentSocket: String
     public var consoleLog: String
+    /// The spec the VM was created from, with attached and detached disks applied (nil for a VM
+    /// whose spec file is missing or unreadable).
+    public var spec: VMSpec?
 }
 
 /// The node's hypervisor operations (libvirt is the implementation; tests of other pieces may
@@ -54,7 +57,7 @@ public final class LibvirtHypervisor: Hypervisor {
     public let connection: LibvirtConnection
     public let layout: NodeLayout
     public let facts: HostFacts
-    private let logger: Logger
+    let logger: Logger
     private let pool: NIOThreadPool
 
     public init(
@@ -69,7 +72,7 @@ public final class LibvirtHypervisor: Hypervisor {
     }
 
     /// Runs blocking libvirt and file work on the thread pool.
-    private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws(NodeError) -> T) async throws(NodeError)
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws(NodeError) -> T) async throws(NodeError)
         -> T
     {
         do {
@@ -85,7 +88,7 @@ public final class LibvirtHypervisor: Hypervisor {
         }
     }
 
-    private func domain(_ name: String) throws(NodeError) -> LibvirtDomain {
+    func domain(_ name: String) throws(NodeError) -> LibvirtDomain {
         guard let domain = try connection.domain(named: name) else {
             throw NodeError(.notFound, "no VM named \(name)")
         }
@@ -178,18 +181,19 @@ public final class LibvirtHypervisor: Hypervisor {
                         .init(code: $0.code, varsTemplate: $0.varsTemplate, nvram: "\(stateDir)/VARS.fd")
                     }
                     : nil)
+            try saveSpec(spec)
             let domain = try connection.define(xml: plan.domainXML())
             logger.info("VM created", metadata: ["vm": "\(spec.name)", "vm.uuid": "\(uuid)"])
             return VMStatus(
                 name: spec.name, uuid: domain.uuid, state: try domain.state(), agentSocket: plan.agentSocket,
-                consoleLog: plan.consoleLog)
+                consoleLog: plan.consoleLog, spec: spec)
         } catch {
             for dir in created.reversed() { try? FileManager.default.removeItem(atPath: dir) }
             throw error
         }
     }
 
-    private func requireFile(_ path: String, field: String) throws(NodeError) {
+    func requireFile(_ path: String, field: String) throws(NodeError) {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
             throw NodeError(.notFound, "\(field): \(path) does not exist or is not a file")
@@ -208,7 +212,7 @@ public final class LibvirtHypervisor: Hypervisor {
     /// `qcow2` or `raw`, from the image's first bytes (never trusting a guest-writable header
     /// for anything but this choice; backing files of qcow2 images are not followed by libvirt
     /// unless declared).
-    private func imageFormat(_ path: String) throws(NodeError) -> String {
+    func imageFormat(_ path: String) throws(NodeError) -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw NodeError(.notFound, "cannot read \(path)")
         }
@@ -217,7 +221,7 @@ public final class LibvirtHypervisor: Hypervisor {
         return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
     }
 
-    private func qemuImg(_ arguments: [String]) throws(NodeError) {
+    func qemuImg(_ arguments: [String]) throws(NodeError) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
         process.arguments = arguments
@@ -338,6 +342,6 @@ public final class LibvirtHypervisor: Hypervisor {
         let name = domain.name
         return VMStatus(
             name: name, uuid: domain.uuid, state: try domain.state(), agentSocket: "\(layout.vmRun(name))/agent.sock",
-            consoleLog: "\(layout.vmState(name))/console.log")
+            consoleLog: "\(layout.vmState(name))/console.log", spec: loadSpec(name))
     }
 }

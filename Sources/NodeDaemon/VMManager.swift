@@ -1,7 +1,15 @@
 import AgentProtocol
+import Foundation
 import HostBroker
 import Logging
 import Synchronization
+
+/// An in-guest telemetry sample and when the node received it.
+public struct VMTelemetry: Sendable {
+    public var vm: String
+    public var sample: TelemetrySample
+    public var receivedUnixMilliseconds: Int64
+}
 
 /// Keeps the node's view of its VMs current from libvirt's lifecycle events (no polling) and runs
 /// one agent broker per running VM: started when the domain starts (or is found running when the
@@ -21,7 +29,8 @@ public final class VMManager: Sendable {
         var agentSocket: String
         var agent: AgentClient?
         var runner: Task<Void, Never>?
-        var telemetry: TelemetrySample?
+        var telemetry: VMTelemetry?
+        var info: AgentInfo?
     }
 
     private struct Waiter {
@@ -36,6 +45,8 @@ public final class VMManager: Sendable {
         var nextWaiter = 0
         var eventHandler: Int32?
         var eventTask: Task<Void, Never>?
+        var watchers: [Int: (name: String, continuation: AsyncStream<VMTelemetry>.Continuation)] = [:]
+        var nextWatcher = 0
     }
 
     public init(
@@ -95,7 +106,52 @@ public final class VMManager: Sendable {
 
     /// The latest in-guest telemetry sample of a VM (a subscription per running VM's agent).
     public func telemetry(_ name: String) -> TelemetrySample? {
+        state.withLock { $0.vms[name]?.telemetry?.sample }
+    }
+
+    /// The latest sample with the time the node received it.
+    public func latestTelemetry(_ name: String) -> VMTelemetry? {
         state.withLock { $0.vms[name]?.telemetry }
+    }
+
+    /// Every VM's latest sample (for the metrics endpoint).
+    public func allTelemetry() -> [VMTelemetry] {
+        state.withLock { $0.vms.values.compactMap(\.telemetry) }.sorted { $0.vm < $1.vm }
+    }
+
+    /// Samples of one VM as they arrive, until the consumer stops (a slow consumer sees the newest
+    /// few; the node never buffers more per watcher).
+    public func watchTelemetry(_ name: String) -> AsyncStream<VMTelemetry> {
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: VMTelemetry.self, bufferingPolicy: .bufferingNewest(4))
+        let id = state.withLock { state -> Int in
+            state.nextWatcher += 1
+            state.watchers[state.nextWatcher] = (name, continuation)
+            return state.nextWatcher
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    /// What the VM's agent reported about itself when its current session began.
+    public func agentInfo(_ name: String) -> AgentInfo? {
+        state.withLock { $0.vms[name]?.info }
+    }
+
+    /// Whether the VM's agent has a session open now.
+    public func agentConnected(_ name: String) -> Bool {
+        agent(name)?.currentSession != nil
+    }
+
+    /// Known VMs, running VMs and VMs with a connected agent.
+    public func counts() -> (vms: Int, running: Int, agentsConnected: Int) {
+        let entries = state.withLock { Array($0.vms.values) }
+        return (
+            entries.count, entries.filter { $0.state == .running }.count,
+            entries.filter { $0.agent?.currentSession != nil }.count
+        )
     }
 
     /// The broker of a running VM.
@@ -121,14 +177,16 @@ public final class VMManager: Sendable {
         case agent
         /// The guest reacted to the ACPI power button.
         case acpi
-        /// Neither worked in time: the VM was stopped at once.
+        /// Neither worked in time (or force was asked): the VM was stopped at once.
         case forced
+        /// It was not running.
+        case alreadyStopped = "already_stopped"
     }
 
     /// Stops a VM gracefully: through its agent when one is connected, else the ACPI power button;
     /// after `timeout` without the VM shutting off, it is stopped at once.
     public func stop(_ name: String, timeout: Duration = .seconds(60)) async throws(NodeError) -> StopMethod {
-        guard try await hypervisor.status(name).state.isActive else { return .agent }
+        guard try await hypervisor.status(name).state.isActive else { return .alreadyStopped }
         var method = StopMethod.acpi
         if let client = agent(name), let session = try? await client.session(timeout: .seconds(2)) {
             do {
@@ -144,6 +202,25 @@ public final class VMManager: Sendable {
         try await hypervisor.forceStop(name)
         _ = await waitForState(name, timeout: .seconds(10), { !$0.isActive })
         return .forced
+    }
+
+    /// Reboots a running VM: through its agent when one is connected (the guest shuts down
+    /// cleanly and comes back), else by the ACPI reset request, which the guest must handle.
+    /// Returns how it was asked.
+    public func reboot(_ name: String) async throws(NodeError) -> StopMethod {
+        guard try await hypervisor.status(name).state.isActive else {
+            throw NodeError(.failedPrecondition, "VM \(name) is not running")
+        }
+        if let session = agent(name)?.currentSession {
+            do {
+                _ = try await session.shutdown(.reboot)
+                return .agent
+            } catch {
+                logger.info("agent reboot failed; using ACPI", metadata: ["vm": "\(name)", "error": "\(error)"])
+            }
+        }
+        try await hypervisor.reboot(name)
+        return .acpi
     }
 
     /// Waits until the event-fed state of `name` satisfies `wanted`; false on timeout.
@@ -190,16 +267,29 @@ public final class VMManager: Sendable {
 
     /// Keeps a telemetry subscription open on the VM's agent, across reconnects, until cancelled.
     private static func collectTelemetry(
-        _ client: AgentClient, every interval: Duration, store: @Sendable (TelemetrySample) -> Void
+        _ client: AgentClient, every interval: Duration, info: @Sendable (AgentInfo) -> Void,
+        store: @Sendable (TelemetrySample) -> Void
     ) async {
         while !Task.isCancelled {
             do {
                 let session = try await client.session(timeout: .seconds(60))
+                info(try await session.info())
                 for try await sample in session.telemetry(every: interval) { store(sample) }
             } catch {
                 try? await Task.sleep(for: .seconds(1))
             }
         }
+    }
+
+    private func store(_ name: String, _ sample: TelemetrySample) {
+        let now = Int64((Date().timeIntervalSince1970 * 1000).rounded())
+        let telemetry = VMTelemetry(vm: name, sample: sample, receivedUnixMilliseconds: now)
+        let watchers = state.withLock { state -> [AsyncStream<VMTelemetry>.Continuation] in
+            guard state.vms[name] != nil else { return [] }
+            state.vms[name]?.telemetry = telemetry
+            return state.watchers.values.filter { $0.name == name }.map(\.continuation)
+        }
+        for watcher in watchers { watcher.yield(telemetry) }
     }
 
     private func remove(_ name: String) {
@@ -227,7 +317,10 @@ public final class VMManager: Sendable {
                 entry.agent = client
                 let interval = telemetryInterval
                 let store: @Sendable (TelemetrySample) -> Void = { [weak self] sample in
-                    self?.state.withLock { $0.vms[name]?.telemetry = sample }
+                    self?.store(name, sample)
+                }
+                let info: @Sendable (AgentInfo) -> Void = { [weak self] info in
+                    self?.state.withLock { $0.vms[name]?.info = info }
                 }
                 entry.runner = Task {
                     await withDiscardingTaskGroup { group in
@@ -236,13 +329,14 @@ public final class VMManager: Sendable {
                                 agentLogger.debug("agent broker ended", metadata: ["error": "\(error)"])
                             }
                         }
-                        group.addTask { await Self.collectTelemetry(client, every: interval, store: store) }
+                        group.addTask { await Self.collectTelemetry(client, every: interval, info: info, store: store) }
                     }
                 }
             } else if !newState.isActive {
                 stale = entry.runner
                 entry.agent = nil
                 entry.runner = nil
+                entry.info = nil
             }
             state.vms[name] = entry
             let ready = state.waiters.filter { $0.value.name == name && $0.value.wanted(newState) }

@@ -11,6 +11,7 @@ struct Copy: AsyncParsableCommand {
         discussion: """
             lqx cp ./app.conf :/etc/app.conf     upload (atomic in the guest, SHA-256 checked)
             lqx cp :/var/log/syslog ./syslog     download (atomic locally, SHA-256 checked)
+            Through a node (--node HOST:PORT) the guest side names the VM: lqx cp ./f web1:/etc/f.
             A destination that is a directory (or ends in /) receives the file under its own name.
             """)
     @OptionGroup var options: AgentOptions
@@ -21,6 +22,8 @@ struct Copy: AsyncParsableCommand {
     @Flag(name: .customLong("no-progress"), help: "Never show a progress bar.") var noProgress = false
 
     func validate() throws {
+        if let mode, UInt32(mode, radix: 8) == nil { throw ValidationError("--mode takes octal bits like 0644") }
+        if options.nodeAddress != nil { return }
         let guestSource = source.hasPrefix(":"), guestDestination = destination.hasPrefix(":")
         if guestSource == guestDestination {
             throw ValidationError("exactly one of SOURCE and DESTINATION must be a guest path (:PATH)")
@@ -30,6 +33,7 @@ struct Copy: AsyncParsableCommand {
 
     func run() async throws {
         lqx_tune_malloc()
+        if let node = options.nodeAddress { return try await runThroughNode(node) }
         try await runReportingErrors {
             let bar = (!noProgress && isatty(2) == 1) ? ProgressBar() : nil
             let progress: TransferProgress? = bar.map { bar in
@@ -73,16 +77,7 @@ struct Copy: AsyncParsableCommand {
                         file: local, to: guestPath, options: finalOptions, progress: progress)
                 }
             }
-            bar?.finish()
-            if bar != nil {
-                let elapsed = ContinuousClock.now - start
-                let seconds = max(
-                    Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, 1e-6)
-                FileHandle.standardError.write(
-                    Data(
-                        "\(formatBytes(result.size)) in \(String(format: "%.2f", seconds)) s, sha256 \(result.sha256)\n"
-                            .utf8))
-            }
+            bar?.finish(size: result.size, sha256: result.sha256, since: start)
         }
     }
 }
@@ -99,7 +94,11 @@ final class ProgressBar: Sendable {
         FileHandle.standardError.write(Data(line.utf8))
     }
 
-    func finish() {
-        FileHandle.standardError.write(Data("\n".utf8))
+    /// Ends the bar's line and prints size, time and checksum of the transfer.
+    func finish(size: UInt64, sha256: String, since start: ContinuousClock.Instant) {
+        let elapsed = ContinuousClock.now - start
+        let seconds = max(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, 1e-6)
+        FileHandle.standardError.write(
+            Data("\n\(formatBytes(size)) in \(String(format: "%.2f", seconds)) s, sha256 \(sha256)\n".utf8))
     }
 }

@@ -26,8 +26,31 @@ struct Exec: AsyncParsableCommand {
     var noStdin = false
     @Argument(parsing: .captureForPassthrough, help: "Command and arguments (after --).") var command: [String] = []
 
+    /// Through a node: NAME, then optionally -t / -n, then -- CMD ARG….
+    func nodeTarget() throws -> (vm: String, argv: [String], tty: Bool, noStdin: Bool) {
+        guard let vm = command.first, vm != "--", !vm.hasPrefix("-") else {
+            throw ValidationError("missing VM name: lqx --node HOST:PORT exec [options] NAME -- CMD [ARG...]")
+        }
+        var tty = self.tty, noStdin = self.noStdin
+        var rest = command.dropFirst()
+        while let token = rest.first, token != "--" {
+            switch token {
+            case "-t", "--tty": tty = true
+            case "-n", "--no-stdin": noStdin = true
+            default:
+                throw ValidationError(
+                    "unexpected \(token) after the VM name; put options before NAME and the command after --")
+            }
+            rest = rest.dropFirst()
+        }
+        let argv = Array(rest.dropFirst())
+        if argv.isEmpty { throw ValidationError("missing command: lqx --node HOST:PORT exec NAME -- CMD [ARG...]") }
+        return (vm, argv, tty, noStdin)
+    }
+
     func validate() throws {
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
+        if options.nodeAddress != nil { _ = try nodeTarget() }
         if argv.isEmpty { throw ValidationError("missing command: lqx exec [options] -- CMD [ARG...]") }
         for pair in env where !pair.contains("=") || pair.hasPrefix("=") {
             throw ValidationError("-e takes K=V, got \(pair)")
@@ -36,6 +59,7 @@ struct Exec: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if let node = options.nodeAddress { return try await runThroughNode(node) }
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
         var execOptions = ExecOptions(argv)
         for pair in env {
@@ -87,27 +111,27 @@ struct Exec: AsyncParsableCommand {
 /// Copies local stdin to the process; EOF closes the remote stdin.
 func forwardStdin(to process: ExecProcess) async {
     while !Task.isCancelled {
-        let chunk: ByteBuffer
-        do {
-            chunk = try await NIOThreadPool.singleton.runIfActive {
-                var buffer = ByteBuffer()
-                _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 65536) { raw in
-                    while true {
-                        let n = read(0, raw.baseAddress!, 65536)
-                        if n < 0 && errno == EINTR { continue }
-                        return max(n, 0)
-                    }
-                }
-                return buffer
-            }
-        } catch {
-            return
-        }
+        guard let chunk = await readStdinChunk() else { return }
         if chunk.readableBytes == 0 {
             try? await process.closeStdin()
             return
         }
         do { try await process.write(chunk) } catch { return }
+    }
+}
+
+/// The next block of local stdin (empty at EOF; nil when reading failed).
+func readStdinChunk() async -> ByteBuffer? {
+    try? await NIOThreadPool.singleton.runIfActive {
+        var buffer = ByteBuffer()
+        _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 65536) { raw in
+            while true {
+                let n = read(0, raw.baseAddress!, 65536)
+                if n < 0 && errno == EINTR { continue }
+                return max(n, 0)
+            }
+        }
+        return buffer
     }
 }
 
@@ -129,14 +153,24 @@ func writeAll(_ fd: Int32, _ buffer: ByteBuffer) {
 final class SignalForwarder {
     private let sources: [any DispatchSourceSignal]
 
-    init(process: ExecProcess, includeInterrupts: Bool, terminal: Terminal?) {
+    convenience init(process: ExecProcess, includeInterrupts: Bool, terminal: Terminal?) {
+        self.init(
+            includeInterrupts: includeInterrupts, terminal: terminal,
+            signal: { number in Task { try? await process.signal(number) } },
+            resize: { rows, cols in Task { try? await process.resize(rows: rows, cols: cols) } })
+    }
+
+    init(
+        includeInterrupts: Bool, terminal: Terminal?, signal forward: @escaping @Sendable (Int32) -> Void,
+        resize: @escaping @Sendable (UInt32, UInt32) -> Void
+    ) {
         var sources: [any DispatchSourceSignal] = []
         var signals: [Int32] = []
         if includeInterrupts { signals += [SIGINT, SIGTERM, SIGHUP] }
         for number in signals {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { Task { try? await process.signal(number) } }
+            source.setEventHandler { forward(number) }
             source.resume()
             sources.append(source)
         }
@@ -144,7 +178,7 @@ final class SignalForwarder {
             signal(SIGWINCH, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: SIGWINCH, queue: .global())
             source.setEventHandler {
-                if let size = terminal.size { Task { try? await process.resize(rows: size.rows, cols: size.cols) } }
+                if let size = terminal.size { resize(size.rows, size.cols) }
             }
             source.resume()
             sources.append(source)

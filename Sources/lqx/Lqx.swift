@@ -10,15 +10,25 @@ struct Lqx: AsyncParsableCommand {
         commandName: "lqx",
         abstract: "limiquantix operator CLI.",
         discussion: """
+            With --node HOST:PORT (or $LQX_NODE), commands go through a node daemon: `vm` and `node`
+            manage VMs, and exec, cp and metrics name the VM (exec NAME -- CMD, cp ./f NAME:/PATH,
+            metrics NAME).
             With --agent ADDR, commands talk to one guest agent directly through an in-process broker.
             ADDR is unix:PATH (virtio-serial socket of a VM, or an agent's --listen socket),
             vsock:CID:PORT, or hvsock:PATH:PORT (Firecracker / Cloud Hypervisor hybrid vsock).
             Exit status: the remote command's for exec (128+N when killed by signal N), 255 when lqx itself fails.
             """,
         version: HostBroker.version,
-        subcommands: [Info.self, Ping.self, Exec.self, Copy.self, Metrics.self, Top.self, Shutdown.self])
+        subcommands: [Info.self, Ping.self, Exec.self, Copy.self, Metrics.self, Top.self, Shutdown.self]
+            + nodeCommands)
 
     @OptionGroup var options: AgentOptions
+
+    #if NodeClient
+        static let nodeCommands: [any ParsableCommand.Type] = [VMCommand.self, NodeCommand.self]
+    #else
+        static let nodeCommands: [any ParsableCommand.Type] = []
+    #endif
 
     /// Exit code for failures of lqx itself.
     static let failure: Int32 = 255
@@ -29,6 +39,19 @@ struct AgentOptions: ParsableArguments {
     @Option(name: .customLong("agent"), help: "Agent address: unix:PATH | vsock:CID:PORT | hvsock:PATH:PORT.")
     var agent: String?
 
+    @Option(
+        name: .customLong("node"),
+        help: "Node daemon HOST:PORT: exec, cp and metrics then take a VM name (default: $LQX_NODE).")
+    var node: String?
+
+    /// The node to go through, when the command addresses a VM by name instead of an agent.
+    var nodeAddress: String? {
+        guard agent == nil else { return nil }
+        if let node { return node }
+        let env = ProcessInfo.processInfo.environment["LQX_NODE"] ?? ""
+        return env.isEmpty ? nil : env
+    }
+
     @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for a session with the agent.")
     var connectTimeout: Double = 10
 
@@ -38,7 +61,8 @@ struct AgentOptions: ParsableArguments {
     /// Runs `body` with a session to the agent; maps every failure to exit status 255.
     func withSession<T: Sendable>(_ body: @Sendable @escaping (AgentSession) async throws -> T) async throws -> T {
         guard let agent else {
-            throw CLIError("--agent ADDR is required (unix:PATH, vsock:CID:PORT or hvsock:PATH:PORT)")
+            throw CLIError(
+                "--agent ADDR (unix:PATH, vsock:CID:PORT or hvsock:PATH:PORT) or --node HOST:PORT is required")
         }
         let address = try AgentAddress(parsing: agent)
         var logger = Logger(label: "lqx")

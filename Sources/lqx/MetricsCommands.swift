@@ -5,11 +5,18 @@ import HostBroker
 import SwiftProtobuf
 
 struct Metrics: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show one in-guest telemetry sample.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show one in-guest telemetry sample (through a node: the latest it collected from VM NAME).")
     @OptionGroup var options: AgentOptions
+    @Argument(help: "VM name (with --node).") var vm: String?
     @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 
+    func validate() throws {
+        if options.nodeAddress == nil, vm != nil { throw ValidationError("a VM name needs --node HOST:PORT") }
+    }
+
     func run() async throws {
+        if let node = options.nodeAddress { return try await runThroughNode(node) }
         try await runReportingErrors {
             let sample = try await options.withSession { try await $0.telemetry() }
             if output == .json {

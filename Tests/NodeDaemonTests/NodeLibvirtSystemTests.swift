@@ -15,6 +15,9 @@ struct NodeLibvirtSystemTests {
             .deletingLastPathComponent().appendingPathComponent(".build-guest/image").path
     }
 
+    /// Kernel messages up to info level reach the console log, so a boot that stalls shows where.
+    static let cmdline = "console=ttyS0 loglevel=6 rdinit=/init"
+
     @Test("create → start → agent session → exec → pause/resume → running delete refused → force stop → delete")
     func lifecycle() async throws {
         guard LibvirtAvailability.available else { return }
@@ -29,7 +32,7 @@ struct NodeLibvirtSystemTests {
         let created = try await hypervisor.create(
             VMSpec(
                 name: name, vcpus: 2, memoryMiB: 512,
-                boot: .kernel(path: kernel, initrd: initrd, cmdline: "console=ttyS0 loglevel=4 rdinit=/init")))
+                boot: .kernel(path: kernel, initrd: initrd, cmdline: NodeLibvirtSystemTests.cmdline)))
         do {
             try await hypervisor.start(name)
             #expect(try await hypervisor.status(name).state == .running)
@@ -96,7 +99,7 @@ struct NodeManagerSystemTests {
                 name: name, vcpus: 2, memoryMiB: 512,
                 boot: .kernel(
                     path: image + "/vmlinuz", initrd: image + "/initramfs.cpio",
-                    cmdline: "console=ttyS0 loglevel=4 rdinit=/init")))
+                    cmdline: NodeLibvirtSystemTests.cmdline)))
         do {
             let first = VMManager(
                 hypervisor: hypervisor, broker: broker, telemetryInterval: .seconds(1), logger: logger)
@@ -149,9 +152,31 @@ struct NodeManagerSystemTests {
     }
 }
 
-/// After a failed system test: prints the guest console and deletes the VM.
+/// After a failed system test: prints what tells why (the domain's state, the guest console, QEMU's
+/// log and, while it runs, where the vCPUs are), then deletes the VM.
 func abandon(_ name: String, _ hypervisor: LibvirtHypervisor, console: String) async {
     let text = (try? String(contentsOfFile: console, encoding: .utf8)) ?? "(none)"
+    let state = (try? await hypervisor.status(name).state.rawValue) ?? "unknown"
+    print("VM \(name) state: \(state)")
     print("guest console:\n\(text.suffix(4000))")
+    let qemuLog = (try? String(contentsOfFile: "/var/log/libvirt/qemu/\(name).log", encoding: .utf8)) ?? "(none)"
+    print("QEMU log:\n\(qemuLog.suffix(3000))")
+    if state == "running" {
+        print("vCPU registers:\n\(virsh(["qemu-monitor-command", "--hmp", name, "info registers -a"]).prefix(6000))")
+    }
     try? await hypervisor.delete(name, force: true, deleteDisks: true)
+}
+
+/// Output of a virsh command on qemu:///system (diagnostics only).
+func virsh(_ arguments: [String]) -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/virsh")
+    process.arguments = ["-c", "qemu:///system"] + arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    guard (try? process.run()) != nil else { return "(virsh not runnable)" }
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
 }

@@ -67,7 +67,7 @@ krel=$(ls "$kroot/lib/modules" | head -1)
 vmlinuz=$kroot/boot/vmlinuz-$krel
 
 # --- modules, in dependency order (read from each .ko's .modinfo section) ------------------------
-wanted="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console
+wanted="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console virtio_blk
         vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback"
 declare -A kofile=()
 while IFS= read -r f; do
@@ -96,8 +96,11 @@ for m in $wanted; do place "$m"; done
 
 # --- the agent and lqx: release, static Swift stdlib, stripped -----------------------------------
 log "building lqx-agent and lqx (release, --static-swift-stdlib)"
-swift build -c release --static-swift-stdlib --scratch-path "$root/.build-static" --product lqx-agent >&2
-swift build -c release --static-swift-stdlib --scratch-path "$root/.build-static" --product lqx >&2
+# The in-guest lqx talks to agents only: without the NodeClient trait it links no gRPC.
+swift build -c release --static-swift-stdlib --disable-default-traits --scratch-path "$root/.build-static" \
+    --product lqx-agent >&2
+swift build -c release --static-swift-stdlib --disable-default-traits --scratch-path "$root/.build-static" \
+    --product lqx >&2
 bin=$root/.build-static/release
 mkdir -p "$cache/bin"
 for b in lqx-agent lqx; do

@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NodeDaemon
+import UnixSignals
+
+@main
+struct LqxNode: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lqx-node",
+        abstract: "limiquantix node daemon: runs this host's VMs under libvirt and reaches the agent inside each.",
+        discussion: """
+            Serves the node gRPC API (proto/limiquantix/node/v1/node.proto) on --listen and, with \
+            --metrics-listen, HTTP GET /health and /metrics (Prometheus: host, daemon and every VM's \
+            in-guest metrics, labels node and vm). VMs are libvirt domains carrying the node's \
+            metadata; their disks, console logs and specs live under --state-dir, their agent \
+            sockets under --run-dir. Stopping the daemon (SIGTERM, SIGINT) leaves the VMs running; \
+            the next start adopts them and reconnects their agents. The API has no authentication \
+            yet: bind it to localhost or a management network only (docs/threat-model.md).
+            """,
+        version: NodeDaemonVersion.current)
+
+    @Option(name: .customLong("listen"), help: "gRPC API address HOST:PORT (port 0: any free port).")
+    var listen: String = "127.0.0.1:7443"
+
+    @Option(name: .customLong("metrics-listen"), help: "HTTP /health and /metrics address HOST:PORT (default: off).")
+    var metricsListen: String?
+
+    @Option(name: .customLong("libvirt-uri"), help: "libvirt connection URI.")
+    var libvirtURI: String = "qemu:///system"
+
+    @Option(name: .customLong("state-dir"), help: "VM disks, console logs and specs.")
+    var stateDir: String = "/var/lib/limiquantix/node"
+
+    @Option(name: .customLong("run-dir"), help: "Agent sockets (must be reachable by libvirt's QEMU user).")
+    var runDir: String = "/run/limiquantix/node"
+
+    @Option(name: .customLong("node-name"), help: "Name in metrics and node info (default: the host name).")
+    var nodeName: String?
+
+    @Option(name: .customLong("telemetry-interval"), help: "Seconds between in-guest telemetry samples per VM.")
+    var telemetryInterval: Double = 5
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("unknown log level \(logLevel)")
+        }
+        guard telemetryInterval >= 0.1, telemetryInterval <= 3600 else {
+            throw ValidationError("--telemetry-interval takes 0.1 to 3600 seconds")
+        }
+        let api: (host: String, port: Int), metrics: (host: String, port: Int)?
+        do {
+            api = try NodeConfiguration.parseAddress(listen)
+            metrics = try metricsListen.map { text throws(NodeError) in try NodeConfiguration.parseAddress(text) }
+        } catch {
+            throw ValidationError(error.message)
+        }
+        for directory in [stateDir, runDir] where !directory.hasPrefix("/") {
+            throw ValidationError("\(directory): --state-dir and --run-dir must be absolute paths")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "lqx-node")
+        // The run directory is traversed by libvirt's QEMU user to bind each VM's agent socket.
+        for directory in [stateDir, runDir] {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            chmod(directory, 0o755)
+        }
+        let configuration = NodeConfiguration(
+            listen: api, metricsListen: metrics, libvirtURI: libvirtURI,
+            layout: NodeLayout(stateDirectory: stateDir, runDirectory: runDir),
+            nodeName: nodeName ?? ProcessInfo.processInfo.hostName,
+            telemetryInterval: .milliseconds(Int64(telemetryInterval * 1000)))
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        let server: NodeServer
+        do {
+            server = try await NodeServer.start(configuration, logger: logger)
+        } catch let error as NodeError {
+            logger.critical("cannot start: \(error.message)")
+            throw ExitCode(1)
+        }
+        // One line on stdout for scripts and tests: where the API and metrics ended up.
+        FileHandle.standardOutput.write(
+            Data("lqx-node listening grpc=\(server.apiAddress) metrics=\(server.metricsAddress ?? "off")\n".utf8))
+        // The server ends on a signal (graceful: open calls finish) or by failing.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.wait() }
+            group.addTask {
+                for await signal in signals {
+                    logger.info("stopping; VMs keep running", metadata: ["signal": "\(signal)"])
+                    await server.shutdown()
+                    return
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+        await server.shutdown()
+    }
+}

@@ -1,0 +1,251 @@
+import Foundation
+import LQXTestSupport
+import NodeDaemon
+import Testing
+
+/// `lqx-node` as a process and `lqx --node` as operators run them, against real libvirtd + QEMU.
+@Suite("node: lqx-node and lqx --node end to end", .serialized)
+struct NodeAPISystemTests {
+    @Test(
+        "bad specs refused cleanly; create → start → exec → cp → metrics → disks → reboot → snapshot → daemon restart → delete"
+    )
+    func endToEnd() async throws {
+        guard LibvirtAvailability.available else { return }
+        let image = NodeLibvirtSystemTests.imageDirectory
+        let kernel = image + "/vmlinuz", initrd = image + "/initramfs.cpio"
+        try #require(FileManager.default.fileExists(atPath: kernel), "guest image missing")
+        let node = try TestNode()
+        defer { node.remove() }
+        var daemon = try await NodeDaemonProcess.start(node)
+        defer { daemon.stop() }
+        let name = TestNode.vmName("api")
+        func lqx(_ arguments: [String], stdin: String? = nil) async throws -> CommandResult {
+            try await Command.output(Command.binary("lqx"), ["--node", daemon.api] + arguments, stdin: stdin)
+        }
+        let boot = ["--kernel", kernel, "--initrd", initrd, "--cmdline", NodeLibvirtSystemTests.cmdline]
+
+        // Bad specs: a clear error naming the problem, exit status 255, nothing left behind.
+        let zeroCPUs = try await lqx(["vm", "create", name] + boot + ["--cpus", "0"])
+        #expect(zeroCPUs.status == 255)
+        #expect(zeroCPUs.stderr.contains("vcpus must be greater than 0") && zeroCPUs.stderr.contains("[invalid_spec]"))
+        let tinyMemory = try await lqx(["vm", "create", name] + boot + ["--memory", "64"])
+        #expect(tinyMemory.status == 255)
+        #expect(tinyMemory.stderr.contains("memory must be at least 128 MiB (got 64 MiB)"), "\(tinyMemory.stderr)")
+        let badNetwork = try await lqx(["vm", "create", name] + boot + ["--network", "lqx-no-such-net"])
+        #expect(badNetwork.status == 255)
+        #expect(
+            badNetwork.stderr.contains("lqx-no-such-net does not exist") && badNetwork.stderr.contains("[not_found]"))
+        let emptyList = try await lqx(["vm", "list", "-o", "json"])
+        #expect(emptyList.status == 0 && !emptyList.stdout.contains(name), "\(emptyList)")
+        #expect(node.contents().filter { $0.contains(name) }.isEmpty, "left behind: \(node.contents())")
+
+        let created = try await lqx(
+            ["vm", "create", name] + boot + ["--cpus", "2", "--memory", "512", "--new-disk", "1"])
+        try #require(created.status == 0, "\(created.stderr)")
+        let duplicate = try await lqx(["vm", "create", name] + boot)
+        #expect(duplicate.status == 255 && duplicate.stderr.contains("[already_exists]"), "\(duplicate.stderr)")
+        do {
+            try #require(try await lqx(["vm", "start", name]).status == 0)
+            try await waitForAgent(name, lqx)
+
+            // exec: output, exit status, stdin.
+            let cmdline = try await lqx(["exec", name, "--", "cat", "/proc/cmdline"])
+            #expect(cmdline.status == 0 && cmdline.stdout.contains("rdinit=/init"), "\(cmdline)")
+            #expect(try await lqx(["exec", name, "--", "sh", "-c", "exit 7"]).status == 7)
+            let echoed = try await lqx(["exec", name, "--", "cat"], stdin: "through the node\n")
+            #expect(echoed.stdout == "through the node\n", "\(echoed)")
+            let missingVM = try await lqx(["exec", "lqx-no-such-vm", "--", "true"])
+            #expect(missingVM.status == 255 && missingVM.stderr.contains("[not_found]"), "\(missingVM.stderr)")
+
+            // cp both ways, byte for byte.
+            let local = node.root + "/payload.bin", back = node.root + "/back.bin"
+            let payload = Data((0..<(3 << 20) + 123).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) })
+            try payload.write(to: URL(fileURLWithPath: local))
+            let up = try await lqx(["cp", local, "\(name):/tmp/payload.bin"])
+            #expect(up.status == 0, "\(up.stderr)")
+            let down = try await lqx(["cp", "\(name):/tmp/payload.bin", back])
+            #expect(down.status == 0, "\(down.stderr)")
+            #expect(FileManager.default.contents(atPath: back) == payload)
+            let missingFile = try await lqx(["cp", "\(name):/no/such/file", back])
+            #expect(
+                missingFile.status == 255 && missingFile.stderr.contains("[agent.not_found]"), "\(missingFile.stderr)")
+            #expect(FileManager.default.contents(atPath: back) == payload, "a failed download must not touch the file")
+
+            // Telemetry through the node, the metrics endpoint, node info.
+            let metrics = try await lqx(["metrics", name, "-o", "json"])
+            #expect(metrics.status == 0 && metrics.stdout.contains("\"total_bytes\""), "\(metrics)")
+            let health = try await httpGet(daemon.metrics, "/health")
+            #expect(health.status == 200 && health.body.contains("\"running\":1"), "\(health)")
+            let exposition = try await httpGet(daemon.metrics, "/metrics")
+            #expect(exposition.status == 200)
+            #expect(exposition.body.contains("lqx_guest_memory_total_bytes{node=\"test-node\",vm=\"\(name)\"}"))
+            #expect(exposition.body.contains("lqx_vm_agent_connected{node=\"test-node\",vm=\"\(name)\"} 1"))
+            #expect(exposition.body.contains("lqx_node_daemon_resident_bytes{node=\"test-node\"}"))
+            let info = try await lqx(["node", "info", "-o", "json"])
+            #expect(
+                info.status == 0 && info.stdout.contains("\"libvirt_version\"")
+                    && info.stdout.contains("\"vms_running\":1"))
+
+            // A disk hot-plugged into the running guest, then removed again.
+            let attached = try await lqx(["vm", "attach-disk", name, "--new", "1"])
+            #expect(attached.status == 0, "\(attached.stderr)")
+            #expect(try await waitForGuest(name, lqx, "test -e /sys/block/vdb"), "vdb never appeared in the guest")
+            let detached = try await lqx(["vm", "detach-disk", name, "vdb", "--delete-image"])
+            #expect(detached.status == 0, "\(detached.stderr)")
+            #expect(try await waitForGuest(name, lqx, "test ! -e /sys/block/vdb"), "vdb still in the guest")
+            #expect(!node.contents().contains { $0.hasSuffix("vdb.qcow2") })
+
+            // Reboot through the agent: a new boot id.
+            let bootID = try await lqx(["exec", name, "--", "cat", "/proc/sys/kernel/random/boot_id"]).stdout
+            #expect(try await lqx(["vm", "reboot", name]).status == 0)
+            let deadline = ContinuousClock.now + .seconds(120)
+            var newBootID = bootID
+            while newBootID == bootID, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .seconds(1))
+                let r = try await lqx(["exec", name, "--", "cat", "/proc/sys/kernel/random/boot_id"])
+                if r.status == 0 { newBootID = r.stdout }
+            }
+            #expect(newBootID != bootID && !newBootID.isEmpty, "the guest did not reboot")
+
+            // Snapshot of the stopped VM's disk, changed afterwards, reverted.
+            let write = { (marker: String) in
+                try await lqx([
+                    "exec", name, "--", "sh", "-c",
+                    "printf \(marker) | dd of=/dev/vda bs=4 count=1 conv=notrunc,fsync 2>/dev/null",
+                ])
+            }
+            #expect(try await write("AAAA").status == 0)
+            let stopped = try await lqx(["vm", "stop", name])
+            #expect(stopped.status == 0 && stopped.stdout.contains("powered off by its agent"), "\(stopped)")
+            #expect(
+                try await lqx(["vm", "snapshot", "create", name, "s1", "--description", "marker AAAA"]).status == 0)
+            #expect(try await lqx(["vm", "start", name]).status == 0)
+            try await waitForAgent(name, lqx)
+            #expect(try await write("BBBB").status == 0)
+            #expect(try await lqx(["vm", "stop", name, "--force"]).stdout.contains("stopped at once"))
+            let reverted = try await lqx(["vm", "snapshot", "revert", name, "s1"])
+            #expect(reverted.status == 0, "\(reverted.stderr)")
+            let snapshots = try await lqx(["vm", "snapshot", "list", name, "-o", "json"])
+            #expect(snapshots.stdout.contains("\"s1\"") && snapshots.stdout.contains("marker AAAA"), "\(snapshots)")
+            #expect(try await lqx(["vm", "start", name]).status == 0)
+            try await waitForAgent(name, lqx)
+            let marker = try await lqx(["exec", name, "--", "dd", "if=/dev/vda", "bs=4", "count=1", "status=none"])
+            #expect(marker.stdout == "AAAA", "after revert: \(marker)")
+            #expect(try await lqx(["vm", "snapshot", "delete", name, "s1"]).status == 0)
+            let noSnapshot = try await lqx(["vm", "snapshot", "revert", name, "nosuch"])
+            #expect(noSnapshot.status == 255 && noSnapshot.stderr.contains("[not_found]"), "\(noSnapshot.stderr)")
+            #expect(noSnapshot.stderr.contains("nosuch") && !noSnapshot.stderr.contains("unknown libvirt error"))
+
+            // The daemon restarts; the VM keeps running and its agent is adopted again.
+            daemon.stop()
+            #expect(virsh(["domstate", name]).contains("running"))
+            daemon = try await NodeDaemonProcess.start(node)
+            try await waitForAgent(name, lqx)
+            #expect(try await lqx(["exec", name, "--", "true"]).status == 0)
+
+            let refused = try await lqx(["vm", "delete", name])
+            #expect(refused.status == 255 && refused.stderr.contains("[failed_precondition]"), "\(refused.stderr)")
+            #expect(try await lqx(["vm", "pause", name]).stdout.contains("paused"))
+            #expect(try await lqx(["vm", "resume", name]).stdout.contains("running"))
+        } catch {
+            print("lqx-node log:\n\(daemon.log.suffix(4000))")
+            let layout = node.layout
+            let hypervisor = try LibvirtHypervisor(layout: layout)
+            await abandon(name, hypervisor, console: "\(layout.vmState(name))/console.log")
+            throw error
+        }
+        let deleted = try await lqx(["vm", "delete", name, "--force"])
+        #expect(deleted.status == 0, "\(deleted.stderr)")
+        #expect(node.contents().filter { $0.contains(name) }.isEmpty, "left behind: \(node.contents())")
+    }
+
+    /// Until `vm get` reports the agent connected (boot under TCG takes seconds).
+    func waitForAgent(_ name: String, _ lqx: (([String], String?) async throws -> CommandResult)) async throws {
+        let deadline = ContinuousClock.now + .seconds(150)
+        var last = ""
+        while ContinuousClock.now < deadline {
+            let result = try await lqx(["vm", "get", name, "-o", "json"], nil)
+            last = result.stdout + result.stderr
+            if result.status == 0, result.stdout.contains("\"connected\":true") { return }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        Issue.record("the agent of \(name) did not connect: \(last)")
+        throw CancellationError()
+    }
+
+    /// Until a shell condition holds in the guest (20 s).
+    func waitForGuest(_ name: String, _ lqx: (([String], String?) async throws -> CommandResult), _ condition: String)
+        async throws -> Bool
+    {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
+            if try await lqx(["exec", name, "--", "sh", "-c", condition], nil).status == 0 { return true }
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        return false
+    }
+}
+
+/// `lqx-node` running as a child process on free ports.
+struct NodeDaemonProcess {
+    let process: Process
+    let api: String
+    let metrics: String
+    let logPath: String
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    static func start(_ node: TestNode) async throws -> NodeDaemonProcess {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Command.binary("lqx-node"))
+        process.arguments = [
+            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--state-dir", node.layout.stateDirectory,
+            "--run-dir", node.layout.runDirectory, "--telemetry-interval", "1", "--node-name", "test-node",
+        ]
+        let logPath = node.root + "/lqx-node.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        try logHandle.seekToEnd()
+        process.standardError = logHandle
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // The first stdout line says where it listens.
+        let line: String = try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                var data = Data()
+                while !data.contains(0x0A) {
+                    let chunk = out.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    data.append(chunk)
+                }
+                continuation.resume(
+                    returning: String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            }.start()
+        }
+        func field(_ key: String) -> String? {
+            line.split(separator: " ").first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
+        }
+        guard let api = field("grpc"), let metrics = field("metrics") else {
+            process.terminate()
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            throw NodeError(.io, "lqx-node did not start: \(line) \(log)")
+        }
+        return NodeDaemonProcess(process: process, api: api, metrics: metrics, logPath: logPath)
+    }
+
+    /// SIGTERM and wait (the VMs keep running); a daemon that has not exited after 20 s is a
+    /// failure and gets SIGKILL.
+    func stop() {
+        guard process.isRunning else { return }
+        process.terminate()
+        let deadline = Date().addingTimeInterval(20)
+        while process.isRunning, Date() < deadline { usleep(50_000) }
+        if process.isRunning {
+            Issue.record("lqx-node did not exit within 20 s of SIGTERM")
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}

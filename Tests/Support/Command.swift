@@ -1,0 +1,119 @@
+import Foundation
+
+/// What a finished command printed and how it exited.
+public struct CommandResult: Sendable {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+}
+
+/// Runs the project's built binaries (the exact command shapes other tools depend on).
+public enum Command {
+    /// The repository checkout these tests belong to.
+    public static let repositoryRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+
+    /// A product of the debug build (`swift build --build-tests` builds them all).
+    public static func binary(_ name: String) -> String {
+        repositoryRoot.appendingPathComponent(".build/debug/\(name)").path
+    }
+
+    /// Runs `binary` to completion; `stdin` nil reads /dev/null.
+    public static func run(_ binary: String, _ arguments: [String], stdin: String? = nil) throws -> CommandResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = stdin == nil ? FileHandle.nullDevice : input
+        try process.run()
+        if let stdin {
+            input.fileHandleForWriting.write(Data(stdin.utf8))
+            try input.fileHandleForWriting.close()
+        }
+        // stderr is drained on another thread so a chatty command cannot fill its pipe and stall.
+        let errData = OnceValue<Data>()
+        let drain = Thread { errData.set(err.fileHandleForReading.readDataToEndOfFile()) }
+        drain.start()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return CommandResult(
+            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData.waitForValue(), as: UTF8.self))
+    }
+}
+
+/// A value set once by one thread and awaited by another.
+final class OnceValue<Value>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var value: Value?
+
+    func set(_ newValue: Value) {
+        condition.lock()
+        value = newValue
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func waitForValue() -> Value {
+        condition.lock()
+        defer { condition.unlock() }
+        while value == nil { condition.wait() }
+        return value!
+    }
+}
+
+extension Command {
+    /// `run` on its own thread, so a test awaiting a slow command never blocks a thread of the
+    /// cooperative pool.
+    public static func output(_ binary: String, _ arguments: [String], stdin: String? = nil) async throws
+        -> CommandResult
+    {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                continuation.resume(with: Result { try run(binary, arguments, stdin: stdin) })
+            }.start()
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a plain TCP connection (for /health and /metrics).
+public func httpGet(_ address: String, _ path: String) async throws -> (status: Int, body: String) {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            continuation.resume(
+                with: Result { () throws -> (Int, String) in
+                    guard let colon = address.lastIndex(of: ":"),
+                        let port = UInt16(address[address.index(after: colon)...])
+                    else { throw CocoaError(.fileReadInvalidFileName) }
+                    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                    guard fd >= 0 else { throw POSIXError(.EIO) }
+                    defer { close(fd) }
+                    var sin = sockaddr_in()
+                    sin.sin_family = sa_family_t(AF_INET)
+                    sin.sin_port = port.bigEndian
+                    inet_pton(AF_INET, String(address[..<colon]), &sin.sin_addr)
+                    let connected = withUnsafePointer(to: &sin) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                        }
+                    }
+                    guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
+                    let request = "GET \(path) HTTP/1.1\r\nHost: \(address)\r\nConnection: close\r\n\r\n"
+                    _ = request.withCString { write(fd, $0, strlen($0)) }
+                    var response = Data()
+                    var buffer = [UInt8](repeating: 0, count: 65536)
+                    while true {
+                        let n = read(fd, &buffer, buffer.count)
+                        if n <= 0 { break }
+                        response.append(contentsOf: buffer[0..<n])
+                    }
+                    let text = String(decoding: response, as: UTF8.self)
+                    guard let headerEnd = text.range(of: "\r\n\r\n") else { throw POSIXError(.EPROTO) }
+                    let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+                    return (status, String(text[headerEnd.upperBound...]))
+                })
+        }.start()
+    }
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Node daemon under load: N small VMs (the test guest image, kernel + initramfs boot) on one
+# lqx-node, every agent connected and in-guest telemetry flowing every 5 s; then the daemon's CPU
+# and RSS over a quiet measuring window. Writes benchmarks/results/node-load.md.
+#
+#   benchmarks/node-load.sh            N=20 VMs, 320 MiB and 1 vCPU each, 120 s window
+#   N=5 WINDOW=30 benchmarks/node-load.sh
+#
+# Needs libvirtd (scripts/libvirt-up.sh) and the guest image (packaging/guest-image/build.sh).
+# Targets (issue: node daemon on libvirt): <= 2 % of one core and <= 50 MB RSS at 20 VMs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
+N=${N:-20}
+MEMORY=${MEMORY:-320}
+WINDOW=${WINDOW:-120}
+INTERVAL=${INTERVAL:-5}
+image=.build-guest/image
+[ -f "$image/vmlinuz" ] || ./packaging/guest-image/build.sh
+./scripts/libvirt-up.sh
+swift build -c release --product lqx-node
+swift build -c release --product lqx
+bin=$(swift build -c release --show-bin-path)
+work=$(mktemp -d /tmp/lqx-node-load.XXXXXX)
+chmod 755 "$work"
+prefix="lqx-load-$$"
+cleanup() {
+    for i in $(seq 1 "$N"); do
+        "$bin/lqx" --node "${api:-127.0.0.1:1}" vm delete "$prefix-$i" --force >/dev/null 2>&1 || true
+    done
+    [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
+    for vm in $(virsh -c qemu:///system list --all --name | grep "^$prefix-" || true); do
+        virsh -c qemu:///system destroy "$vm" >/dev/null 2>&1 || true
+        virsh -c qemu:///system undefine "$vm" >/dev/null 2>&1 || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/lqx-node" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --state-dir "$work/state" \
+    --run-dir "$work/run" --telemetry-interval "$INTERVAL" --node-name load --log-level warning \
+    >"$work/out" 2>"$work/log" &
+daemon=$!
+for _ in $(seq 1 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
+api=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$work/out")
+metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' "$work/out")
+get() { python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$metrics$1').read().decode())"; }
+
+start=$(date +%s.%N)
+for i in $(seq 1 "$N"); do
+    "$bin/lqx" --node "$api" vm create "$prefix-$i" --kernel "$PWD/$image/vmlinuz" \
+        --initrd "$PWD/$image/initramfs.cpio" --cmdline "console=ttyS0 loglevel=4 rdinit=/init" \
+        --cpus 1 --memory "$MEMORY" --start >/dev/null
+done
+echo "node-load: $N VMs started; waiting for every agent and its telemetry" >&2
+deadline=$(($(date +%s) + 1200))
+while :; do
+    connected=$(get /health | python3 -c "import json,sys; print(json.load(sys.stdin)['agents_connected'])")
+    sampled=$(get /metrics | grep -c '^lqx_guest_telemetry_age_seconds{' || true)
+    [ "$connected" -eq "$N" ] && [ "$sampled" -eq "$N" ] && break
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "node-load: only $connected agents, $sampled with telemetry" >&2; exit 1; }
+    sleep 2
+done
+ready=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
+echo "node-load: all $N agents connected with telemetry after $ready s; measuring $WINDOW s" >&2
+
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
+rss() { awk '/^VmRSS/{print $2}' "/proc/$daemon/status"; }
+sleep 10  # let the boot burst settle
+c0=$(cpu); t0=$(date +%s.%N); max=0; sum=0; count=0
+end=$(($(date +%s) + WINDOW))
+while [ "$(date +%s)" -lt "$end" ]; do
+    r=$(rss); sum=$((sum + r)); count=$((count + 1)); [ "$r" -gt "$max" ] && max=$r
+    sleep 1
+done
+c1=$(cpu); t1=$(date +%s.%N)
+stale=$(get /metrics | awk '/^lqx_guest_telemetry_age_seconds\{/ && $2 > 3 * '"$INTERVAL"' {n++} END {print n + 0}')
+connected=$(get /health | python3 -c "import json,sys; print(json.load(sys.stdin)['agents_connected'])")
+read -r pct mean_mb max_mb <<<"$(python3 -c "
+cpu = ($c1 - $c0) / $ticks / ($t1 - $t0) * 100
+print(f'{cpu:.2f} {$sum / $count / 1024:.1f} {$max / 1024:.1f}')")"
+host_load=$(cut -d' ' -f1-3 /proc/loadavg)
+{
+    echo "# Node daemon with $N VMs"
+    echo
+    echo "lqx-node (release) with $N running VMs (test guest image, 1 vCPU, $MEMORY MiB, TCG here), every"
+    echo "agent connected, in-guest telemetry every $INTERVAL s per VM, measured over $WINDOW s after all were up."
+    echo
+    echo "| measure | result | target | ratio |"
+    echo "|---|---|---|---|"
+    echo "| daemon CPU | $pct % of one core | <= 2 % | $(python3 -c "print(f'{$pct / 2:.2f}')") |"
+    echo "| daemon RSS, mean | $mean_mb MB | | |"
+    echo "| daemon RSS, max | $max_mb MB | <= 50 MB | $(python3 -c "print(f'{$max_mb / 50:.2f}')") |"
+    echo "| agents connected at the end | $connected of $N | all | |"
+    echo "| VMs whose last sample is older than 3 intervals | $stale | 0 | |"
+    echo "| create + start of $N VMs until all agents sent telemetry | $ready s | | |"
+    echo
+    echo "Host: $(nproc) cores, load average at the end $host_load (the guests run under TCG)."
+    echo "Command: \`N=$N MEMORY=$MEMORY WINDOW=$WINDOW benchmarks/node-load.sh\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD))"
+} | tee benchmarks/results/node-load.md
