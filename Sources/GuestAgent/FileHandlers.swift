@@ -138,6 +138,24 @@ struct FileHandlers {
 
     // MARK: Download
 
+    /// The most a file that reports size 0 is read for (procfs and sysfs files are far smaller).
+    static let pseudoFileLimit: UInt64 = 16 << 20
+
+    /// Files of procfs and sysfs report size 0; their length is what reading them gives now (up to
+    /// `pseudoFileLimit`). The file is rewound afterwards.
+    static func pseudoFileLength(_ fd: Int32) -> UInt64 {
+        var scratch = [UInt8](repeating: 0, count: 65536)
+        var length: UInt64 = 0
+        while length < pseudoFileLimit {
+            let n = read(fd, &scratch, Int(min(UInt64(scratch.count), pseudoFileLimit - length)))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            length += UInt64(n)
+        }
+        lseek(fd, 0, SEEK_SET)
+        return length
+    }
+
     func download(_ request: Limiquantix_Agent_V1_DownloadRequest) async throws {
         let path = request.path
         try Self.checkPath(path)
@@ -153,7 +171,7 @@ struct FileHandlers {
                 close(fd)
                 throw AgentError(.invalidArgument, "\(path) is not a regular file")
             }
-            return (fd, UInt64(st.st_size), UInt32(st.st_mode & 0o7777))
+            return (fd, st.st_size == 0 ? Self.pseudoFileLength(fd) : UInt64(st.st_size), UInt32(st.st_mode & 0o7777))
         }
         defer { close(fd) }
         try await context.reply(
@@ -165,12 +183,15 @@ struct FileHandlers {
         var hasher = SHA256Hasher()
         var total: UInt64 = 0
         let core = self.core
-        func readBlock() async throws -> ByteBuffer {
-            try await core.blocking {
+        // At most `size` bytes: the file as it was when opened (a growing file is cut there).
+        func readBlock(_ limit: UInt64) async throws -> ByteBuffer {
+            let want = Int(min(UInt64(Self.ioBlock), limit))
+            guard want > 0 else { return ByteBuffer() }
+            return try await core.blocking {
                 var buffer = ByteBuffer()
-                let n = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.ioBlock) { raw in
+                let n = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: want) { raw in
                     while true {
-                        let n = read(fd, raw.baseAddress!, Self.ioBlock)
+                        let n = read(fd, raw.baseAddress!, want)
                         if n < 0 && errno == EINTR { continue }
                         if n < 0 { throw Self.ioError("read \(path)") }
                         return n
@@ -180,12 +201,13 @@ struct FileHandlers {
                 return buffer
             }
         }
-        var next = try await readBlock()
+        var next = try await readBlock(size)
         while next.readableBytes > 0 {
             let block = next
-            async let prefetch = readBlock()
-            hasher.update(block)
             total += UInt64(block.readableBytes)
+            let remaining = size - total
+            async let prefetch = readBlock(remaining)
+            hasher.update(block)
             try await context.send(data: block)
             next = try await prefetch
         }

@@ -153,6 +153,7 @@ extension AgentSession {
             switch event {
             case .data(let bytes, _, _, _):
                 received += UInt64(bytes.readableBytes)
+                try Self.checkAnnounced(received, header.size, guestPath)
                 hasher.update(bytes)
                 try await receive(bytes)
             case .message(let payload, _):
@@ -209,6 +210,7 @@ extension AgentSession {
                 switch event {
                 case .data(var bytes, _, _, _):
                     received += UInt64(bytes.readableBytes)
+                    try Self.checkAnnounced(received, start.size, guestPath)
                     try await append(&bytes)
                     progress?(received, start.size)
                 case .message(let payload, _):
@@ -239,6 +241,15 @@ extension AgentSession {
         done = true
         completed = true
         return TransferResult(size: received, sha256: digest.hexString)
+    }
+
+    /// A guest that sends more than the size it announced is cut off (the stream is reset) instead
+    /// of filling the host's disk.
+    static func checkAnnounced(_ received: UInt64, _ announced: UInt64, _ path: String) throws(AgentError) {
+        guard received <= announced else {
+            throw AgentError(
+                .protocolViolation, "download of \(path): the agent sent more than the \(announced) bytes it announced")
+        }
     }
 
     static func read(fd: Int32) async throws -> ByteBuffer {

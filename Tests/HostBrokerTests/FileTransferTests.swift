@@ -52,6 +52,54 @@ struct FileTransferTests {
         }
     }
 
+    @Test("a pseudo-file that reports size 0 comes whole; streaming download and upload agree")
+    func pseudoFileAndStreams() async throws {
+        try await Harness.withAgent { session, dir in
+            let local = dir.file("cpuinfo")
+            let down = try await session.download("/proc/cpuinfo", to: local)
+            let text = try String(contentsOfFile: local, encoding: .utf8)
+            #expect(down.size > 0 && text.contains("processor"), "\(down)")
+            // The streaming calls the node daemon relays through.
+            let payload = pseudoRandomBytes(3 << 20 + 7, seed: 3)
+            var blocks: [ByteBuffer] = []
+            for start in stride(from: 0, to: payload.count, by: 100_000) {
+                blocks.append(ByteBuffer(bytes: payload[start..<min(start + 100_000, payload.count)]))
+            }
+            let chunks = Mutex<[ByteBuffer]>(blocks)
+            let up = try await session.upload(to: dir.file("streamed"), size: UInt64(payload.count)) {
+                chunks.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+            }
+            #expect(up.size == UInt64(payload.count))
+            let received = Mutex(ByteBuffer())
+            let announced = Mutex<UInt64>(0)
+            let result = try await session.download(
+                dir.file("streamed"), start: { size, _ in announced.withLock { $0 = size } },
+                receive: { block in received.withLock { _ = $0.writeImmutableBuffer(block) } })
+            #expect(result.sha256 == up.sha256 && announced.withLock { $0 } == UInt64(payload.count))
+            #expect(received.withLock { Array($0.readableBytesView) } == payload)
+            // A file that grows while it is read comes as it was when opened.
+            let growing = dir.file("growing")
+            _ = FileManager.default.createFile(atPath: growing, contents: Data(payload.prefix(1 << 20)))
+            let grownBytes = Mutex<UInt64>(0)
+            let grown = try await session.download(
+                growing,
+                start: { _, _ in
+                    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: growing))
+                    try handle.seekToEnd()
+                    try handle.write(contentsOf: Data(payload.prefix(1 << 20)))
+                    try handle.close()
+                },
+                receive: { block in grownBytes.withLock { $0 += UInt64(block.readableBytes) } })
+            #expect(grown.size == 1 << 20 && grownBytes.withLock { $0 } == 1 << 20)
+            // A source that delivers fewer bytes than announced fails the upload, and the
+            // destination is never created.
+            await #expect(throws: AgentError.self) {
+                _ = try await session.upload(to: dir.file("short"), size: 10) { nil }
+            }
+            #expect(!FileManager.default.fileExists(atPath: dir.file("short")))
+        }
+    }
+
     @Test("a hash mismatch is refused and leaves no file behind")
     func hashMismatch() async throws {
         try await Harness.withAgent { session, dir in

@@ -54,6 +54,8 @@ struct NodeAPISystemTests {
             #expect(try await lqx(["exec", name, "--", "sh", "-c", "exit 7"]).status == 7)
             let echoed = try await lqx(["exec", name, "--", "cat"], stdin: "through the node\n")
             #expect(echoed.stdout == "through the node\n", "\(echoed)")
+            let tty = try await lqx(["exec", name, "-t", "-n", "--", "sh", "-c", "test -t 1 && echo on-a-tty"])
+            #expect(tty.status == 0 && tty.stdout.contains("on-a-tty"), "\(tty)")
             let missingVM = try await lqx(["exec", "lqx-no-such-vm", "--", "true"])
             #expect(missingVM.status == 255 && missingVM.stderr.contains("[not_found]"), "\(missingVM.stderr)")
 

@@ -18,7 +18,9 @@ struct NodeLibvirtSystemTests {
     /// Kernel messages up to info level reach the console log, so a boot that stalls shows where.
     static let cmdline = "console=ttyS0 loglevel=6 rdinit=/init"
 
-    @Test("create → start → agent session → exec → pause/resume → running delete refused → force stop → delete")
+    @Test(
+        "create → start → agent session → exec → pause/resume → running delete refused → ACPI stop → force stop → delete"
+    )
     func lifecycle() async throws {
         guard LibvirtAvailability.available else { return }
         let kernel = Self.imageDirectory + "/vmlinuz", initrd = Self.imageDirectory + "/initramfs.cpio"
@@ -64,10 +66,21 @@ struct NodeLibvirtSystemTests {
             #expect(refused?.code == .failedPrecondition)
             #expect(try await hypervisor.status(name).state == .running)
 
+            // The ACPI power button: the guest's acpid powers it off (the path a graceful stop takes
+            // when no agent answers).
+            try await hypervisor.requestShutdown(name)
+            let deadline = ContinuousClock.now + .seconds(60)
+            while try await hypervisor.status(name).state.isActive, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(try await hypervisor.status(name).state == .shutOff, "the guest ignored the ACPI power button")
+            // Force stop: started again, then stopped at once.
+            try await hypervisor.start(name)
             try await hypervisor.forceStop(name)
             #expect(try await hypervisor.status(name).state == .shutOff)
             let console = (try? String(contentsOfFile: created.consoleLog, encoding: .utf8)) ?? ""
             #expect(console.contains("rcS"), "console log: \(console.suffix(500))")
+            #expect(console.contains("acpid: power button pressed"), "console log: \(console.suffix(500))")
         } catch {
             await abandon(name, hypervisor, console: created.consoleLog)
             throw error
@@ -75,6 +88,55 @@ struct NodeLibvirtSystemTests {
         try await hypervisor.delete(name, force: false, deleteDisks: true)
         let leftovers = node.contents().filter { $0.contains(name) }
         #expect(leftovers.isEmpty, "left behind: \(leftovers)")
+    }
+}
+
+extension NodeLibvirtSystemTests {
+    @Test("UEFI boot with a NIC on a libvirt network: the guest sees EFI and the MAC from the spec")
+    func uefiAndNetwork() async throws {
+        guard LibvirtAvailability.available else { return }
+        let image = Self.imageDirectory
+        try #require(FileManager.default.fileExists(atPath: image + "/vmlinuz"), "guest image missing")
+        let node = try TestNode()
+        defer { node.remove() }
+        let hypervisor = try LibvirtHypervisor(layout: node.layout)
+        try #require(hypervisor.facts.ovmf != nil, "OVMF is not installed (scripts/setup.sh installs ovmf)")
+        // An isolated network (a bridge, no addresses, so no dnsmasq): created for this test only.
+        let network = "lqx-test-\(getpid())"
+        let bridge = "lqxt\(getpid() % 100_000)"
+        let definition = node.root + "/network.xml"
+        try "<network><name>\(network)</name><bridge name='\(bridge)' stp='off'/></network>".write(
+            toFile: definition, atomically: true, encoding: .utf8)
+        let created = virsh(["net-create", definition])
+        try #require(created.contains("created"), "net-create: \(created)")
+        defer { _ = virsh(["net-destroy", network]) }
+        let name = TestNode.vmName("uefi")
+        let mac = "52:54:00:6c:71:78"
+        let status = try await hypervisor.create(
+            VMSpec(
+                name: name, vcpus: 2, memoryMiB: 512, firmware: .uefi,
+                boot: .kernel(path: image + "/vmlinuz", initrd: image + "/initramfs.cpio", cmdline: Self.cmdline),
+                nics: [NICSpec(.network(network), mac: mac)]))
+        do {
+            try await hypervisor.start(name)
+            let client = AgentClient(
+                address: .unix(path: status.agentSocket),
+                configuration: BrokerConfiguration(reconnectBackoff: .milliseconds(50)...(.milliseconds(200))))
+            let runner = Task { try await client.run() }
+            defer { runner.cancel() }
+            let session = try await client.session(timeout: .seconds(180))
+            let (efi, _, efiStatus) = try await session.exec(ExecOptions(["ls", "/sys/firmware/efi"])).collect()
+            #expect(efiStatus.exitCode == 0 && String(buffer: efi).contains("efivars"), "no EFI in the guest")
+            let (address, _, _) = try await session.exec(ExecOptions(["cat", "/sys/class/net/eth0/address"])).collect()
+            #expect(String(buffer: address) == mac + "\n")
+            #expect(virsh(["domiflist", name]).contains(network))
+            try await hypervisor.forceStop(name)
+        } catch {
+            await abandon(name, hypervisor, console: status.consoleLog)
+            throw error
+        }
+        try await hypervisor.delete(name, force: false, deleteDisks: true)
+        #expect(node.contents().filter { $0.contains(name) }.isEmpty, "left behind (NVRAM?): \(node.contents())")
     }
 }
 

@@ -68,7 +68,7 @@ vmlinuz=$kroot/boot/vmlinuz-$krel
 
 # --- modules, in dependency order (read from each .ko's .modinfo section) ------------------------
 wanted="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console virtio_blk
-        vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback"
+        virtio_net evdev button vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback"
 declare -A kofile=()
 while IFS= read -r f; do
     name=$(basename "$f" .ko)
@@ -150,6 +150,8 @@ for l in $libs; do
 done
 cp "$here/rootfs/inittab" "$here/rootfs/os-release" "$here/rootfs/passwd" "$here/rootfs/group" "$stage/etc/"
 install -m 0755 "$here/rootfs/rcS" "$here/rootfs/lqx-agent.run" "$stage/etc/"
+# busybox acpid runs /etc/acpi/PWRF/00000080 when the ACPI power button is pressed.
+install -D -m 0755 "$here/rootfs/acpi-power-button" "$stage/etc/acpi/PWRF/00000080"
 echo "lqx-guest" >"$stage/etc/hostname"
 chmod 1777 "$stage/tmp"
 
