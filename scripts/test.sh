@@ -21,6 +21,7 @@ echo "== libvirtd"
 export LQX_REQUIRE_LIBVIRT=1
 # A test runner that dies must not leave guests or test domains behind.
 cleanup() {
+    ./scripts/libvirt-peer.sh stop || true
     pkill -f "qemu-system-x86_64.*org.limiquantix.agent.0" || true
     for vm in $(virsh -c qemu:///system list --all --name 2>/dev/null | grep '^lqx-test-' || true); do
         virsh -c qemu:///system destroy "$vm" >/dev/null 2>&1 || true

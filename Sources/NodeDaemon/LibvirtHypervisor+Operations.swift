@@ -234,10 +234,19 @@ extension LibvirtHypervisor {
 
     /// Live-migrates the VM to another libvirt, reporting progress about once a second.
     public func migrate(
-        _ vm: String, to uri: String, maxDowntimeMilliseconds: UInt32 = 0, bandwidthMiBps: UInt32 = 0,
-        progress: @escaping @Sendable (JobProgress) -> Void
+        _ vm: String, to uri: String, migrationAddress: String? = nil, maxDowntimeMilliseconds: UInt32 = 0,
+        bandwidthMiBps: UInt32 = 0, progress: @escaping @Sendable (JobProgress) -> Void
     ) async throws(NodeError) {
         guard !uri.isEmpty else { throw NodeError(.invalidSpec, "destination URI is empty") }
+        if let migrationAddress {
+            guard !migrationAddress.isEmpty,
+                migrationAddress.allSatisfy({ $0.isLetter || $0.isNumber || ".-:[]".contains($0) })
+            else {
+                throw NodeError(
+                    .invalidSpec, "migration address \(migrationAddress.debugDescription) is not a host name or IP")
+            }
+        }
+        let migrationURI = migrationAddress.map { "tcp://\($0)" }
         let domain = try await blocking { [self] () throws(NodeError) in
             let found = try self.domain(vm)
             guard try found.state() == .running else {
@@ -254,7 +263,8 @@ extension LibvirtHypervisor {
         defer { reporter.cancel() }
         try await blocking { () throws(NodeError) in
             try domain.migrate(
-                to: uri, maxDowntimeMilliseconds: maxDowntimeMilliseconds, bandwidthMiBps: bandwidthMiBps)
+                to: uri, migrationURI: migrationURI, maxDowntimeMilliseconds: maxDowntimeMilliseconds,
+                bandwidthMiBps: bandwidthMiBps)
         }
         logger.info("VM migrated", metadata: ["vm": "\(vm)", "destination": "\(uri)"])
     }

@@ -130,7 +130,10 @@ extension LibvirtDomain {
 
     /// Live-migrates to `uri` (peer to peer through libvirtd, definition persisted there and
     /// removed here). Blocks until the migration ends; `jobProgress()` reports while it runs.
-    public func migrate(to uri: String, maxDowntimeMilliseconds: UInt32, bandwidthMiBps: UInt32) throws(NodeError) {
+    /// `migrationURI` (e.g. tcp://10.0.0.2) is where the destination QEMU listens.
+    public func migrate(
+        to uri: String, migrationURI: String?, maxDowntimeMilliseconds: UInt32, bandwidthMiBps: UInt32
+    ) throws(NodeError) {
         let flags =
             UInt32(VIR_MIGRATE_LIVE.rawValue) | UInt32(VIR_MIGRATE_PEER2PEER.rawValue)
             | UInt32(VIR_MIGRATE_PERSIST_DEST.rawValue) | UInt32(VIR_MIGRATE_UNDEFINE_SOURCE.rawValue)
@@ -138,8 +141,18 @@ extension LibvirtDomain {
         if maxDowntimeMilliseconds > 0 {
             _ = virDomainMigrateSetMaxDowntime(pointer, UInt64(maxDowntimeMilliseconds), 0)
         }
-        let rc = virDomainMigrateToURI(pointer, uri, UInt(flags), nil, UInt(bandwidthMiBps))
-        if rc != 0 { throw LibvirtConnection.lastError("migrating \(name) to \(uri)", notFound: .notFound) }
+        var params: virTypedParameterPtr?
+        var count: Int32 = 0, capacity: Int32 = 0
+        defer { virTypedParamsFree(params, count) }
+        if let migrationURI {
+            virTypedParamsAddString(&params, &count, &capacity, VIR_MIGRATE_PARAM_URI, migrationURI)
+        }
+        if bandwidthMiBps > 0 {
+            virTypedParamsAddULLong(&params, &count, &capacity, VIR_MIGRATE_PARAM_BANDWIDTH, UInt64(bandwidthMiBps))
+        }
+        if virDomainMigrateToURI3(pointer, uri, params, UInt32(count), flags) != 0 {
+            throw LibvirtConnection.lastError("migrating \(name) to \(uri)", notFound: .notFound)
+        }
     }
 
     /// The running job's progress, or nil when none runs.

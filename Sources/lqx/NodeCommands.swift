@@ -490,6 +490,10 @@
         @Option(name: .customLong("max-downtime"), help: "Longest pause at switch-over, milliseconds.") var maxDowntime:
             UInt32 = 0
         @Option(help: "Bandwidth limit, MiB/s (0: none).") var bandwidth: UInt32 = 0
+        @Option(
+            name: .customLong("migration-address"),
+            help: "Host or IP where the destination takes the migration stream (default: its host name).")
+        var migrationAddress: String?
 
         func run() async throws {
             try await runReportingErrors {

@@ -1,4 +1,5 @@
 import Foundation
+import HostBroker
 import LQXTestSupport
 import NodeDaemon
 import Testing
@@ -249,5 +250,100 @@ struct NodeDaemonProcess {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
+    }
+}
+
+/// A second libvirtd on this machine (scripts/libvirt-peer.sh) as the migration target: its own
+/// mount namespace and host UUID, so libvirt treats it as another host.
+struct LibvirtPeer {
+    let uri: String
+    let pid: Int32
+
+    static func start() throws -> LibvirtPeer {
+        let script = Command.repositoryRoot.appendingPathComponent("scripts/libvirt-peer.sh").path
+        let result = try Command.run(script, ["start"])
+        let fields = result.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        guard result.status == 0, fields.count == 2, let pid = Int32(fields[1]) else {
+            throw NodeError(.hypervisor, "libvirt-peer.sh start failed: \(result.stderr)")
+        }
+        return LibvirtPeer(uri: fields[0], pid: pid)
+    }
+
+    /// Runs a command in the peer's mount namespace (what its QEMU processes see).
+    func inNamespace(_ arguments: [String]) throws -> CommandResult {
+        try Command.run("/usr/bin/nsenter", ["-t", String(pid), "-m", "--"] + arguments)
+    }
+
+    func virsh(_ arguments: [String]) -> String {
+        (try? Command.run("/usr/bin/virsh", ["-c", uri] + arguments).stdout) ?? ""
+    }
+}
+
+extension NodeAPISystemTests {
+    @Test("live migration to another libvirt: the guest keeps running (same boot id) and leaves this node")
+    func migration() async throws {
+        guard LibvirtAvailability.available else { return }
+        let image = NodeLibvirtSystemTests.imageDirectory
+        try #require(FileManager.default.fileExists(atPath: image + "/vmlinuz"), "guest image missing")
+        let peer = try LibvirtPeer.start()
+        let node = try TestNode()
+        defer { node.remove() }
+        let daemon = try await NodeDaemonProcess.start(node)
+        defer { daemon.stop() }
+        let name = TestNode.vmName("migrate")
+        func lqx(_ arguments: [String]) async throws -> CommandResult {
+            try await Command.output(Command.binary("lqx"), ["--node", daemon.api] + arguments)
+        }
+        // Another host has its own run directory at the same path: the peer's QEMU binds the agent
+        // socket in a directory of its own (else the source QEMU, exiting, would unlink it).
+        let peerRun = node.root + "/peer-run"
+        try FileManager.default.createDirectory(atPath: peerRun + "/vms/\(name)", withIntermediateDirectories: true)
+        if let user = getpwnam("libvirt-qemu") {
+            chown(peerRun + "/vms/\(name)", user.pointee.pw_uid, user.pointee.pw_gid)
+        }
+        chmod(peerRun, 0o755)
+        chmod(peerRun + "/vms", 0o755)
+        let mounted = try peer.inNamespace(["mount", "--bind", peerRun, node.layout.runDirectory])
+        try #require(mounted.status == 0, "bind mount in the peer's namespace: \(mounted.stderr)")
+        defer {
+            _ = try? peer.inNamespace(["umount", node.layout.runDirectory])
+            _ = peer.virsh(["destroy", name])
+            _ = peer.virsh(["undefine", name])
+        }
+        let created = try await lqx([
+            "vm", "create", name, "--kernel", image + "/vmlinuz", "--initrd", image + "/initramfs.cpio", "--cmdline",
+            NodeLibvirtSystemTests.cmdline, "--memory", "384", "--start",
+        ])
+        try #require(created.status == 0, "\(created.stderr)")
+        let bootID = try await waitForBootID(name, daemon.api)
+        let migrated = try await lqx([
+            "vm", "migrate", name, peer.uri, "--migration-address", "127.0.0.1", "--max-downtime", "500",
+        ])
+        #expect(migrated.status == 0 && migrated.stdout.contains("migrated"), "\(migrated)")
+        #expect(peer.virsh(["domstate", name]).contains("running"))
+        let gone = try await lqx(["vm", "get", name])
+        #expect(gone.status == 255 && gone.stderr.contains("[not_found]"), "\(gone)")
+        // The same guest, still running, answers through the socket on the other "host".
+        let client = AgentClient(
+            address: .unix(path: peerRun + "/vms/\(name)/agent.sock"),
+            configuration: BrokerConfiguration(reconnectBackoff: .milliseconds(50)...(.milliseconds(200))))
+        let runner = Task { try await client.run() }
+        defer { runner.cancel() }
+        let session = try await client.session(timeout: .seconds(60))
+        #expect(try await session.info().bootID == bootID)
+        let refused = try await lqx(["vm", "migrate", "lqx-no-such-vm", peer.uri])
+        #expect(refused.status == 255 && refused.stderr.contains("[not_found]"))
+    }
+
+    /// The guest's boot id once its agent answers through the node.
+    func waitForBootID(_ name: String, _ api: String) async throws -> String {
+        let deadline = ContinuousClock.now + .seconds(150)
+        while ContinuousClock.now < deadline {
+            let result = try await Command.output(
+                Command.binary("lqx"), ["--node", api, "exec", name, "--", "cat", "/proc/sys/kernel/random/boot_id"])
+            if result.status == 0 { return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        throw NodeError(.timeout, "the agent of \(name) never answered")
     }
 }

@@ -216,7 +216,9 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
             let migration = Task { () async throws in
                 defer { input.finish() }
                 try await hypervisor.migrate(
-                    request.name, to: request.destinationUri, maxDowntimeMilliseconds: request.maxDowntimeMs,
+                    request.name, to: request.destinationUri,
+                    migrationAddress: request.migrationAddress.isEmpty ? nil : request.migrationAddress,
+                    maxDowntimeMilliseconds: request.maxDowntimeMs,
                     bandwidthMiBps: request.bandwidthMibps, progress: { input.yield($0) })
             }
             for await job in updates {

@@ -796,6 +796,10 @@ public nonisolated struct Limiquantix_Node_V1_MigrateVMRequest: Sendable {
   /// 0: unlimited
   public var bandwidthMibps: UInt32 = 0
 
+  /// Where the destination QEMU takes the migration stream (host or IP; tcp://ADDRESS). Empty: the
+  /// destination's host name, which must not resolve to a loopback address.
+  public var migrationAddress: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2386,7 +2390,7 @@ nonisolated extension Limiquantix_Node_V1_ConsoleInfo: SwiftProtobuf.Message, Sw
 
 nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrateVMRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}destination_uri\0\u{3}max_downtime_ms\0\u{3}bandwidth_mibps\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}destination_uri\0\u{3}max_downtime_ms\0\u{3}bandwidth_mibps\0\u{3}migration_address\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2398,6 +2402,7 @@ nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Messag
       case 2: try { try decoder.decodeSingularStringField(value: &self.destinationUri) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.maxDowntimeMs) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.bandwidthMibps) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.migrationAddress) }()
       default: break
       }
     }
@@ -2416,6 +2421,9 @@ nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Messag
     if self.bandwidthMibps != 0 {
       try visitor.visitSingularUInt32Field(value: self.bandwidthMibps, fieldNumber: 4)
     }
+    if !self.migrationAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.migrationAddress, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2424,6 +2432,7 @@ nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Messag
     if lhs.destinationUri != rhs.destinationUri {return false}
     if lhs.maxDowntimeMs != rhs.maxDowntimeMs {return false}
     if lhs.bandwidthMibps != rhs.bandwidthMibps {return false}
+    if lhs.migrationAddress != rhs.migrationAddress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
