@@ -46,7 +46,7 @@ let package = Package(
         .target(
             name: "NodeDaemon",
             dependencies: [
-                "CLibvirt", "HostBroker", "AgentProtocol", "NodeAPI",
+                "CLibvirt", "CLQXSupport", "HostBroker", "AgentProtocol", "NodeAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -41,6 +41,13 @@ struct LqxNode: AsyncParsableCommand {
     @Option(name: .customLong("telemetry-interval"), help: "Seconds between in-guest telemetry samples per VM.")
     var telemetryInterval: Double = 5
 
+    @Option(
+        name: .customLong("memory-trim"),
+        help: ArgumentHelp(
+            "Seconds between giving back code pages the daemon no longer runs (default 30; 0 never).",
+            discussion: "They stay in the page cache and come back by a minor fault when used again."))
+    var memoryTrim: Double = 30
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -48,6 +55,7 @@ struct LqxNode: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("unknown log level \(logLevel)")
         }
+        guard memoryTrim >= 0, memoryTrim.isFinite else { throw ValidationError("--memory-trim takes seconds >= 0") }
         guard telemetryInterval >= 0.1, telemetryInterval <= 3600 else {
             throw ValidationError("--telemetry-interval takes 0.1 to 3600 seconds")
         }
@@ -76,7 +84,8 @@ struct LqxNode: AsyncParsableCommand {
             listen: api, metricsListen: metrics, libvirtURI: libvirtURI,
             layout: NodeLayout(stateDirectory: stateDir, runDirectory: runDir),
             nodeName: nodeName ?? ProcessInfo.processInfo.hostName,
-            telemetryInterval: .milliseconds(Int64(telemetryInterval * 1000)))
+            telemetryInterval: .milliseconds(Int64(telemetryInterval * 1000)),
+            memoryTrim: memoryTrim > 0 ? .milliseconds(Int64(memoryTrim * 1000)) : nil)
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         let server: NodeServer
         do {

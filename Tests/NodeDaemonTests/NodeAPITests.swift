@@ -96,9 +96,10 @@ struct NodeAPIErrorTests {
         var logger = Logger(label: "node-test")
         logger.logLevel = .critical
         let server = try await NodeServer.start(
+            // Idle memory is given back every 100 ms: the calls below must not notice.
             NodeConfiguration(
-                listen: ("127.0.0.1", 0), metricsListen: ("127.0.0.1", 0), layout: node.layout,
-                nodeName: "unit"),
+                listen: ("127.0.0.1", 0), metricsListen: ("127.0.0.1", 0), layout: node.layout, nodeName: "unit",
+                memoryTrim: .milliseconds(100)),
             logger: logger)
         let port = Int(server.apiAddress.split(separator: ":").last!)!
         let transport = try HTTP2ClientTransport.Posix(
@@ -170,6 +171,7 @@ struct NodeAPIErrorTests {
                 _ = try await client.createSnapshot(.with { $0.vm = "lqx-no-such-vm" })
             }
             #expect(snapshotNoVM?.0 == .notFound)
+            try await Task.sleep(for: .milliseconds(300))
             let info = try await client.getNodeInfo(Limiquantix_Node_V1_NodeInfoRequest())
             #expect(info.hostname == "unit" && !info.hypervisor.libvirtVersion.isEmpty)
             #expect(info.hypervisor.capabilitiesXml.contains("<capabilities>"))

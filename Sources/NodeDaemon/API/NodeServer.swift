@@ -1,9 +1,11 @@
+import CLQXSupport
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import HostBroker
 import Logging
 import NIOCore
+import NIOPosix
 
 /// Settings of one node daemon.
 public struct NodeConfiguration: Sendable {
@@ -17,12 +19,18 @@ public struct NodeConfiguration: Sendable {
     public var nodeName: String
     public var telemetryInterval: Duration
     public var broker: BrokerConfiguration
+    /// How often code pages the daemon no longer touches are given back (nil: never). Startup
+    /// code (argument parsing, gRPC and libvirt set-up) is most of a fresh daemon's resident set;
+    /// what it still runs comes back from the page cache by minor faults.
+    public var memoryTrim: Duration?
 
     public init(
         listen: (host: String, port: Int), metricsListen: (host: String, port: Int)? = nil,
         libvirtURI: String = "qemu:///system", layout: NodeLayout, nodeName: String = ProcessInfo.processInfo.hostName,
-        telemetryInterval: Duration = .seconds(5), broker: BrokerConfiguration = BrokerConfiguration()
+        telemetryInterval: Duration = .seconds(5), broker: BrokerConfiguration = BrokerConfiguration(),
+        memoryTrim: Duration? = .seconds(30)
     ) {
+        self.memoryTrim = memoryTrim
         self.listen = listen
         self.metricsListen = metricsListen
         self.libvirtURI = libvirtURI
@@ -98,7 +106,26 @@ public final class NodeServer: Sendable {
             : .ipv4(host: configuration.listen.host, port: configuration.listen.port)
         let grpc = GRPCServer(
             transport: .http2NIOPosix(address: address, transportSecurity: .plaintext), services: [service])
-        let serving = Task { try await grpc.serve() }
+        let trim = configuration.memoryTrim
+        // Serving ends the task (and with it the memory trimming).
+        let serving = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await grpc.serve() }
+                if let trim {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: trim)
+                            let released = try await NIOThreadPool.singleton.runIfActive {
+                                lqx_release_clean_mappings()
+                            }
+                            logger.trace("released idle memory", metadata: ["kilobytes": "\(released)"])
+                        }
+                    }
+                }
+                try await group.next()
+                group.cancelAll()
+            }
+        }
         let bound: String
         do {
             guard let listening = try await grpc.listeningAddress else {
