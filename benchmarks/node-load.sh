@@ -49,7 +49,7 @@ get() { python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.u
 start=$(date +%s.%N)
 for i in $(seq 1 "$N"); do
     "$bin/lqx" --node "$api" vm create "$prefix-$i" --kernel "$PWD/$image/vmlinuz" \
-        --initrd "$PWD/$image/initramfs.cpio" --cmdline "console=ttyS0 loglevel=4 rdinit=/init" \
+        --initrd "$PWD/$image/initramfs.cpio" --cmdline "console=ttyS0 loglevel=4 no_timer_check rdinit=/init" \
         --cpus 1 --memory "$MEMORY" --start >/dev/null
 done
 echo "node-load: $N VMs started; waiting for every agent and its telemetry" >&2
@@ -59,8 +59,11 @@ while :; do
     sampled=$(get /metrics | grep -c '^lqx_guest_telemetry_age_seconds{' || true)
     [ "$connected" -eq "$N" ] && [ "$sampled" -eq "$N" ] && break
     if [ "$(date +%s)" -ge "$deadline" ]; then
-        echo "node-load: only $connected agents, $sampled with telemetry; console of $prefix-1:" >&2
-        tail -5 "$work/state/vms/$prefix-1/console.log" >&2
+        echo "node-load: only $connected agents, $sampled with telemetry" >&2
+        for vm in $(get /metrics | sed -n 's/^lqx_vm_agent_connected{.*vm="\([^"]*\)"} 0$/\1/p'); do
+            echo "console of $vm (no agent):" >&2
+            tail -5 "$work/state/vms/$vm/console.log" >&2
+        done
         exit 1
     fi
     sleep 2

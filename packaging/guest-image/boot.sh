@@ -40,7 +40,7 @@ args=(
     -nodefaults -no-user-config -display none -machine q35 "${accel[@]}"
     -m "$memory" -smp "$cpus"
     -kernel "$image/vmlinuz" -initrd "$image/initramfs.cpio"
-    -append "console=ttyS0 loglevel=4 rdinit=/init"
+    -append "console=ttyS0 loglevel=4 no_timer_check rdinit=/init"
     -device virtio-serial-pci,id=vser
     -chardev "socket,id=agent,path=$socket,server=on,wait=off"
     -device virtserialport,bus=vser.0,chardev=agent,name=org.limiquantix.agent.0
