@@ -31,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 echo "== tests"
 LIBVIRT_SYSTEM_TESTS="NodeLibvirtSystemTests|NodeManagerSystemTests|NodeAPISystemTests"
-swift test --skip-build --parallel --num-workers 2 --skip "GuestSystemTests|$LIBVIRT_SYSTEM_TESTS"
+swift test --skip-build --parallel --num-workers 2 --skip "GuestSystemTests|NodeLoadSystemTests|$LIBVIRT_SYSTEM_TESTS"
 echo "== libFuzzer: frame decoder, messages, multiplexer (60 s)"
 ./scripts/fuzz.sh 60
 echo "== system tests in a QEMU guest started directly"
@@ -39,3 +39,5 @@ swift test --skip-build --filter "GuestSystemTests"
 # Separately, so the TCG guests under libvirt do not share the 2 cores with the direct ones.
 echo "== system tests with VMs under libvirtd"
 swift test --skip-build --filter "$LIBVIRT_SYSTEM_TESTS"
+echo "== 20 VMs on one node daemon"
+swift test --skip-build --filter "NodeLoadSystemTests"
