@@ -187,17 +187,29 @@ public final class VMManager: Sendable {
     /// after `timeout` without the VM shutting off, it is stopped at once.
     public func stop(_ name: String, timeout: Duration = .seconds(60)) async throws(NodeError) -> StopMethod {
         guard try await hypervisor.status(name).state.isActive else { return .alreadyStopped }
+        let deadline = ContinuousClock.now + timeout
         var method = StopMethod.acpi
-        if let client = agent(name), let session = try? await client.session(timeout: .seconds(2)) {
-            do {
-                _ = try await session.shutdown(.poweroff)
+        if let session = agent(name)?.currentSession {
+            // A guest that does not answer (hung, paused) must not hold the stop beyond `timeout`.
+            let accepted = await withTaskGroup(of: Bool.self) { group in
+                group.addTask { (try? await session.shutdown(.poweroff)) != nil }
+                group.addTask {
+                    try? await Task.sleep(until: deadline, clock: .continuous)
+                    return false
+                }
+                let first = await group.next() ?? false
+                group.cancelAll()
+                return first
+            }
+            if accepted {
                 method = .agent
-            } catch {
-                logger.info("agent shutdown failed; using ACPI", metadata: ["vm": "\(name)", "error": "\(error)"])
+            } else {
+                logger.info("the agent did not accept the shutdown; using ACPI", metadata: ["vm": "\(name)"])
             }
         }
         if method == .acpi { try? await hypervisor.requestShutdown(name) }
-        if await waitForState(name, timeout: timeout, { !$0.isActive }) { return method }
+        let remaining = max(deadline - ContinuousClock.now, .zero)
+        if await waitForState(name, timeout: remaining, { !$0.isActive }) { return method }
         logger.warning("VM did not shut down in time; stopping it", metadata: ["vm": "\(name)"])
         try await hypervisor.forceStop(name)
         _ = await waitForState(name, timeout: .seconds(10), { !$0.isActive })

@@ -150,6 +150,17 @@ struct NodeAPISystemTests {
             #expect(refused.status == 255 && refused.stderr.contains("[failed_precondition]"), "\(refused.stderr)")
             #expect(try await lqx(["vm", "pause", name]).stdout.contains("paused"))
             #expect(try await lqx(["vm", "resume", name]).stdout.contains("running"))
+
+            // Console info: the serial log on the node, with what the guest printed.
+            let console = try await lqx(["vm", "console", name])
+            let logPath = node.layout.vmState(name) + "/console.log"
+            #expect(console.status == 0 && console.stdout.contains("serial log: \(logPath)"), "\(console)")
+            #expect((try? String(contentsOfFile: logPath, encoding: .utf8))?.contains("rcS") == true)
+            // A guest that cannot answer (paused) is stopped at once when the timeout runs out.
+            #expect(try await lqx(["vm", "pause", name]).status == 0)
+            let hung = try await lqx(["vm", "stop", name, "--timeout", "3"])
+            #expect(hung.status == 0 && hung.stdout.contains("stopped at once"), "\(hung)")
+            #expect(try await lqx(["vm", "start", name]).status == 0)
         } catch {
             print("lqx-node log:\n\(daemon.log.suffix(4000))")
             let layout = node.layout
@@ -157,9 +168,12 @@ struct NodeAPISystemTests {
             await abandon(name, hypervisor, console: "\(layout.vmState(name))/console.log")
             throw error
         }
-        let deleted = try await lqx(["vm", "delete", name, "--force"])
+        // Deleted while running (--force); --keep-disks keeps the image the node created, only it.
+        let deleted = try await lqx(["vm", "delete", name, "--force", "--keep-disks"])
         #expect(deleted.status == 0, "\(deleted.stderr)")
-        #expect(node.contents().filter { $0.contains(name) }.isEmpty, "left behind: \(node.contents())")
+        let kept = node.contents().filter { $0.contains(name) }
+        #expect(kept == ["state/vms/\(name)", "state/vms/\(name)/disk0.qcow2"], "after delete: \(kept)")
+        #expect(try await lqx(["vm", "get", name]).stderr.contains("[not_found]"))
     }
 
     /// Until `vm get` reports the agent connected (boot under TCG takes seconds).
