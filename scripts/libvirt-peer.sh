@@ -33,8 +33,8 @@ CONF
         mount --bind '$dir/log' /var/log/libvirt
         mount --bind '$dir/cache' /var/cache/libvirt
         mount --bind '$dir/etc' /etc/libvirt
-        virtlogd -d -p '$dir/virtlogd.pid'
-        libvirtd -d --listen -p '$dir/libvirtd.pid'"
+        virtlogd -d -p '$dir/virtlogd.pid' </dev/null >/dev/null 2>&1
+        libvirtd -d --listen -p '$dir/libvirtd.pid' </dev/null >/dev/null 2>&1"
     for _ in $(seq 1 50); do
         if virsh -c "$uri" version >/dev/null 2>&1; then
             echo "$uri $(cat "$dir/libvirtd.pid")"

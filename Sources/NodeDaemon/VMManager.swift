@@ -190,17 +190,20 @@ public final class VMManager: Sendable {
         let deadline = ContinuousClock.now + timeout
         var method = StopMethod.acpi
         if let session = agent(name)?.currentSession {
-            // A guest that does not answer (hung, paused) must not hold the stop beyond `timeout`.
-            let accepted = await withTaskGroup(of: Bool.self) { group in
-                group.addTask { (try? await session.shutdown(.poweroff)) != nil }
-                group.addTask {
-                    try? await Task.sleep(until: deadline, clock: .continuous)
-                    return false
-                }
-                let first = await group.next() ?? false
-                group.cancelAll()
-                return first
+            // A guest that does not answer (hung, paused) must not hold the stop beyond `timeout`:
+            // the request runs on its own (a reply that never comes cannot be cancelled; it ends
+            // with the session) and the first of its answer and the deadline decides.
+            let (outcome, decide) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(2))
+            let request = Task { decide.yield((try? await session.shutdown(.poweroff)) != nil) }
+            let timer = Task {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                decide.yield(false)
             }
+            var first = outcome.makeAsyncIterator()
+            let accepted = await first.next() ?? false
+            timer.cancel()
+            request.cancel()
+            decide.finish()
             if accepted {
                 method = .agent
             } else {
