@@ -33,6 +33,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "CLQXSupport", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "ProcessSupport", dependencies: ["CLQXSupport"]),
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .target(
             name: "NodeAPI",
@@ -46,7 +47,7 @@ let package = Package(
         .target(
             name: "NodeDaemon",
             dependencies: [
-                "CLibvirt", "CLQXSupport", "HostBroker", "AgentProtocol", "NodeAPI",
+                "CLibvirt", "CLQXSupport", "ProcessSupport", "HostBroker", "AgentProtocol", "NodeAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -133,7 +134,7 @@ let package = Package(
             ],
             path: "benchmarks/AgentBench"
         ),
-        .target(name: "LQXTestSupport", path: "Tests/Support"),
+        .target(name: "LQXTestSupport", dependencies: ["ProcessSupport"], path: "Tests/Support"),
         .testTarget(
             name: "AgentProtocolTests",
             dependencies: [

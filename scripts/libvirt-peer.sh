@@ -50,8 +50,21 @@ stop)
         virsh -c "$uri" destroy "$vm" >/dev/null 2>&1 || true
         virsh -c "$uri" undefine "$vm" >/dev/null 2>&1 || true
     done
+    # Only processes that are still the peer's (a stale pid file may name a reused pid).
     for p in libvirtd virtlogd; do
-        [ -f "$dir/$p.pid" ] && kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
+        pidfile="$dir/$p.pid"
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+        if [[ "$cmdline" == *"-p $pidfile"* ]]; then
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -KILL "$pid" 2>/dev/null || true # SIGTERM blocked or ignored: no more waiting
+        fi
+        rm -f "$pidfile"
     done
     ;;
 *)

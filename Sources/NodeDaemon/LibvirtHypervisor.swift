@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import ProcessSupport
 
 /// What the node reports about one VM.
 public struct VMStatus: Sendable, Equatable, Codable {
@@ -22,7 +23,7 @@ public protocol Hypervisor: Sendable {
     /// (stopped). Nothing is left behind when any step fails.
     func create(_ spec: VMSpec) async throws(NodeError) -> VMStatus
     func start(_ name: String) async throws(NodeError)
-    /// ACPI power button: the guest decides.
+    /// Presses the ACPI power button; the guest decides whether and when to power off.
     func requestShutdown(_ name: String) async throws(NodeError)
     /// Stops the VM at once (pulls the plug).
     func forceStop(_ name: String) async throws(NodeError)
@@ -92,7 +93,21 @@ public final class LibvirtHypervisor: Hypervisor {
         guard let domain = try connection.domain(named: name) else {
             throw NodeError(.notFound, "no VM named \(name)")
         }
+        guard isOwn(domain, name: name) else {
+            throw NodeError(
+                .notFound,
+                "no VM named \(name) on this node (libvirt has a domain of that name, managed by another node or tool)")
+        }
         return domain
+    }
+
+    /// Whether this node created the domain: its metadata names this node's state directory.
+    /// Two nodes sharing a libvirtd (distinct state directories) never see each other's VMs, and
+    /// a VM migrated between hosts with the same state directory is adopted by the destination.
+    func isOwn(_ domain: LibvirtDomain, name: String) -> Bool {
+        guard let xml = try? domain.xml(inactive: true) else { return false }
+        return xml.contains(DomainPlan.metadataNamespace)
+            && XMLText.element("lqx:console-log", in: xml) == "\(layout.vmState(name))/console.log"
     }
 
     public func create(_ spec: VMSpec) async throws(NodeError) -> VMStatus {
@@ -222,21 +237,15 @@ public final class LibvirtHypervisor: Hypervisor {
     }
 
     func qemuImg(_ arguments: [String]) throws(NodeError) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
-        process.arguments = arguments
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        do { try process.run() } catch {
-            throw NodeError(.io, "cannot run qemu-img (apt install qemu-utils): \(error.localizedDescription)")
+        let output: ChildOutput
+        do { output = try Child.run("/usr/bin/qemu-img", arguments, outputLimit: 64 << 10) } catch {
+            throw NodeError(.io, "cannot run qemu-img (apt install qemu-utils): \(error)")
         }
-        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
+        guard output.status == 0 else {
             throw NodeError(
                 .io,
-                "qemu-img \(arguments.first ?? "") failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+                "qemu-img \(arguments.first ?? "") failed: "
+                    + output.stderrText.trimmingCharacters(in: .whitespacesAndNewlines))
         }
     }
 
@@ -321,9 +330,7 @@ public final class LibvirtHypervisor: Hypervisor {
     /// an unknown name or another tool's domain.
     public func managedStatus(_ name: String) async throws(NodeError) -> VMStatus? {
         try await blocking { [self] () throws(NodeError) -> VMStatus? in
-            guard let domain = try connection.domain(named: name),
-                (try? domain.xml(inactive: true))?.contains(DomainPlan.metadataNamespace) == true
-            else { return nil }
+            guard let domain = try connection.domain(named: name), isOwn(domain, name: name) else { return nil }
             return try status(of: domain)
         }
     }
@@ -331,10 +338,8 @@ public final class LibvirtHypervisor: Hypervisor {
     public func list() async throws(NodeError) -> [VMStatus] {
         try await blocking { [self] () throws(NodeError) in
             // Only the node's own VMs: other domains on the same libvirtd are not ours to report.
-            try connection.domains().filter {
-                (try? $0.xml(inactive: true))?.contains(DomainPlan.metadataNamespace) == true
-            }
-            .map { domain throws(NodeError) in try status(of: domain) }.sorted { $0.name < $1.name }
+            try connection.domains().filter { isOwn($0, name: $0.name) }
+                .map { domain throws(NodeError) in try status(of: domain) }.sorted { $0.name < $1.name }
         }
     }
 

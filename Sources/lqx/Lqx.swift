@@ -10,13 +10,17 @@ struct Lqx: AsyncParsableCommand {
         commandName: "lqx",
         abstract: "limiquantix operator CLI.",
         discussion: """
-            With --node HOST:PORT (or $LQX_NODE), commands go through a node daemon: `vm` and `node`
-            manage VMs, and exec, cp and metrics name the VM (exec NAME -- CMD, cp ./f NAME:/PATH,
-            metrics NAME).
-            With --agent ADDR, commands talk to one guest agent directly through an in-process broker.
-            ADDR is unix:PATH (virtio-serial socket of a VM, or an agent's --listen socket),
-            vsock:CID:PORT, or hvsock:PATH:PORT (Firecracker / Cloud Hypervisor hybrid vsock).
-            Exit status: the remote command's for exec (128+N when killed by signal N), 255 when lqx itself fails.
+            With --node HOST:PORT (or $LQX_NODE), commands go through a node daemon: `vm` and \
+            `node` manage VMs, and exec, cp and metrics name the VM (exec NAME -- CMD, \
+            cp ./f NAME:/PATH, metrics NAME).
+
+            With --agent ADDR, commands talk to one guest agent directly through an in-process \
+            broker. ADDR is unix:PATH (virtio-serial socket of a VM, or an agent's --listen \
+            socket), vsock:CID:PORT, or hvsock:PATH:PORT (Firecracker / Cloud Hypervisor hybrid \
+            vsock).
+
+            Exit status: the remote command's for exec (128+N when killed by signal N), 255 when \
+            lqx itself fails.
             """,
         version: HostBroker.version,
         subcommands: [Info.self, Ping.self, Exec.self, Copy.self, Metrics.self, Top.self, Shutdown.self]

@@ -128,7 +128,8 @@
 
     struct VMReboot: SimpleVMCommand {
         static let configuration = CommandConfiguration(
-            commandName: "reboot", abstract: "Reboot a VM (ACPI: the guest decides).")
+            commandName: "reboot",
+            abstract: "Reboot a VM (through its agent when connected, else the ACPI reset request).")
         @OptionGroup var options: AgentOptions
         @Argument(help: "VM name.") var name: String
         @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text

@@ -1,5 +1,6 @@
 import AgentProtocol
 import Foundation
+import LQXTestSupport
 import Logging
 import NIOCore
 import Synchronization
@@ -68,7 +69,7 @@ final class GuestVM: Sendable {
     let consolePath: String
     let memoryMiB: Int
     let cpus: Int
-    private let process: Process
+    private let child: Child
     let bootStarted: ContinuousClock.Instant
 
     private init(memoryMiB: Int, cpus: Int, raw: Bool) throws {
@@ -79,38 +80,34 @@ final class GuestVM: Sendable {
         consolePath = dir.file("console.log")
         self.memoryMiB = memoryMiB
         self.cpus = cpus
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.repositoryRoot + "/packaging/guest-image/boot.sh")
         var arguments = [
             "--image", Self.imageDirectory, "--socket", socket, "--console", consolePath,
             "--memory", String(memoryMiB), "--cpus", String(cpus),
         ]
         if raw { arguments += ["--raw-socket", rawSocket] }
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle(forWritingAtPath: "/dev/stderr")
         bootStarted = .now
-        try process.run()
+        // boot.sh's own messages go to the test's stderr.
+        child = try Child.spawn(
+            Self.repositoryRoot + "/packaging/guest-image/boot.sh", arguments, stdout: STDERR_FILENO,
+            stderr: STDERR_FILENO)
     }
 
     /// The guest's serial console so far.
     var console: String { (try? String(contentsOfFile: consolePath, encoding: .utf8)) ?? "(no console output)" }
 
     /// Whether QEMU is still running.
-    var isRunning: Bool { process.isRunning }
+    var isRunning: Bool { child.isRunning }
 
     /// Waits up to `timeout` for QEMU to exit by itself; true if it did.
     func waitForExit(timeout: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
-        return !process.isRunning
+        await child.exit(timeout: timeout) != nil
     }
 
     /// Kills QEMU (always called at the end of a test) and removes the test directory.
     func destroy() {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+        if child.isRunning {
+            child.signal(SIGKILL)
+            _ = child.wait()
         }
         dir.remove()
     }

@@ -1,6 +1,7 @@
 import AgentProtocol
 import Foundation
 import GuestAgent
+import LQXTestSupport
 import Logging
 import NIOCore
 import NIOPosix
@@ -130,15 +131,7 @@ func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
 }
 
 func sha256Hex(ofFile path: String) throws -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
-    process.arguments = [path]
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data.prefix(64), as: UTF8.self)
+    String(try Command.run("/usr/bin/sha256sum", [path]).stdout.prefix(64))
 }
 
 /// Whether a process exists and is not a zombie.

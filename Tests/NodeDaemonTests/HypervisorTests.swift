@@ -1,4 +1,5 @@
 import Foundation
+import LQXTestSupport
 import NodeDaemon
 import Testing
 
@@ -40,13 +41,36 @@ struct HypervisorTests {
         #expect(missing?.code == .notFound)
     }
 
+    @Test("two nodes on one libvirtd: neither lists, reads or deletes the other's VM")
+    func nodesSharingLibvirt() async throws {
+        guard LibvirtAvailability.available else { return }
+        let first = try TestNode(), second = try TestNode()
+        defer {
+            first.remove()
+            second.remove()
+        }
+        let mine = try LibvirtHypervisor(layout: first.layout)
+        let other = try LibvirtHypervisor(layout: second.layout)
+        let name = TestNode.vmName("shared")
+        _ = try await mine.create(spec(name))
+        #expect(try await mine.list().map(\.name).contains(name))
+        #expect(try await !other.list().map(\.name).contains(name))
+        #expect(try await other.managedStatus(name) == nil)
+        let read = await #expect(throws: NodeError.self) { try await other.status(name) }
+        #expect(read?.code == .notFound)
+        #expect(read?.message.contains("another node") == true)
+        let deleted = await #expect(throws: NodeError.self) {
+            try await other.delete(name, force: true, deleteDisks: true)
+        }
+        #expect(deleted?.code == .notFound)
+        #expect(try await mine.status(name).state == .shutOff)
+        try await mine.delete(name, force: false, deleteDisks: true)
+    }
+
     private func makeImage(_ node: TestNode) throws -> String {
         let path = node.root + "/base.qcow2"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
-        process.arguments = ["create", "-q", "-f", "qcow2", path, "1G"]
-        try process.run()
-        process.waitUntilExit()
+        let result = try Command.run("/usr/bin/qemu-img", ["create", "-q", "-f", "qcow2", path, "1G"])
+        #expect(result.status == 0, "qemu-img create: \(result.stderr)")
         return path
     }
 

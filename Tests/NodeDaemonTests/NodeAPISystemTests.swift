@@ -205,7 +205,9 @@ struct NodeAPISystemTests {
 
 /// `lqx-node` running as a child process on free ports.
 struct NodeDaemonProcess {
-    let process: Process
+    let child: Child
+    /// Our end of the daemon's stdout (kept open so its later writes never fail).
+    let stdout: Int32
     let api: String
     let metrics: String
     let logPath: String
@@ -213,30 +215,33 @@ struct NodeDaemonProcess {
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     static func start(_ node: TestNode) async throws -> NodeDaemonProcess {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Command.binary("lqx-node"))
-        process.arguments = [
-            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--state-dir", node.layout.stateDirectory,
-            "--run-dir", node.layout.runDirectory, "--telemetry-interval", "1", "--node-name", "test-node",
-        ]
         let logPath = node.root + "/lqx-node.log"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        try logHandle.seekToEnd()
-        process.standardError = logHandle
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard logFD >= 0 else { throw NodeError(.io, "cannot open \(logPath)") }
+        defer { close(logFD) }
+        let out = try Child.pipe()
+        let child: Child
+        do {
+            child = try Child.spawn(
+                Command.binary("lqx-node"),
+                [
+                    "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--state-dir",
+                    node.layout.stateDirectory, "--run-dir", node.layout.runDirectory, "--telemetry-interval", "1",
+                    "--node-name", "test-node",
+                ], stdout: out.write, stderr: logFD)
+        } catch {
+            close(out.read)
+            close(out.write)
+            throw error
+        }
+        close(out.write)
         // The first stdout line says where it listens.
-        let line: String = try await withCheckedThrowingContinuation { continuation in
+        let reader = out.read
+        let line: String = await withCheckedContinuation { continuation in
             Thread {
-                var data = Data()
-                while !data.contains(0x0A) {
-                    let chunk = out.fileHandleForReading.availableData
-                    if chunk.isEmpty { break }
-                    data.append(chunk)
-                }
+                var data = [UInt8]()
+                var byte: UInt8 = 0
+                while byte != 0x0A, read(reader, &byte, 1) == 1 { data.append(byte) }
                 continuation.resume(
                     returning: String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
             }.start()
@@ -245,24 +250,27 @@ struct NodeDaemonProcess {
             line.split(separator: " ").first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
         }
         guard let api = field("grpc"), let metrics = field("metrics") else {
-            process.terminate()
+            child.signal(SIGKILL)
+            _ = child.wait()
+            close(reader)
             let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
             throw NodeError(.io, "lqx-node did not start: \(line) \(log)")
         }
-        return NodeDaemonProcess(process: process, api: api, metrics: metrics, logPath: logPath)
+        return NodeDaemonProcess(child: child, stdout: reader, api: api, metrics: metrics, logPath: logPath)
     }
 
     /// SIGTERM and wait (the VMs keep running); a daemon that has not exited after 20 s is a
     /// failure and gets SIGKILL.
     func stop() {
-        guard process.isRunning else { return }
-        process.terminate()
+        defer { close(stdout) }
+        guard child.isRunning else { return }
+        child.signal(SIGTERM)
         let deadline = Date().addingTimeInterval(20)
-        while process.isRunning, Date() < deadline { usleep(50_000) }
-        if process.isRunning {
+        while child.isRunning, Date() < deadline { usleep(50_000) }
+        if child.isRunning {
             Issue.record("lqx-node did not exit within 20 s of SIGTERM")
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            child.signal(SIGKILL)
+            _ = child.wait()
         }
     }
 }

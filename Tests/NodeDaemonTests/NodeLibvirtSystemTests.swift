@@ -1,6 +1,7 @@
 import AgentProtocol
 import Foundation
 import HostBroker
+import LQXTestSupport
 import Logging
 import NodeDaemon
 import Testing
@@ -234,14 +235,8 @@ func abandon(_ name: String, _ hypervisor: LibvirtHypervisor, console: String) a
 
 /// Output of a virsh command on qemu:///system (diagnostics only).
 func virsh(_ arguments: [String]) -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/virsh")
-    process.arguments = ["-c", "qemu:///system"] + arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    guard (try? process.run()) != nil else { return "(virsh not runnable)" }
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
+    guard let result = try? Command.run("/usr/bin/virsh", ["-c", "qemu:///system"] + arguments) else {
+        return "(virsh not runnable)"
+    }
+    return result.stdout + result.stderr
 }

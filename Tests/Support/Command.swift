@@ -1,4 +1,5 @@
 import Foundation
+@_exported import ProcessSupport
 
 /// What a finished command printed and how it exited.
 public struct CommandResult: Sendable {
@@ -18,63 +19,20 @@ public enum Command {
         repositoryRoot.appendingPathComponent(".build/debug/\(name)").path
     }
 
-    /// Runs `binary` to completion; `stdin` nil reads /dev/null.
+    /// Runs `binary` to completion on the calling thread; `stdin` nil reads /dev/null.
+    /// (ProcessSupport, not Foundation's Process: see `Child`.)
     public static func run(_ binary: String, _ arguments: [String], stdin: String? = nil) throws -> CommandResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = stdin == nil ? FileHandle.nullDevice : input
-        try process.run()
-        if let stdin {
-            input.fileHandleForWriting.write(Data(stdin.utf8))
-            try input.fileHandleForWriting.close()
-        }
-        // stderr is drained on another thread so a chatty command cannot fill its pipe and stall.
-        let errData = OnceValue<Data>()
-        let drain = Thread { errData.set(err.fileHandleForReading.readDataToEndOfFile()) }
-        drain.start()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return CommandResult(
-            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData.waitForValue(), as: UTF8.self))
-    }
-}
-
-/// A value set once by one thread and awaited by another.
-final class OnceValue<Value>: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var value: Value?
-
-    func set(_ newValue: Value) {
-        condition.lock()
-        value = newValue
-        condition.broadcast()
-        condition.unlock()
+        let output = try Child.run(binary, arguments, stdin: stdin.map { Array($0.utf8) })
+        return CommandResult(status: output.status, stdout: output.stdoutText, stderr: output.stderrText)
     }
 
-    func waitForValue() -> Value {
-        condition.lock()
-        defer { condition.unlock() }
-        while value == nil { condition.wait() }
-        return value!
-    }
-}
-
-extension Command {
     /// `run` on its own thread, so a test awaiting a slow command never blocks a thread of the
     /// cooperative pool.
     public static func output(_ binary: String, _ arguments: [String], stdin: String? = nil) async throws
         -> CommandResult
     {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread {
-                continuation.resume(with: Result { try run(binary, arguments, stdin: stdin) })
-            }.start()
-        }
+        let output = try await Child.output(binary, arguments, stdin: stdin.map { Array($0.utf8) })
+        return CommandResult(status: output.status, stdout: output.stdoutText, stderr: output.stderrText)
     }
 }
 
