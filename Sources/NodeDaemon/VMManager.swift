@@ -33,10 +33,14 @@ public final class VMManager: Sendable {
         var info: AgentInfo?
     }
 
+    /// A `waitForState` call. It is registered before its timer starts and before it parks, so
+    /// neither a state change nor the timeout can slip in between and be missed: whoever ends the
+    /// wait removes the entry, and a caller that finds its entry gone does not park.
     private struct Waiter {
         let name: String
         let wanted: @Sendable (DomainState) -> Bool
-        let continuation: CheckedContinuation<Void, Never>
+        /// Set once the caller has parked.
+        var continuation: CheckedContinuation<Void, Never>?
     }
 
     private struct State {
@@ -244,26 +248,32 @@ public final class VMManager: Sendable {
     ) async -> Bool {
         let id = state.withLock { state -> Int in
             state.nextWaiter += 1
+            state.waiters[state.nextWaiter] = Waiter(name: name, wanted: wanted)
             return state.nextWaiter
         }
         let timer = Task {
-            try? await Task.sleep(for: timeout)
-            self.resumeWaiter(id)
+            guard (try? await Task.sleep(for: timeout)) != nil else { return }
+            self.endWait(id)
         }
         defer { timer.cancel() }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = state.withLock { state -> Bool in
-                if let current = state.vms[name]?.state, wanted(current) { return true }
-                state.waiters[id] = Waiter(name: name, wanted: wanted, continuation: continuation)
-                return false
+            let parked = state.withLock { state -> Bool in
+                guard state.waiters[id] != nil else { return false }
+                if let current = state.vms[name]?.state, wanted(current) {
+                    state.waiters[id] = nil
+                    return false
+                }
+                state.waiters[id]?.continuation = continuation
+                return true
             }
-            if done { continuation.resume() }
+            if !parked { continuation.resume() }
         }
         return state.withLock { $0.vms[name].map { wanted($0.state) } ?? false }
     }
 
-    private func resumeWaiter(_ id: Int) {
-        state.withLock { $0.waiters.removeValue(forKey: id) }?.continuation.resume()
+    /// Ends a wait (its timeout): resumes it if it parked; otherwise it will not park.
+    private func endWait(_ id: Int) {
+        state.withLock { $0.waiters.removeValue(forKey: id) }?.continuation?.resume()
     }
 
     private func handle(_ event: DomainEvent) async {
@@ -315,7 +325,7 @@ public final class VMManager: Sendable {
             return (runner, Array(matching.values))
         }
         runner?.cancel()
-        for waiter in waiters { waiter.continuation.resume() }
+        for waiter in waiters { waiter.continuation?.resume() }
     }
 
     private func update(_ name: String, _ newState: DomainState, agentSocket: String) {
@@ -359,6 +369,6 @@ public final class VMManager: Sendable {
             return (stale, Array(ready.values))
         }
         stale?.cancel()
-        for waiter in waiters { waiter.continuation.resume() }
+        for waiter in waiters { waiter.continuation?.resume() }
     }
 }

@@ -24,6 +24,7 @@ struct NodeAPISystemTests {
             try await Command.output(Command.binary("lqx"), ["--node", daemon.api] + arguments, stdin: stdin)
         }
         let boot = ["--kernel", kernel, "--initrd", initrd, "--cmdline", NodeLibvirtSystemTests.cmdline]
+        let consoleLog = node.layout.vmState(name) + "/console.log"
 
         // Bad specs: a clear error naming the problem, exit status 255, nothing left behind.
         let zeroCPUs = try await lqx(["vm", "create", name] + boot + ["--cpus", "0"])
@@ -47,7 +48,7 @@ struct NodeAPISystemTests {
         #expect(duplicate.status == 255 && duplicate.stderr.contains("[already_exists]"), "\(duplicate.stderr)")
         do {
             try #require(try await lqx(["vm", "start", name]).status == 0)
-            try await waitForAgent(name, lqx)
+            try await waitForAgent(name, lqx, console: consoleLog)
 
             // exec: output, exit status, stdin.
             let cmdline = try await lqx(["exec", name, "--", "cat", "/proc/cmdline"])
@@ -101,12 +102,13 @@ struct NodeAPISystemTests {
             // Reboot through the agent: a new boot id.
             let bootID = try await lqx(["exec", name, "--", "cat", "/proc/sys/kernel/random/boot_id"]).stdout
             #expect(try await lqx(["vm", "reboot", name]).status == 0)
-            let deadline = ContinuousClock.now + .seconds(120)
             var newBootID = bootID
-            while newBootID == bootID, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .seconds(1))
+            _ = try await untilGuestReady(name, consoleLog: consoleLog, timeout: .seconds(120)) {
+                try await powerCycle(name, lqx)
+            } ready: {
                 let r = try await lqx(["exec", name, "--", "cat", "/proc/sys/kernel/random/boot_id"])
                 if r.status == 0 { newBootID = r.stdout }
+                return newBootID != bootID
             }
             #expect(newBootID != bootID && !newBootID.isEmpty, "the guest did not reboot")
 
@@ -123,7 +125,7 @@ struct NodeAPISystemTests {
             #expect(
                 try await lqx(["vm", "snapshot", "create", name, "s1", "--description", "marker AAAA"]).status == 0)
             #expect(try await lqx(["vm", "start", name]).status == 0)
-            try await waitForAgent(name, lqx)
+            try await waitForAgent(name, lqx, console: consoleLog)
             #expect(try await write("BBBB").status == 0)
             #expect(try await lqx(["vm", "stop", name, "--force"]).stdout.contains("stopped at once"))
             let reverted = try await lqx(["vm", "snapshot", "revert", name, "s1"])
@@ -131,7 +133,7 @@ struct NodeAPISystemTests {
             let snapshots = try await lqx(["vm", "snapshot", "list", name, "-o", "json"])
             #expect(snapshots.stdout.contains("\"s1\"") && snapshots.stdout.contains("marker AAAA"), "\(snapshots)")
             #expect(try await lqx(["vm", "start", name]).status == 0)
-            try await waitForAgent(name, lqx)
+            try await waitForAgent(name, lqx, console: consoleLog)
             let marker = try await lqx(["exec", name, "--", "dd", "if=/dev/vda", "bs=4", "count=1", "status=none"])
             #expect(marker.stdout == "AAAA", "after revert: \(marker)")
             #expect(try await lqx(["vm", "snapshot", "delete", name, "s1"]).status == 0)
@@ -143,7 +145,7 @@ struct NodeAPISystemTests {
             daemon.stop()
             #expect(virsh(["domstate", name]).contains("running"))
             daemon = try await NodeDaemonProcess.start(node)
-            try await waitForAgent(name, lqx)
+            try await waitForAgent(name, lqx, console: consoleLog)
             #expect(try await lqx(["exec", name, "--", "true"]).status == 0)
 
             let refused = try await lqx(["vm", "delete", name])
@@ -153,9 +155,8 @@ struct NodeAPISystemTests {
 
             // Console info: the serial log on the node, with what the guest printed.
             let console = try await lqx(["vm", "console", name])
-            let logPath = node.layout.vmState(name) + "/console.log"
-            #expect(console.status == 0 && console.stdout.contains("serial log: \(logPath)"), "\(console)")
-            #expect((try? String(contentsOfFile: logPath, encoding: .utf8))?.contains("rcS") == true)
+            #expect(console.status == 0 && console.stdout.contains("serial log: \(consoleLog)"), "\(console)")
+            #expect((try? String(contentsOfFile: consoleLog, encoding: .utf8))?.contains("rcS") == true)
             // A guest that cannot answer (paused) is stopped at once when the timeout runs out.
             #expect(try await lqx(["vm", "pause", name]).status == 0)
             let hung = try await lqx(["vm", "stop", name, "--timeout", "3"])
@@ -176,18 +177,29 @@ struct NodeAPISystemTests {
         #expect(try await lqx(["vm", "get", name]).stderr.contains("[not_found]"))
     }
 
-    /// Until `vm get` reports the agent connected (boot under TCG takes seconds).
-    func waitForAgent(_ name: String, _ lqx: (([String], String?) async throws -> CommandResult)) async throws {
-        let deadline = ContinuousClock.now + .seconds(150)
+    /// Until `vm get` reports the agent connected (boot under TCG takes seconds); a guest whose kernel
+    /// stalls while booting is power-cycled once (`untilGuestReady`).
+    func waitForAgent(_ name: String, _ lqx: (([String], String?) async throws -> CommandResult), console: String)
+        async throws
+    {
         var last = ""
-        while ContinuousClock.now < deadline {
+        let connected = try await untilGuestReady(name, consoleLog: console) {
+            try await powerCycle(name, lqx)
+        } ready: {
             let result = try await lqx(["vm", "get", name, "-o", "json"], nil)
             last = result.stdout + result.stderr
-            if result.status == 0, result.stdout.contains("\"connected\":true") { return }
-            try await Task.sleep(for: .milliseconds(500))
+            return result.status == 0 && result.stdout.contains("\"connected\":true")
         }
+        if connected { return }
         Issue.record("the agent of \(name) did not connect: \(last)")
         throw CancellationError()
+    }
+
+    /// `vm stop --force`, then `vm start`.
+    func powerCycle(_ name: String, _ lqx: (([String], String?) async throws -> CommandResult)) async throws {
+        _ = try await lqx(["vm", "stop", name, "--force"], nil)
+        let started = try await lqx(["vm", "start", name], nil)
+        try #require(started.status == 0, "\(started.stderr)")
     }
 
     /// Until a shell condition holds in the guest (20 s).

@@ -51,7 +51,13 @@ struct NodeLibvirtSystemTests {
                 logger: logger)
             let runner = Task { try await client.run() }
             defer { runner.cancel() }
-            let session = try await client.session(timeout: .seconds(120))
+            try #require(
+                try await untilGuestReady(name, consoleLog: created.consoleLog) {
+                    try await hypervisor.powerCycle(name)
+                } ready: {
+                    (try? await client.session(timeout: .seconds(1))) != nil
+                }, "the agent of \(name) did not connect")
+            let session = try await client.session(timeout: .seconds(5))
             let info = try await session.info()
             #expect(info.os.id == "lqx-guest")
             let (out, _, status) = try await session.exec(ExecOptions(["cat", "/proc/cmdline"])).collect()
@@ -128,7 +134,13 @@ extension NodeLibvirtSystemTests {
                 configuration: BrokerConfiguration(reconnectBackoff: .milliseconds(50)...(.milliseconds(200))))
             let runner = Task { try await client.run() }
             defer { runner.cancel() }
-            let session = try await client.session(timeout: .seconds(180))
+            try #require(
+                try await untilGuestReady(name, consoleLog: status.consoleLog, timeout: .seconds(180)) {
+                    try await hypervisor.powerCycle(name)
+                } ready: {
+                    (try? await client.session(timeout: .seconds(1))) != nil
+                }, "the agent of \(name) did not connect")
+            let session = try await client.session(timeout: .seconds(5))
             let (efi, _, efiStatus) = try await session.exec(ExecOptions(["ls", "/sys/firmware/efi"])).collect()
             #expect(efiStatus.exitCode == 0 && String(buffer: efi).contains("efivars"), "no EFI in the guest")
             let (address, _, _) = try await session.exec(ExecOptions(["cat", "/sys/class/net/eth0/address"])).collect()
@@ -174,7 +186,13 @@ struct NodeManagerSystemTests {
             #expect(first.agent(name) == nil)
             try await hypervisor.start(name)
             #expect(await first.waitForState(name, timeout: .seconds(10)) { $0 == .running })
-            let session = try await first.agentSession(name, timeout: .seconds(120))
+            try #require(
+                try await untilGuestReady(name, consoleLog: created.consoleLog) {
+                    try await hypervisor.powerCycle(name)
+                } ready: {
+                    (try? await first.agentSession(name, timeout: .seconds(1))) != nil
+                }, "the agent of \(name) did not connect")
+            let session = try await first.agentSession(name, timeout: .seconds(5))
             let bootID = try await session.info().bootID
             let (out, _, status) = try await session.exec(ExecOptions(["echo", "hello"])).collect()
             #expect(status.exitCode == 0)
@@ -188,6 +206,21 @@ struct NodeManagerSystemTests {
             try await second.start()
             defer { second.shutdown() }
             #expect(second.knownState(name) == .running)
+            // A wait whose timeout has already run out ends at once, every time (its timer once
+            // raced its registration and the wait never ended: `vm stop` of a paused VM hung).
+            let (finished, finish) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(2))
+            let waits = Task {
+                for _ in 0..<500 { _ = await second.waitForState(name, timeout: .zero) { $0 == .shutOff } }
+                finish.yield(true)
+            }
+            let limit = Task {
+                try? await Task.sleep(for: .seconds(30))
+                finish.yield(false)
+            }
+            var outcome = finished.makeAsyncIterator()
+            #expect(await outcome.next() == true, "a zero-timeout waitForState never returned")
+            waits.cancel()
+            limit.cancel()
             let again = try await second.agentSession(name, timeout: .seconds(30))
             #expect(try await again.info().bootID == bootID)
 
@@ -215,6 +248,14 @@ struct NodeManagerSystemTests {
             throw error
         }
         try await hypervisor.delete(name, force: false, deleteDisks: true)
+    }
+}
+
+extension LibvirtHypervisor {
+    /// Force stop, then start (a test guest whose kernel stalled while booting).
+    func powerCycle(_ name: String) async throws {
+        try await forceStop(name)
+        try await start(name)
     }
 }
 
