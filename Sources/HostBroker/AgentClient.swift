@@ -119,6 +119,9 @@ public final class AgentClient: Service, Sendable {
                         let immediate: Result<AgentSession, AgentError>? = self.state.withLock { state in
                             if let current = state.current, current.mux.closedError == nil { return .success(current) }
                             if state.stopped { return .failure(AgentError(.closed, "the broker stopped")) }
+                            // Cancelled before parking (the timeout won the race): the cancellation
+                            // handler has run already and would never resume this waiter.
+                            if Task.isCancelled { return .failure(AgentError(.cancelled, "cancelled")) }
                             state.waiters[id] = continuation
                             return nil
                         }

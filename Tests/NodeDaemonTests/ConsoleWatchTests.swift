@@ -8,7 +8,9 @@ struct ConsoleWatchTests {
     let path = NSTemporaryDirectory() + "lqx-console-watch-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
 
     func append(_ text: String) throws {
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) {
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+        }
         let handle = try #require(FileHandle(forWritingAtPath: path))
         defer { try? handle.close() }
         try handle.seekToEnd()

@@ -206,8 +206,10 @@ struct NodeManagerSystemTests {
             try await second.start()
             defer { second.shutdown() }
             #expect(second.knownState(name) == .running)
-            // A wait whose timeout has already run out ends at once, every time (its timer once
-            // raced its registration and the wait never ended: `vm stop` of a paused VM hung).
+            // A wait whose timeout has already run out ends at once, every time. Its timer once
+            // raced its registration and the wait never ended; that showed as `vm stop --timeout 3`
+            // of a paused VM hanging in the node API test (2 of 2 runs), while this loop alone
+            // did not hit the window: it guards the common path, the API test the race.
             let (finished, finish) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(2))
             let waits = Task {
                 for _ in 0..<500 { _ = await second.waitForState(name, timeout: .zero) { $0 == .shutOff } }
