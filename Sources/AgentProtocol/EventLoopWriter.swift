@@ -12,6 +12,8 @@ public final class EventLoopWriter: Sendable {
     private let mux: Multiplexer
     private let channel: any Channel
     private let scheduled = Atomic<Bool>(false)
+    private let closeGrace: TimeAmount?
+    private let graceStarted = Atomic<Bool>(false)
     private let completion = Mutex<Completion>(Completion())
 
     private struct Completion {
@@ -20,15 +22,20 @@ public final class EventLoopWriter: Sendable {
         var waiter: CheckedContinuation<Void, any Error>?
     }
 
-    private init(mux: Multiplexer, channel: any Channel) {
+    private init(mux: Multiplexer, channel: any Channel, closeGrace: TimeAmount?) {
         self.mux = mux
         self.channel = channel
+        self.closeGrace = closeGrace
     }
 
     /// Writes until the session is closed and every queued frame is written. Throws when a write
     /// fails or the channel closes first (the multiplexer is then closed too).
-    public static func run(_ mux: Multiplexer, channel: any Channel) async throws {
-        let writer = EventLoopWriter(mux: mux, channel: channel)
+    ///
+    /// With `closeGrace`, the last frames of a closed session (GOAWAY and whatever control frames
+    /// precede it) get that long to be written; then the channel is closed. A peer that stopped
+    /// reading would otherwise keep the connection, and whoever waits for it, forever.
+    public static func run(_ mux: Multiplexer, channel: any Channel, closeGrace: TimeAmount? = nil) async throws {
+        let writer = EventLoopWriter(mux: mux, channel: channel, closeGrace: closeGrace)
         let handler = WritabilityHandler(writer: writer)
         try await channel.pipeline.addHandler(handler, position: .first).get()
         // One channel can carry several sessions in turn (virtio-serial): remove this one's handler.
@@ -60,6 +67,13 @@ public final class EventLoopWriter: Sendable {
 
     private func drain() {
         scheduled.store(false, ordering: .releasing)
+        if let closeGrace, mux.closedError != nil, !graceStarted.exchange(true, ordering: .relaxed) {
+            channel.eventLoop.scheduleTask(in: closeGrace) { [self] in
+                guard !completion.withLock({ $0.done }) else { return }
+                finish(AgentError(.closed, "the peer did not read the session's last frames"))
+                channel.close(promise: nil)
+            }
+        }
         var wrote = false
         defer { if wrote { channel.flush() } }
         while channel.isWritable {

@@ -4,18 +4,41 @@ import NIOCore
 public enum DiscardReason: String, Sendable {
     /// Bytes that do not start a frame (no magic, or a header checksum that does not match).
     case garbage
-    /// A well-formed header announcing more payload than allowed.
-    case oversized
     /// A header with an unknown header version.
     case unsupportedVersion
     /// A payload whose checksum does not match its header.
     case payloadChecksum
 }
 
+/// The header of a frame that was discarded because its payload is over the limit: its header
+/// checksum matched, so the session and stream it names are real (or a forgery of them).
+public struct OversizedFrame: Sendable, Equatable {
+    /// Session id of the header.
+    public var session: UInt64
+    /// Stream id of the header.
+    public var stream: UInt32
+    /// Frame type code of the header.
+    public var rawType: UInt8
+    /// Announced payload length.
+    public var length: UInt32
+
+    /// Creates a description of a discarded header.
+    public init(session: UInt64, stream: UInt32, rawType: UInt8, length: UInt32) {
+        self.session = session
+        self.stream = stream
+        self.rawType = rawType
+        self.length = length
+    }
+}
+
 /// What the decoder produces: a verified frame, or a note that input was skipped.
 public enum FrameEvent: Sendable, Equatable {
     case frame(Frame)
     case discarded(bytes: Int, reason: DiscardReason)
+    /// A valid header announcing more payload than allowed; its 32 header bytes were skipped (the
+    /// payload that follows, if any, is scanned as garbage). The receiver can fail the stream the
+    /// frame was meant for instead of leaving it waiting.
+    case oversized(OversizedFrame)
 }
 
 /// Splits a byte stream into verified frames and resynchronises after any damage.
@@ -48,6 +71,9 @@ public struct FrameDecoder: ByteToMessageDecoder {
             case .skipped(let count, let reason):
                 flushGarbage(context: context)
                 context.fireChannelRead(wrapInboundOut(.discarded(bytes: count, reason: reason)))
+            case .oversized(let header):
+                flushGarbage(context: context)
+                context.fireChannelRead(wrapInboundOut(.oversized(header)))
             case .frame(let frame):
                 flushGarbage(context: context)
                 context.fireChannelRead(wrapInboundOut(.frame(frame)))
@@ -95,6 +121,8 @@ public struct FrameDecoder: ByteToMessageDecoder {
     public enum Step: Equatable {
         case needMoreData
         case skipped(Int, DiscardReason)
+        /// A header over the payload limit was skipped (32 bytes).
+        case oversized(OversizedFrame)
         case frame(Frame)
     }
 
@@ -164,8 +192,13 @@ public struct FrameDecoder: ByteToMessageDecoder {
             return .skipped(FrameFormat.headerSize, .unsupportedVersion)
         }
         guard header.length <= maximumPayload else {
+            let start = buffer.readerIndex
+            let oversized = OversizedFrame(
+                session: buffer.getInteger(at: start + 8, as: UInt64.self)!,
+                stream: buffer.getInteger(at: start + 16, as: UInt32.self)!,
+                rawType: buffer.getInteger(at: start + 5, as: UInt8.self)!, length: header.length)
             buffer.moveReaderIndex(forwardBy: FrameFormat.headerSize)
-            return .skipped(FrameFormat.headerSize, .oversized)
+            return .oversized(oversized)
         }
         let total = FrameFormat.headerSize + Int(header.length)
         guard available >= total else { return .needMoreData }

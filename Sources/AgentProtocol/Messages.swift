@@ -60,8 +60,11 @@ public enum Handshake {
             throw AgentError(
                 .protocolViolation, "max_frame_payload \(payload) outside 4096...\(FrameFormat.maximumPayload)")
         }
-        guard window >= payload, window <= UInt32(Int32.max) else {
+        guard window >= payload else {
             throw AgentError(.protocolViolation, "initial_window \(window) below max_frame_payload \(payload)")
+        }
+        guard window <= UInt32(Int32.max) else {
+            throw AgentError(.protocolViolation, "initial_window \(window) above the largest window, \(Int32.max)")
         }
         guard streams >= 1 else { throw AgentError(.protocolViolation, "max_streams is 0") }
         return SessionLimits(initialWindow: Int(window), maxFramePayload: Int(payload), maxStreams: Int(streams))

@@ -99,7 +99,6 @@ public final class Multiplexer: Sendable {
         var drained = false
         var highestStream: UInt32 = 0
         var pings: [UInt64: CheckedContinuation<Void, any Error>] = [:]
-        var nextPing: UInt64 = 1
     }
 
     /// Creates the multiplexer of an established session.
@@ -301,7 +300,8 @@ public final class Multiplexer: Sendable {
     private func consumed(stream id: UInt32, bytes: Int) {
         guard bytes > 0 else { return }
         let credit: Int? = state.withLock { state in
-            guard var stream = state.streams[id], !stream.remoteEnded else { return nil }
+            // No credit for a stream the peer has ended or that has failed (it was reset).
+            guard var stream = state.streams[id], !stream.remoteEnded, stream.failure == nil else { return nil }
             stream.consumedUnacknowledged += bytes
             var grant: Int?
             if stream.consumedUnacknowledged >= local.initialWindow / 4 {
@@ -319,14 +319,45 @@ public final class Multiplexer: Sendable {
         }
     }
 
-    /// Aborts a stream: sends RESET to the peer and fails local waiters.
+    /// Aborts a stream: sends RESET to the peer and fails local waiters. A stream that had
+    /// failed already (the peer's RESET, or `fail`) is forgotten without sending another RESET.
     public func reset(stream id: UInt32, error: AgentError) {
-        let existed = failStream(id, error: error, remove: true)
-        if existed {
+        let live = failStream(id, error: error, remove: true)
+        if live {
             var payload = ByteBuffer()
             payload.writeBytes((try? error.wire.serializedBytes() as [UInt8]) ?? [])
             enqueueControl(Frame(type: .reset, session: session, stream: id, payload: payload))
         }
+    }
+
+    /// Fails a stream locally and sends RESET, keeping it (failed) until the local side releases
+    /// it: events that arrived before stay readable, then the reader gets `error`; writers get it
+    /// at once. Used for the local side's own verdicts (a stream error of the peer, a deadline, an
+    /// oversized frame meant for the stream). Returns whether the stream existed and was not
+    /// failed already.
+    @discardableResult
+    public func fail(stream id: UInt32, error: AgentError) -> Bool {
+        let (fresh, sendWaiters, inboxWaiter) = state.withLock {
+            state -> (Bool, [CheckedContinuation<Void, any Error>], CheckedContinuation<StreamEvent?, any Error>?) in
+            guard var stream = state.streams[id], stream.failure == nil else { return (false, [], nil) }
+            let waiters = stream.sendWaiters
+            let reader = stream.inboxWaiter
+            stream.sendWaiters = []
+            stream.inboxWaiter = nil
+            stream.failure = error
+            stream.queuedFrames = 0
+            stream.queuedBytes = 0
+            state.streams[id] = stream
+            if state.data.removeValue(forKey: id) != nil { state.ready.removeAll { $0 == id } }
+            return (true, waiters, reader)
+        }
+        guard fresh else { return false }
+        for waiter in sendWaiters { waiter.resume(throwing: error) }
+        inboxWaiter?.resume(throwing: error)
+        var payload = ByteBuffer()
+        payload.writeBytes((try? error.wire.serializedBytes() as [UInt8]) ?? [])
+        enqueueControl(Frame(type: .reset, session: session, stream: id, payload: payload))
+        return true
     }
 
     /// Forgets a stream whose peer has ended it (host side, after reading the last event).
@@ -345,11 +376,13 @@ public final class Multiplexer: Sendable {
     /// Number of live streams.
     public var streamCount: Int { state.withLock { $0.streams.count } }
 
+    /// Fails a stream's waiters; returns whether it existed and had not failed before.
     @discardableResult
     private func failStream(_ id: UInt32, error: AgentError, remove: Bool) -> Bool {
-        let (existed, sendWaiters, inboxWaiter) = state.withLock {
+        let (live, sendWaiters, inboxWaiter) = state.withLock {
             state -> (Bool, [CheckedContinuation<Void, any Error>], CheckedContinuation<StreamEvent?, any Error>?) in
             guard var stream = state.streams[id] else { return (false, [], nil) }
+            let live = stream.failure == nil
             let waiters = stream.sendWaiters
             let reader = stream.inboxWaiter
             stream.sendWaiters = []
@@ -362,11 +395,11 @@ public final class Multiplexer: Sendable {
             } else {
                 state.streams[id] = stream
             }
-            return (true, waiters, reader)
+            return (live, waiters, reader)
         }
         for waiter in sendWaiters { waiter.resume(throwing: error) }
         inboxWaiter?.resume(throwing: error)
-        return existed
+        return live
     }
 
     // MARK: Inbound
@@ -449,11 +482,12 @@ public final class Multiplexer: Sendable {
         case .message, .data:
             let size = frame.payload.readableBytes + Self.frameCharge
             let end = frame.flags.contains(.endStream)
+            let payload = Self.detached(frame.payload)
             let event: StreamEvent =
                 type == .message
-                ? .message(frame.payload, end: end)
+                ? .message(payload, end: end)
                 : .data(
-                    frame.payload, channel: frame.flags.channel, endOfChannel: frame.flags.contains(.endOfChannel),
+                    payload, channel: frame.flags.channel, endOfChannel: frame.flags.contains(.endOfChannel),
                     end: end)
             enum Outcome {
                 case delivered(CheckedContinuation<StreamEvent?, any Error>?)
@@ -485,7 +519,8 @@ public final class Multiplexer: Sendable {
             case .ignored: return .none
             case .violation(let message):
                 if frame.stream <= state.withLock({ $0.highestStream }) {
-                    reset(stream: frame.stream, error: AgentError(.protocolViolation, message))
+                    // The reader still gets what arrived before the violation, then this error.
+                    fail(stream: frame.stream, error: AgentError(.protocolViolation, message))
                     return .none
                 }
                 return .fail(AgentError(.protocolViolation, message))
@@ -494,6 +529,21 @@ public final class Multiplexer: Sendable {
                 return .none
             }
         }
+    }
+
+    /// A payload that owns its memory when it is a small part of a larger receive buffer.
+    ///
+    /// A frame's payload is a slice of the buffer it was decoded from, and a queued slice keeps
+    /// that whole buffer alive. A peer that puts each tiny frame next to a large one (a discarded
+    /// oversized frame, say) would make every queued frame hold a large buffer, so memory would
+    /// grow with what the peer sends instead of with the window. Copied when the storage is more
+    /// than twice the frame's window cost, a queued payload holds at most twice what it is charged.
+    static func detached(_ payload: ByteBuffer) -> ByteBuffer {
+        guard payload.storageCapacity > 2 * (payload.readableBytes + frameCharge) else { return payload }
+        var copy = ByteBufferAllocator().buffer(capacity: payload.readableBytes)
+        var source = payload
+        copy.writeBuffer(&source)
+        return copy
     }
 
     private func decodeError(_ payload: ByteBuffer) -> AgentError? {
@@ -506,23 +556,31 @@ public final class Multiplexer: Sendable {
     // MARK: Session level
 
     /// Sends a PING and waits for its PONG.
+    ///
+    /// Ids are random and non-zero, so a peer cannot answer a PING before it has read it (a PONG
+    /// sent ahead with a guessed id would forge the round trip). Cancelling the task ends the wait.
     public func ping() async throws(AgentError) {
+        let id = UInt64.random(in: 1...UInt64.max)
         do {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let result: Result<UInt64, AgentError> = state.withLock { state in
-                    if let closed = state.closed { return .failure(closed) }
-                    let id = state.nextPing
-                    state.nextPing += 1
-                    state.pings[id] = continuation
-                    return .success(id)
-                }
-                switch result {
-                case .failure(let error): continuation.resume(throwing: error)
-                case .success(let id):
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    let failure: AgentError? = state.withLock { state in
+                        if let closed = state.closed { return closed }
+                        if Task.isCancelled { return AgentError(.cancelled, "cancelled") }
+                        state.pings[id] = continuation
+                        return nil
+                    }
+                    if let failure {
+                        continuation.resume(throwing: failure)
+                        return
+                    }
                     var payload = ByteBuffer()
                     payload.writeInteger(id)
                     enqueueControl(Frame(type: .ping, session: session, payload: payload))
                 }
+            } onCancel: {
+                let waiter = state.withLock { $0.pings.removeValue(forKey: id) }
+                waiter?.resume(throwing: AgentError(.cancelled, "cancelled"))
             }
         } catch {
             throw (error as? AgentError) ?? AgentError(.cancelled, "\(error)")
@@ -561,15 +619,20 @@ public final class Multiplexer: Sendable {
 
     /// Ends the session: fails every stream and pending ping with `error`. When `goAway` is true a
     /// GOAWAY frame is queued first and the writer drains the control queue before finishing.
+    /// Only the first close of a session sends GOAWAY; later ones change nothing on the wire.
     public func close(_ error: AgentError, goAway: Bool = false) {
-        if goAway {
-            var payload = ByteBuffer()
-            payload.writeBytes((try? error.wire.serializedBytes() as [UInt8]) ?? [])
-            enqueueControl(Frame(type: .goAway, session: session, payload: payload))
-        }
         let (streams, pings, writer, spaceWaiters) = state.withLock { state in
-            if state.closed == nil { state.closed = error }
-            if !goAway { state.control.removeAll() }
+            let first = state.closed == nil
+            if first {
+                state.closed = error
+                if goAway {
+                    var payload = ByteBuffer()
+                    payload.writeBytes((try? error.wire.serializedBytes() as [UInt8]) ?? [])
+                    state.control.append(Frame(type: .goAway, session: session, payload: payload))
+                } else {
+                    state.control.removeAll()
+                }
+            }
             state.data.removeAll()
             state.ready.removeAll()
             let ids = Array(state.streams.keys)

@@ -55,6 +55,9 @@ struct AgentConnection {
                         if case .discarded(let bytes, let reason) = event {
                             core.metrics.discarded(bytes: bytes)
                             logger.debug("discarded input", metadata: ["bytes": "\(bytes)", "reason": "\(reason)"])
+                        } else if case .oversized(let header) = event {
+                            core.metrics.discarded(bytes: FrameFormat.headerSize)
+                            logger.debug("discarded oversized frame", metadata: ["bytes": "\(header.length)"])
                         }
                         continue
                     }

@@ -15,18 +15,29 @@ public struct BrokerConfiguration: Sendable {
     public var reconnectBackoff: ClosedRange<Duration>
     /// Name sent in HELLO.
     public var clientName: String
+    /// How long an operation waits for the agent: for a reply (info, a telemetry sample, stat,
+    /// shutdown, a ping, an exec's start, an upload's result) and, in a transfer or a listing, for
+    /// the next piece of progress. The call then fails with `timeout` and the stream is reset.
+    public var operationTimeout: Duration
+    /// How long the last frames of a closed session (GOAWAY) may take to be written before the
+    /// connection is closed regardless; a guest that stopped reading cannot hold the session.
+    public var closeGrace: TimeAmount
 
     /// Creates a configuration with production defaults.
     public init(
         session: SessionConfiguration = SessionConfiguration(),
         connectTimeout: TimeAmount = .seconds(5),
         reconnectBackoff: ClosedRange<Duration> = .milliseconds(100)...(.seconds(5)),
-        clientName: String = "lqx-broker/\(HostBroker.version)"
+        clientName: String = "lqx-broker/\(HostBroker.version)",
+        operationTimeout: Duration = .seconds(30),
+        closeGrace: TimeAmount = .seconds(1)
     ) {
         self.session = session
         self.connectTimeout = connectTimeout
         self.reconnectBackoff = reconnectBackoff
         self.clientName = clientName
+        self.operationTimeout = operationTimeout
+        self.closeGrace = closeGrace
     }
 }
 
@@ -160,7 +171,9 @@ public final class AgentClient: Service, Sendable {
                 let (mux, welcome) = try await self.handshake(
                     channel: channel.channel, iterator: &iterator, outbound: outbound)
                 established = true
-                let session = AgentSession(mux: mux, welcome: welcome, logger: self.logger)
+                let session = AgentSession(
+                    mux: mux, welcome: welcome, operationTimeout: self.configuration.operationTimeout,
+                    logger: self.logger)
                 self.publish(session)
                 self.logger.info(
                     "agent session established",
@@ -258,11 +271,12 @@ public final class AgentClient: Service, Sendable {
         outbound: NIOAsyncChannelOutboundWriter<Frame>
     ) async {
         let configuration = self.configuration.session
+        let closeGrace = self.configuration.closeGrace
         let logger = self.logger
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
-                    try await EventLoopWriter.run(mux, channel: channel)
+                    try await EventLoopWriter.run(mux, channel: channel, closeGrace: closeGrace)
                 } catch {
                     mux.close(AgentError(.closed, "write failed: \(error)"))
                 }
@@ -272,10 +286,16 @@ public final class AgentClient: Service, Sendable {
             group.addTask { await SessionLoops.keepalive(mux, configuration: configuration) }
             do {
                 while let event = try await iterator.next() {
-                    guard case .frame(let frame) = event else {
-                        if case .discarded(let bytes, let reason) = event {
-                            logger.debug("discarded input", metadata: ["bytes": "\(bytes)", "reason": "\(reason)"])
-                        }
+                    // A closed session acts on nothing more (one GOAWAY, whatever was read after).
+                    guard mux.closedError == nil else { continue }
+                    let frame: Frame
+                    switch event {
+                    case .frame(let decoded): frame = decoded
+                    case .discarded(let bytes, let reason):
+                        logger.debug("discarded input", metadata: ["bytes": "\(bytes)", "reason": "\(reason)"])
+                        continue
+                    case .oversized(let header):
+                        Self.failOversized(header, mux: mux, logger: logger)
                         continue
                     }
                     guard frame.session == mux.session else { continue }  // stale: an earlier session's bytes
@@ -298,5 +318,21 @@ public final class AgentClient: Service, Sendable {
             mux.close(AgentError(.closed, "the agent closed the connection"))
             group.cancelAll()
         }
+    }
+
+    /// A frame too large to accept was meant for a stream of this session: whoever waits on that
+    /// stream gets a clear error now instead of waiting for a reply that was thrown away.
+    static func failOversized(_ header: OversizedFrame, mux: Multiplexer, logger: Logger) {
+        logger.debug(
+            "discarded oversized frame",
+            metadata: ["stream": "\(header.stream)", "bytes": "\(header.length)", "type": "\(header.rawType)"])
+        guard header.session == mux.session, header.stream != 0 else { return }
+        let what = FrameType(rawValue: header.rawType).map { "\($0)".uppercased() } ?? "type-\(header.rawType)"
+        mux.fail(
+            stream: header.stream,
+            error: AgentError(
+                .protocolViolation,
+                "the agent sent a \(what) frame of \(header.length) bytes on stream \(header.stream), over the \(mux.local.maxFramePayload)-byte frame limit"
+            ))
     }
 }

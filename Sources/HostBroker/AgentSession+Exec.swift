@@ -33,8 +33,48 @@ public struct ExecExitStatus: Sendable, Equatable {
     /// Time from spawn to exit, measured in the guest.
     public var duration: Duration
 
-    /// Shell convention: the exit code, or 128 + signal.
-    public var shellStatus: Int32 { exitCode ?? (128 + min(max(signal ?? 0, 0), 127)) }
+    /// Creates a status (exactly one of `exitCode` and `signal` should be set).
+    public init(exitCode: Int32?, signal: Int32?, timedOut: Bool, duration: Duration) {
+        self.exitCode = exitCode
+        self.signal = signal
+        self.timedOut = timedOut
+        self.duration = duration
+    }
+
+    /// Exit codes a process can have (`WEXITSTATUS` is 8 bits).
+    public static let exitCodes: ClosedRange<Int32> = 0...255
+    /// Signals that can kill a process on Linux (`SIGRTMAX` is 64).
+    public static let signals: ClosedRange<Int32> = 1...64
+
+    /// Shell convention: the exit code (0…255), or 128 + N when killed by signal N (129…192).
+    /// A status no process can have (neither or both set, a code or signal out of range) is 255,
+    /// never a success; `validated` rejects such statuses where they enter the host.
+    public var shellStatus: Int32 {
+        switch (exitCode, signal) {
+        case (let code?, nil) where Self.exitCodes.contains(code): code
+        case (nil, let signal?) where Self.signals.contains(signal): 128 + signal
+        default: 255
+        }
+    }
+
+    /// The status, or a `protocol` error naming what no real process could have reported.
+    public func validated() throws(AgentError) -> ExecExitStatus {
+        switch (exitCode, signal) {
+        case (let code?, nil):
+            guard Self.exitCodes.contains(code) else {
+                throw AgentError(.protocolViolation, "the agent reported exit code \(code), outside 0…255")
+            }
+        case (nil, let signal?):
+            guard Self.signals.contains(signal) else {
+                throw AgentError(.protocolViolation, "the agent reported signal \(signal), outside 1…64")
+            }
+        case (nil, nil):
+            throw AgentError(.protocolViolation, "the agent reported an exit with neither exit code nor signal")
+        case (.some, .some):
+            throw AgentError(.protocolViolation, "the agent reported an exit with both an exit code and a signal")
+        }
+        return self
+    }
 }
 
 /// Output of a guest process, in the order it arrived.
@@ -153,13 +193,13 @@ public final class ExecProcess: Sendable, AsyncSequence {
                         mux.release(stream: process.stream)
                         var status = ExecExitStatus(
                             exitCode: nil, signal: nil, timedOut: exit.timedOut,
-                            duration: .microseconds(exit.durationUs))
+                            duration: .microseconds(Int64(clamping: exit.durationUs)))
                         switch exit.status {
                         case .exitCode(let code): status.exitCode = code
                         case .signal(let signal): status.signal = signal
-                        case .none: status.exitCode = 0
+                        case .none: break
                         }
-                        return .exit(status)
+                        return .exit(try status.validated())
                     case .error(let wire):
                         finished = true
                         mux.release(stream: process.stream)
@@ -201,10 +241,13 @@ extension AgentSession {
         }
         let stream = try open(request)
         do throws(AgentError) {
-            guard let (reply, _) = try await nextReply(stream) else {
-                throw AgentError(.protocolViolation, "exec stream ended before the process started")
+            let reply = try await guarded(stream, "exec") { _ throws(AgentError) in
+                guard let (reply, _) = try await nextReply(stream) else {
+                    throw AgentError(.protocolViolation, "exec stream ended before the process started")
+                }
+                return reply
             }
-            guard case .execStarted(let started) = reply.kind else { throw unexpected(reply) }
+            guard case .execStarted(let started) = reply.kind else { throw unexpected(reply, to: "exec") }
             return ExecProcess(session: self, stream: stream, pid: started.pid)
         } catch {
             abandon(stream)

@@ -82,48 +82,77 @@ extension AgentSession {
         var completed = false
         defer { completed ? mux.release(stream: stream) : abandon(stream) }
         let mux = self.mux
-        let result = try await withThrowingTaskGroup(of: TransferResult?.self) { group in
-            // The reply arrives only after the commit, unless the agent fails early: then the
-            // sender is cancelled instead of waiting for credit that never comes.
-            group.addTask {
-                guard let (reply, _) = try await self.nextReply(stream) else {
-                    throw AgentError(.protocolViolation, "upload stream ended without a result")
-                }
-                guard case .uploadResult(let result) = reply.kind else { throw self.unexpected(reply) }
-                return TransferResult(size: result.size, sha256: result.sha256.hexString)
-            }
-            group.addTask {
-                var hasher = SHA256Hasher()
-                var sent: UInt64 = 0
-                var next = try await source()
-                while let block = next {
-                    async let prefetch = source()
-                    guard sent + UInt64(block.readableBytes) <= size else {
-                        throw AgentError(.io, "the source has more than the announced \(size) bytes")
+        let committed = SharedFlag()
+        enum Outcome: Sendable {
+            case sent(size: UInt64, sha256: Data)
+            case result(size: UInt64, sha256: Data)
+        }
+        let result = try await guardedThrowing(stream, "upload to \(guestPath)") { deadline in
+            try await withThrowingTaskGroup(of: Outcome.self) { group in
+                // The reply arrives only after the commit, unless the agent fails early: then the
+                // sender is cancelled instead of waiting for credit that never comes.
+                group.addTask {
+                    guard let (reply, _) = try await self.nextReply(stream) else {
+                        throw AgentError(.protocolViolation, "upload stream ended without a result")
                     }
-                    hasher.update(block)
-                    try await mux.send(stream: stream, data: block)
-                    sent += UInt64(block.readableBytes)
-                    progress?(sent, size)
-                    next = try await prefetch
+                    guard case .uploadResult(let result) = reply.kind else {
+                        throw self.unexpected(reply, to: "upload")
+                    }
+                    guard committed.isSet else {
+                        throw AgentError(
+                            .protocolViolation, "the agent reported the upload's result before the host committed it")
+                    }
+                    return .result(size: result.size, sha256: result.sha256)
                 }
-                guard sent == size else {
-                    throw AgentError(.io, "the source ended after \(sent) of the announced \(size) bytes")
+                group.addTask {
+                    var hasher = SHA256Hasher()
+                    var sent: UInt64 = 0
+                    var next = try await source()
+                    while let block = next {
+                        async let prefetch = source()
+                        guard sent + UInt64(block.readableBytes) <= size else {
+                            throw AgentError(.io, "the source has more than the announced \(size) bytes")
+                        }
+                        hasher.update(block)
+                        try await mux.send(stream: stream, data: block)
+                        sent += UInt64(block.readableBytes)
+                        deadline.note()
+                        progress?(sent, size)
+                        next = try await prefetch
+                    }
+                    guard sent == size else {
+                        throw AgentError(.io, "the source ended after \(sent) of the announced \(size) bytes")
+                    }
+                    let digest = hasher.finalize()
+                    let commit = Control.with {
+                        $0.commit = .with {
+                            $0.sha256 = digest; $0.size = sent
+                        }
+                    }
+                    // Set before the commit is queued, so a genuine result can never be seen first.
+                    committed.set()
+                    try await mux.send(stream: stream, message: commit.buffer())
+                    deadline.note()
+                    return .sent(size: sent, sha256: digest)
                 }
-                let commit = Control.with {
-                    $0.commit = .with {
-                        $0.sha256 = hasher.finalize(); $0.size = sent
+                var sent: (size: UInt64, sha256: Data)?
+                var reported: (size: UInt64, sha256: Data)?
+                while let outcome = try await group.next() {
+                    switch outcome {
+                    case .sent(let size, let sha256): sent = (size, sha256)
+                    case .result(let size, let sha256): reported = (size, sha256)
                     }
                 }
-                try await mux.send(stream: stream, message: commit.buffer())
-                return nil
+                guard let sent, let reported else { throw AgentError(.internal, "upload finished without a result") }
+                // The agent's word is checked against what the host itself sent and hashed.
+                guard reported.size == sent.size, reported.sha256 == sent.sha256 else {
+                    throw AgentError(
+                        .checksumMismatch,
+                        "upload to \(guestPath): the agent reported \(reported.size) bytes \(reported.sha256.hexString), the host sent \(sent.size) bytes \(sent.sha256.hexString)"
+                    )
+                }
+                return TransferResult(size: sent.size, sha256: sent.sha256.hexString)
             }
-            var result: TransferResult?
-            while let outcome = try await group.next() {
-                if let outcome { result = outcome }
-            }
-            guard let result else { throw AgentError(.internal, "upload finished without a result") }
-            return result
         }
         completed = true
         return result
@@ -139,38 +168,38 @@ extension AgentSession {
         let stream = try open(.with { $0.download = .with { $0.path = guestPath } })
         var completed = false
         defer { completed ? mux.release(stream: stream) : abandon(stream) }
-        guard let (first, _) = try await nextReply(stream) else {
-            throw AgentError(.protocolViolation, "download stream ended early")
-        }
-        guard case .downloadStart(let header) = first.kind else { throw unexpected(first) }
-        try await start(header.size, header.mode)
-        var hasher = SHA256Hasher()
-        var received: UInt64 = 0
-        while true {
-            guard let event = try await mux.next(stream: stream) else {
-                throw AgentError(.protocolViolation, "download ended without a result")
+        let result = try await guardedThrowing(stream, "download of \(guestPath)") { deadline in
+            guard let (first, _) = try await nextReply(stream) else {
+                throw AgentError(.protocolViolation, "download stream ended early")
             }
-            switch event {
-            case .data(let bytes, _, _, _):
-                received += UInt64(bytes.readableBytes)
-                try Self.checkAnnounced(received, header.size, guestPath)
-                hasher.update(bytes)
-                try await receive(bytes)
-            case .message(let payload, _):
-                let reply = try Reply(payload: payload)
-                if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
-                guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply) }
-                let digest = hasher.finalize()
-                guard result.size == received, result.sha256 == digest else {
-                    throw AgentError(
-                        .checksumMismatch,
-                        "download of \(guestPath) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
-                    )
+            guard case .downloadStart(let header) = first.kind else { throw unexpected(first, to: "download") }
+            deadline.note()
+            try await start(header.size, header.mode)
+            var hasher = SHA256Hasher()
+            var received: UInt64 = 0
+            while true {
+                guard let event = try await mux.next(stream: stream) else {
+                    throw AgentError(.protocolViolation, "download ended without a result")
                 }
-                completed = true
-                return TransferResult(size: received, sha256: digest.hexString)
+                deadline.note()
+                switch event {
+                case .data(let bytes, _, _, _):
+                    received += UInt64(bytes.readableBytes)
+                    try Self.checkAnnounced(received, header.size, guestPath)
+                    hasher.update(bytes)
+                    try await receive(bytes)
+                case .message(let payload, _):
+                    let reply = try Reply(payload: payload)
+                    if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
+                    guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply, to: "download") }
+                    let digest = hasher.finalize()
+                    try Self.checkResult(result, received: received, digest: digest, guestPath)
+                    return TransferResult(size: received, sha256: digest.hexString)
+                }
             }
         }
+        completed = true
+        return result
     }
 
     /// Copies a guest file to `localPath` atomically (temp file, fsync, rename), verifying the
@@ -184,10 +213,24 @@ extension AgentSession {
         let stream = try open(.with { $0.download = .with { $0.path = guestPath } })
         var completed = false
         defer { completed ? mux.release(stream: stream) : abandon(stream) }
+        let result = try await guardedThrowing(stream, "download of \(guestPath)") { deadline in
+            try await download(
+                stream, guestPath, into: temp, localPath: localPath, deadline: deadline, progress: progress)
+        }
+        completed = true
+        return result
+    }
+
+    /// The body of `download(_:to:progress:)` on an open stream, under its deadline.
+    private func download(
+        _ stream: UInt32, _ guestPath: String, into temp: String, localPath: String, deadline: OperationProgress,
+        progress: TransferProgress?
+    ) async throws -> TransferResult {
         guard let (first, _) = try await nextReply(stream) else {
             throw AgentError(.protocolViolation, "download stream ended early")
         }
-        guard case .downloadStart(let start) = first.kind else { throw unexpected(first) }
+        guard case .downloadStart(let start) = first.kind else { throw unexpected(first, to: "download") }
+        deadline.note()
         let fd = Glibc.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentError(.io, "cannot create \(temp): \(String(cString: strerror(errno)))") }
         var done = false
@@ -207,6 +250,7 @@ extension AgentSession {
                 guard let event = try await mux.next(stream: stream) else {
                     throw AgentError(.protocolViolation, "download ended without a result")
                 }
+                deadline.note()
                 switch event {
                 case .data(var bytes, _, _, _):
                     received += UInt64(bytes.readableBytes)
@@ -216,19 +260,14 @@ extension AgentSession {
                 case .message(let payload, _):
                     let reply = try Reply(payload: payload)
                     if case .error(let wire) = reply.kind { throw AgentError(wire: wire) }
-                    guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply) }
+                    guard case .downloadResult(let result) = reply.kind else { throw unexpected(reply, to: "download") }
                     return result
                 }
             }
         }
         let digest = hasher.finalize()
         progress?(received, start.size)
-        guard result.size == received, result.sha256 == digest else {
-            throw AgentError(
-                .checksumMismatch,
-                "download of \(guestPath) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
-            )
-        }
+        try Self.checkResult(result, received: received, digest: digest, guestPath)
         fdOpen = false
         try await NIOThreadPool.singleton.runIfActive {
             fchmod(fd, mode_t(start.mode & 0o777))  // never setuid/setgid/sticky from a guest
@@ -239,8 +278,19 @@ extension AgentSession {
             }
         }
         done = true
-        completed = true
         return TransferResult(size: received, sha256: digest.hexString)
+    }
+
+    /// The agent's result must match the bytes the host received and its own hash of them.
+    static func checkResult(
+        _ result: Limiquantix_Agent_V1_DownloadResult, received: UInt64, digest: Data, _ path: String
+    ) throws(AgentError) {
+        guard result.size == received, result.sha256 == digest else {
+            throw AgentError(
+                .checksumMismatch,
+                "download of \(path) does not match: got \(received) bytes \(digest.hexString), agent sent \(result.size) bytes \(result.sha256.hexString)"
+            )
+        }
     }
 
     /// A guest that sends more than the size it announced is cut off (the stream is reset) instead

@@ -19,11 +19,15 @@ public final class AgentSession: Sendable {
     let mux: Multiplexer
     /// What the agent announced.
     public let welcome: Welcome
+    /// How long an operation waits for a reply or for the next piece of progress
+    /// (`BrokerConfiguration.operationTimeout`).
+    public let operationTimeout: Duration
     let logger: Logger
 
-    init(mux: Multiplexer, welcome: Welcome, logger: Logger) {
+    init(mux: Multiplexer, welcome: Welcome, operationTimeout: Duration, logger: Logger) {
         self.mux = mux
         self.welcome = welcome
+        self.operationTimeout = operationTimeout
         self.logger = logger
     }
 
@@ -60,12 +64,15 @@ public final class AgentSession: Sendable {
         }
     }
 
-    /// Runs a request whose answer is a single reply.
-    func unary(_ request: Request) async throws(AgentError) -> Reply {
+    /// Runs a request whose answer is a single reply, waiting at most `operationTimeout` for it.
+    func unary(_ request: Request, _ operation: String) async throws(AgentError) -> Reply {
         let stream = try open(request)
         do throws(AgentError) {
-            guard let (reply, _) = try await nextReply(stream) else {
-                throw AgentError(.protocolViolation, "the agent ended the stream without a reply")
+            let reply = try await guarded(stream, operation) { _ throws(AgentError) in
+                guard let (reply, _) = try await nextReply(stream) else {
+                    throw AgentError(.protocolViolation, "the agent ended the \(operation) stream without a reply")
+                }
+                return reply
             }
             mux.release(stream: stream)
             return reply
@@ -77,46 +84,48 @@ public final class AgentSession: Sendable {
 
     /// Agent and guest information.
     public func info() async throws(AgentError) -> AgentInfo {
-        let reply = try await unary(.with { $0.info = .init() })
-        guard case .info(let info) = reply.kind else { throw unexpected(reply) }
+        let reply = try await unary(.with { $0.info = .init() }, "info")
+        guard case .info(let info) = reply.kind else { throw unexpected(reply, to: "info") }
         return info
     }
 
-    /// Round trip of a PING through the agent; returns the time it took.
+    /// Round trip of a PING through the agent; returns the time it took. Fails with `timeout`
+    /// after `operationTimeout` without the PONG.
     public func ping() async throws(AgentError) -> Duration {
         let start = ContinuousClock.now
-        try await mux.ping()
+        let mux = self.mux
+        let timeout = operationTimeout
+        do {
+            let answered = try await withThrowingTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    try await mux.ping()
+                    return true
+                }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    return false
+                }
+                defer { group.cancelAll() }
+                return try await group.next()!
+            }
+            guard answered else { throw AgentError(.timeout, "no PONG from the agent within \(timeout)") }
+        } catch {
+            throw AgentError.from(error)
+        }
         return ContinuousClock.now - start
     }
 
     /// One telemetry sample.
     public func telemetry() async throws(AgentError) -> TelemetrySample {
-        let reply = try await unary(.with { $0.telemetry = .with { $0.intervalMs = 0 } })
-        guard case .telemetry(let sample) = reply.kind else { throw unexpected(reply) }
+        let reply = try await unary(.with { $0.telemetry = .with { $0.intervalMs = 0 } }, "telemetry")
+        guard case .telemetry(let sample) = reply.kind else { throw unexpected(reply, to: "telemetry") }
         return sample
     }
 
-    /// A telemetry sample every `interval` until the consumer stops iterating.
-    public func telemetry(every interval: Duration) -> AsyncThrowingStream<TelemetrySample, any Error> {
-        let ms = UInt32(
-            clamping: interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
-        return AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    let stream = try open(.with { $0.telemetry = .with { $0.intervalMs = max(ms, 100) } })
-                    defer { mux.reset(stream: stream, error: AgentError(.cancelled, "subscription ended")) }
-                    while let (reply, end) = try await nextReply(stream) {
-                        guard case .telemetry(let sample) = reply.kind else { throw unexpected(reply) }
-                        continuation.yield(sample)
-                        if end { break }
-                    }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+    /// A telemetry sample every `interval` (at least 100 ms) until the consumer stops iterating.
+    /// See `TelemetrySubscription` for the bounds a guest cannot push past.
+    public func telemetry(every interval: Duration) -> TelemetrySubscription {
+        TelemetrySubscription(session: self, interval: max(interval, .milliseconds(100)))
     }
 
     /// Metadata of a guest path.
@@ -126,20 +135,24 @@ public final class AgentSession: Sendable {
                 $0.stat = .with {
                     $0.path = path; $0.noFollow = !followSymlinks
                 }
-            })
-        guard case .stat(let stat) = reply.kind else { throw unexpected(reply) }
+            }, "stat")
+        guard case .stat(let stat) = reply.kind else { throw unexpected(reply, to: "stat") }
         return stat
     }
 
-    /// Entries of a guest directory, sorted by name.
+    /// Entries of a guest directory, sorted by name. Each batch must come within
+    /// `operationTimeout` of the previous one.
     public func list(_ path: String) async throws(AgentError) -> [GuestFileStat] {
         let stream = try open(.with { $0.list = .with { $0.path = path } })
         var entries: [GuestFileStat] = []
         do throws(AgentError) {
-            while let (reply, end) = try await nextReply(stream) {
-                guard case .listing(let listing) = reply.kind else { throw unexpected(reply) }
-                entries += listing.entries
-                if end { break }
+            try await guarded(stream, "list") { (progress) throws(AgentError) in
+                while let (reply, end) = try await nextReply(stream) {
+                    guard case .listing(let listing) = reply.kind else { throw unexpected(reply, to: "list") }
+                    progress.note()
+                    entries += listing.entries
+                    if end { break }
+                }
             }
         } catch {
             abandon(stream)
@@ -159,8 +172,8 @@ public final class AgentSession: Sendable {
                 $0.shutdown = .with {
                     $0.action = action; $0.delaySeconds = delay
                 }
-            })
-        guard case .shutdown(let accepted) = reply.kind else { throw unexpected(reply) }
+            }, "shutdown")
+        guard case .shutdown(let accepted) = reply.kind else { throw unexpected(reply, to: "shutdown") }
         return accepted
     }
 
@@ -171,7 +184,37 @@ public final class AgentSession: Sendable {
         mux.release(stream: stream)
     }
 
-    func unexpected(_ reply: Reply) -> AgentError {
-        AgentError(.protocolViolation, "unexpected reply \(String(describing: reply.kind))")
+    /// The error for a reply of the wrong kind, named as the schema names it.
+    func unexpected(_ reply: Reply, to operation: String) -> AgentError {
+        AgentError(.protocolViolation, "the agent answered \(operation) with \(reply.kindName)")
+    }
+}
+
+extension Reply {
+    /// The reply's kind as the schema names it (`exec_exit`), for error messages.
+    var kindName: String {
+        switch kind {
+        case .info: "info"
+        case .telemetry: "telemetry"
+        case .execStarted: "exec_started"
+        case .execExit: "exec_exit"
+        case .uploadResult: "upload_result"
+        case .downloadStart: "download_start"
+        case .downloadResult: "download_result"
+        case .stat: "stat"
+        case .listing: "listing"
+        case .shutdown: "shutdown"
+        case .error: "error"
+        case nil: "an empty reply (no kind set)"
+        }
+    }
+}
+
+extension AgentError {
+    /// `error` as an `AgentError`: itself, `cancelled` for task cancellation, else `internal`.
+    static func from(_ error: any Error) -> AgentError {
+        if let error = error as? AgentError { return error }
+        if error is CancellationError { return AgentError(.cancelled, "cancelled") }
+        return AgentError(.internal, "\(error)")
     }
 }

@@ -12,8 +12,10 @@ struct Exec: AsyncParsableCommand {
         discussion: """
             No shell is involved: run one yourself (lqx exec -- sh -c '…'). lqx exits with the
             remote exit code, 128+N when the process was killed by signal N, 255 on its own errors.
-            SIGINT, SIGTERM and SIGHUP are forwarded to the remote process group (with -t, ^C travels
-            through the terminal instead).
+            The first SIGINT, SIGTERM or SIGHUP is forwarded to the remote process group (with -t, ^C
+            travels through the terminal instead, and these signals end lqx). If the process has not
+            exited 3 s later, or on a second signal, lqx ends: the agent kills the process group and
+            lqx exits 128+N.
             """)
     @OptionGroup var options: AgentOptions
     @Flag(name: .short, help: "Allocate a pseudo-terminal (interactive programs, shells).") var tty = false
@@ -78,9 +80,14 @@ struct Exec: AsyncParsableCommand {
             code = try await options.withSession { session in
                 let process = try await session.exec(finalOptions)
                 terminal?.makeRaw()
-                let forwarders = SignalForwarder(
-                    process: process, includeInterrupts: terminal == nil, terminal: terminal)
-                defer { forwarders.stop() }
+                let forwarders = SignalForwarder(process: process, terminal: terminal)
+                if terminal == nil {
+                    Interrupts.shared.setForwarder { number in Task { try? await process.signal(number) } }
+                }
+                defer {
+                    Interrupts.shared.setForwarder(nil)
+                    forwarders.stop()
+                }
                 let input: Task<Void, Never>? =
                     finalOptions.stdin ? Task { await forwardStdin(to: process) } : nil
                 defer { input?.cancel() }
@@ -100,7 +107,7 @@ struct Exec: AsyncParsableCommand {
             }
         } catch {
             terminal?.restore()
-            FileHandle.standardError.write(Data("lqx: \(error)\n".utf8))
+            reportError(error)
             throw ExitCode(Lqx.failure)
         }
         terminal?.restore()
@@ -149,31 +156,18 @@ func writeAll(_ fd: Int32, _ buffer: ByteBuffer) {
     }
 }
 
-/// Forwards local signals (and window-size changes) to the remote process.
+/// Forwards window-size changes of the local terminal to the remote PTY (signals that end lqx
+/// are `Interrupts`' business).
 final class SignalForwarder {
     private let sources: [any DispatchSourceSignal]
 
-    convenience init(process: ExecProcess, includeInterrupts: Bool, terminal: Terminal?) {
+    convenience init(process: ExecProcess, terminal: Terminal?) {
         self.init(
-            includeInterrupts: includeInterrupts, terminal: terminal,
-            signal: { number in Task { try? await process.signal(number) } },
-            resize: { rows, cols in Task { try? await process.resize(rows: rows, cols: cols) } })
+            terminal: terminal, resize: { rows, cols in Task { try? await process.resize(rows: rows, cols: cols) } })
     }
 
-    init(
-        includeInterrupts: Bool, terminal: Terminal?, signal forward: @escaping @Sendable (Int32) -> Void,
-        resize: @escaping @Sendable (UInt32, UInt32) -> Void
-    ) {
+    init(terminal: Terminal?, resize: @escaping @Sendable (UInt32, UInt32) -> Void) {
         var sources: [any DispatchSourceSignal] = []
-        var signals: [Int32] = []
-        if includeInterrupts { signals += [SIGINT, SIGTERM, SIGHUP] }
-        for number in signals {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { forward(number) }
-            source.resume()
-            sources.append(source)
-        }
         if let terminal {
             signal(SIGWINCH, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: SIGWINCH, queue: .global())

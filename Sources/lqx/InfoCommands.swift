@@ -17,13 +17,14 @@ struct Info: AsyncParsableCommand {
                 print(try JSONOutput.render(info))
                 return
             }
-            print("agent:     lqx-agent \(info.agentVersion) (protocol \(info.protocolVersion))")
-            print("os:        \(info.os.prettyName)")
-            print("kernel:    \(info.kernelRelease) \(info.machine)")
-            print("hostname:  \(info.hostname)")
-            print("boot id:   \(info.bootID)")
+            let safe = TerminalText.safe
+            print("agent:     lqx-agent \(safe(info.agentVersion)) (protocol \(info.protocolVersion))")
+            print("os:        \(safe(info.os.prettyName))")
+            print("kernel:    \(safe(info.kernelRelease)) \(safe(info.machine))")
+            print("hostname:  \(safe(info.hostname))")
+            print("boot id:   \(safe(info.bootID))")
             print("uptime:    \(formatDuration(info.uptimeSeconds))")
-            print("features:  \(info.capabilities.joined(separator: " "))")
+            print("features:  \(info.capabilities.map(safe).joined(separator: " "))")
         }
     }
 }

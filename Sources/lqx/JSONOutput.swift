@@ -15,7 +15,7 @@ enum JSONOutput {
                     id: info.os.id, name: info.os.name, version: info.os.version, version_id: info.os.versionID,
                     pretty_name: info.os.prettyName),
                 kernel_release: info.kernelRelease, kernel_version: info.kernelVersion, machine: info.machine,
-                hostname: info.hostname, boot_id: info.bootID, uptime_seconds: info.uptimeSeconds,
+                hostname: info.hostname, boot_id: info.bootID, uptime_seconds: JSONNumber(info.uptimeSeconds),
                 capabilities: info.capabilities, agent_instance: info.agentInstance))
     }
 
@@ -24,12 +24,16 @@ enum JSONOutput {
         return try encode(
             SampleDocument(
                 timestamp_ms: sample.timestampMs,
-                cpu: .init(total_percent: sample.cpu.totalPercent, per_cpu_percent: sample.cpu.perCpuPercent),
+                cpu: .init(
+                    total_percent: JSONNumber(sample.cpu.totalPercent),
+                    per_cpu_percent: sample.cpu.perCpuPercent.map(JSONNumber.init)),
                 memory: .init(
                     total_bytes: m.totalBytes, available_bytes: m.availableBytes, free_bytes: m.freeBytes,
                     buffers_bytes: m.buffersBytes, cached_bytes: m.cachedBytes, swap_total_bytes: m.swapTotalBytes,
                     swap_free_bytes: m.swapFreeBytes),
-                load: .init(one: l.one, five: l.five, fifteen: l.fifteen, runnable: l.runnable, total: l.total),
+                load: .init(
+                    one: JSONNumber(l.one), five: JSONNumber(l.five), fifteen: JSONNumber(l.fifteen),
+                    runnable: l.runnable, total: l.total),
                 filesystems: sample.filesystems.map {
                     .init(
                         mount_point: $0.mountPoint, device: $0.device, type: $0.type, total_bytes: $0.totalBytes,
@@ -48,7 +52,20 @@ enum JSONOutput {
                         tx_errors: $0.txErrors, tx_dropped: $0.txDropped, addresses: $0.addresses,
                         mac_address: $0.macAddress, up: $0.up)
                 },
-                process_count: sample.processCount, uptime_seconds: sample.uptimeSeconds, cpu_count: sample.cpuCount))
+                process_count: sample.processCount, uptime_seconds: JSONNumber(sample.uptimeSeconds),
+                cpu_count: sample.cpuCount))
+    }
+
+    /// A guest's floating-point number: JSON has no NaN or infinity, so those are `null` (the key
+    /// stays present), never an encoding failure.
+    struct JSONNumber: Encodable {
+        var value: Double
+        init(_ value: Double) { self.value = value }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            if value.isFinite { try container.encode(value) } else { try container.encodeNil() }
+        }
     }
 
     private static func encode(_ value: some Encodable) throws -> String {
@@ -67,7 +84,7 @@ enum JSONOutput {
         var protocol_version: UInt32
         var os: OS
         var kernel_release, kernel_version, machine, hostname, boot_id: String
-        var uptime_seconds: Double
+        var uptime_seconds: JSONNumber
         var capabilities: [String]
         var agent_instance: UInt64
     }
@@ -75,15 +92,15 @@ enum JSONOutput {
     // swift-format-ignore: AlwaysUseLowerCamelCase
     private struct SampleDocument: Encodable {
         struct CPU: Encodable {
-            var total_percent: Double
-            var per_cpu_percent: [Double]
+            var total_percent: JSONNumber
+            var per_cpu_percent: [JSONNumber]
         }
         struct Memory: Encodable {
             var total_bytes, available_bytes, free_bytes, buffers_bytes, cached_bytes, swap_total_bytes,
                 swap_free_bytes: UInt64
         }
         struct Load: Encodable {
-            var one, five, fifteen: Double
+            var one, five, fifteen: JSONNumber
             var runnable, total: UInt32
         }
         struct Filesystem: Encodable {
@@ -109,7 +126,7 @@ enum JSONOutput {
         var disks: [Disk]
         var interfaces: [Interface]
         var process_count: UInt32
-        var uptime_seconds: Double
+        var uptime_seconds: JSONNumber
         var cpu_count: UInt32
     }
 }

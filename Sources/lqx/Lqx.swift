@@ -20,7 +20,13 @@ struct Lqx: AsyncParsableCommand {
             vsock).
 
             Exit status: the remote command's for exec (128+N when killed by signal N), 255 when \
-            lqx itself fails.
+            lqx itself fails (an exit status no process can have, reported by a guest, is such a \
+            failure). SIGINT, SIGTERM and SIGHUP end any command within 2 s, removing partial \
+            downloads: exit status 130, 143, 129.
+
+            Text that comes from the guest (names, messages, telemetry labels) is printed with \
+            control characters escaped (\\x1b, \\u{9b}), so a guest cannot drive the terminal; \
+            exec output is passed through unchanged.
             """,
         version: HostBroker.version,
         subcommands: [Info.self, Ping.self, Exec.self, Copy.self, Metrics.self, Top.self, Shutdown.self]
@@ -36,6 +42,29 @@ struct Lqx: AsyncParsableCommand {
 
     /// Exit code for failures of lqx itself.
     static let failure: Int32 = 255
+
+    /// Parses the command line and runs the command under `Interrupts`.
+    static func main() async {
+        do {
+            let parsed = ParsedCommand(command: try parseAsRoot())
+            try await Interrupts.shared.run {
+                var command = parsed.command
+                if var async = command as? any AsyncParsableCommand {
+                    try await async.run()
+                } else {
+                    try command.run()
+                }
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// The parsed command, handed to the task that runs it.
+// @unchecked Sendable: created before that task starts and used by it alone.
+private struct ParsedCommand: @unchecked Sendable {
+    var command: any ParsableCommand
 }
 
 /// Options every agent command shares; given before or after the command name.
@@ -59,6 +88,13 @@ struct AgentOptions: ParsableArguments {
     @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for a session with the agent.")
     var connectTimeout: Double = 10
 
+    @Option(
+        name: .customLong("reply-timeout"),
+        help: ArgumentHelp(
+            "Seconds to wait for each reply of the agent, and for the next piece of a transfer or listing.",
+            discussion: "A guest that does not answer in time fails the command with a timeout (exit 255)."))
+    var replyTimeout: Double = 30
+
     @Flag(name: .customLong("verbose"), help: "Log the broker's activity to stderr.")
     var verbose = false
 
@@ -71,7 +107,8 @@ struct AgentOptions: ParsableArguments {
         let address = try AgentAddress(parsing: agent)
         var logger = Logger(label: "lqx")
         logger.logLevel = verbose ? .debug : .critical
-        let client = AgentClient(address: address, logger: logger)
+        let configuration = BrokerConfiguration(operationTimeout: .milliseconds(Int64(replyTimeout * 1000)))
+        let client = AgentClient(address: address, configuration: configuration, logger: logger)
         let timeout = Duration.milliseconds(Int64(connectTimeout * 1000))
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
@@ -105,8 +142,36 @@ func runReportingErrors(_ body: () async throws -> Void) async throws {
     } catch let error as ValidationError {
         throw error
     } catch {
-        FileHandle.standardError.write(Data("lqx: \(error)\n".utf8))
+        reportError(error)
         throw ExitCode(Lqx.failure)
+    }
+}
+
+/// Prints `lqx: error` on stderr, guest text escaped; nothing when a signal is ending lqx (the
+/// error is then only the cancellation it caused).
+func reportError(_ error: any Error) {
+    guard Interrupts.shared.signal == nil else { return }
+    FileHandle.standardError.write(Data("lqx: \(TerminalText.safe("\(error)"))\n".utf8))
+}
+
+/// Guest text made safe for a terminal.
+enum TerminalText {
+    /// `text` with C0 and C1 control characters and DEL escaped (`\x1b`, `\u{9b}`). Newlines and
+    /// tabs are escaped too, so one guest string stays one line and one column.
+    static func safe(_ text: String) -> String {
+        var out = ""
+        out.reserveCapacity(text.utf8.count)
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0x00..<0x20, 0x7F:
+                out += "\\x" + String(format: "%02x", scalar.value)
+            case 0x80..<0xA0:
+                out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default:
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }
 

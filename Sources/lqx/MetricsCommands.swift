@@ -46,12 +46,14 @@ struct Top: AsyncParsableCommand {
 }
 
 func render(_ s: TelemetrySample) -> String {
+    let safe = TerminalText.safe
     var out = ""
     let m = s.memory
-    out += String(
-        format: "cpu   %5.1f%% of %d CPUs   load %.2f %.2f %.2f   processes %d   uptime %@\n",
-        s.cpu.totalPercent, s.cpuCount, s.load.one, s.load.five, s.load.fifteen, s.processCount,
-        formatDuration(s.uptimeSeconds))
+    // Guest numbers go through interpolation (a u32 as `%d` would print 4294967295 as -1) and
+    // guest strings through TerminalText.safe.
+    out += String(format: "cpu   %5.1f%% of ", s.cpu.totalPercent) + "\(s.cpuCount) CPUs   "
+    out += String(format: "load %.2f %.2f %.2f", s.load.one, s.load.five, s.load.fifteen)
+    out += "   processes \(s.processCount)   uptime \(formatDuration(s.uptimeSeconds))\n"
     out += "      per CPU: " + s.cpu.perCpuPercent.map { String(format: "%.0f%%", $0) }.joined(separator: " ") + "\n"
     let used = m.totalBytes > m.availableBytes ? m.totalBytes - m.availableBytes : 0
     let swapUsed = m.swapTotalBytes > m.swapFreeBytes ? m.swapTotalBytes - m.swapFreeBytes : 0
@@ -63,20 +65,20 @@ func render(_ s: TelemetrySample) -> String {
     out += "file systems\n"
     for fs in s.filesystems {
         out +=
-            "  " + fs.mountPoint.padding(toLength: 24, withPad: " ", startingAt: 0)
-            + " \(fs.type.padding(toLength: 8, withPad: " ", startingAt: 0)) \(formatBytes(fs.usedBytes)) used of \(formatBytes(fs.totalBytes))\n"
+            "  " + safe(fs.mountPoint).padding(toLength: 24, withPad: " ", startingAt: 0)
+            + " \(safe(fs.type).padding(toLength: 8, withPad: " ", startingAt: 0)) \(formatBytes(fs.usedBytes)) used of \(formatBytes(fs.totalBytes))\n"
     }
     out += "disks\n"
     for d in s.disks {
         out +=
-            "  " + d.name.padding(toLength: 12, withPad: " ", startingAt: 0)
+            "  " + safe(d.name).padding(toLength: 12, withPad: " ", startingAt: 0)
             + " read \(formatBytes(d.readBytes)), written \(formatBytes(d.writtenBytes))\n"
     }
     out += "network\n"
     for n in s.interfaces {
         out +=
-            "  " + n.name.padding(toLength: 12, withPad: " ", startingAt: 0) + (n.up ? " up  " : " down")
-            + " rx \(formatBytes(n.rxBytes)) tx \(formatBytes(n.txBytes))  \(n.addresses.joined(separator: " "))\n"
+            "  " + safe(n.name).padding(toLength: 12, withPad: " ", startingAt: 0) + (n.up ? " up  " : " down")
+            + " rx \(formatBytes(n.rxBytes)) tx \(formatBytes(n.txBytes))  \(n.addresses.map(safe).joined(separator: " "))\n"
     }
     return out
 }

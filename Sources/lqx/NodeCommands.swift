@@ -200,7 +200,7 @@
         lines.append(
             "agent:     "
                 + (agent.connected
-                    ? "connected, lqx-agent \(agent.agentVersion), \(agent.osPrettyName), host \(agent.hostname)"
+                    ? "connected, lqx-agent \(TerminalText.safe(agent.agentVersion)), \(TerminalText.safe(agent.osPrettyName)), host \(TerminalText.safe(agent.hostname))"
                     : "not connected"))
         lines.append("console:   \(vm.consoleLog)")
         return lines.joined(separator: "\n")

@@ -49,9 +49,14 @@
             let forwardStdin = !target.noStdin
             let (inputs, feed) = AsyncStream.makeStream(of: PendingInput.self, bufferingPolicy: .unbounded)
             feed.yield(PendingInput(message: startMessage, written: nil))
+            if terminal == nil {
+                Interrupts.shared.setForwarder { number in
+                    feed.yield(PendingInput(message: .with { $0.signal = number }, written: nil))
+                }
+            }
+            defer { Interrupts.shared.setForwarder(nil) }
             let forwarder = SignalForwarder(
-                includeInterrupts: terminal == nil, terminal: terminal,
-                signal: { number in feed.yield(PendingInput(message: .with { $0.signal = number }, written: nil)) },
+                terminal: terminal,
                 resize: { rows, cols in
                     feed.yield(
                         PendingInput(
@@ -93,11 +98,14 @@
                                         FileHandle.standardError.write(
                                             Data("lqx: command timed out and was killed\n".utf8))
                                     }
+                                    var status = ExecExitStatus(
+                                        exitCode: nil, signal: nil, timedOut: exit.timedOut, duration: .zero)
                                     switch exit.status {
-                                    case .exitCode(let code): return code
-                                    case .signal(let signal): return 128 + min(max(signal, 0), 127)
-                                    case nil: return Lqx.failure
+                                    case .exitCode(let code): status.exitCode = code
+                                    case .signal(let signal): status.signal = signal
+                                    case nil: break
                                     }
+                                    return try status.validated().shellStatus
                                 case nil: break
                                 }
                             }
@@ -106,7 +114,7 @@
                 }
             } catch {
                 terminal?.restore()
-                FileHandle.standardError.write(Data("lqx: \(error)\n".utf8))
+                reportError(error)
                 throw ExitCode(Lqx.failure)
             }
             terminal?.restore()

@@ -623,15 +623,14 @@ struct FrameCodecTests {
         let payload = patternBytes(1025)
         let header = rawHeader(type: 0x12, stream: 1, length: 1025, payloadCRC: referenceCRC32C(payload))
         // Header alone, then a valid frame.
-        #expect(
-            decodeEvents(header + Self.next.wireBytes, maximumPayload: 1024)
-                == ([.discarded(bytes: 32, reason: .oversized), .frame(Self.next)], 0))
+        let skipped = FrameEvent.oversized(OversizedFrame(session: 7, stream: 1, rawType: 0x12, length: 1025))
+        #expect(decodeEvents(header + Self.next.wireBytes, maximumPayload: 1024) == ([skipped, .frame(Self.next)], 0))
         // With its payload: the payload is scanned as garbage.
         #expect(
             decodeEvents(header + payload + Self.next.wireBytes, maximumPayload: 1024)
                 == (
                     [
-                        .discarded(bytes: 32, reason: .oversized), .discarded(bytes: 1025, reason: .garbage),
+                        skipped, .discarded(bytes: 1025, reason: .garbage),
                         .frame(Self.next),
                     ], 0
                 ))
@@ -642,11 +641,15 @@ struct FrameCodecTests {
         let huge = rawHeader(type: 0x12, length: .max, payloadCRC: 0)
         #expect(
             decodeEvents(huge + Self.next.wireBytes)
-                == ([.discarded(bytes: 32, reason: .oversized), .frame(Self.next)], 0))
+                == (
+                    [
+                        .oversized(OversizedFrame(session: 7, stream: 0, rawType: 0x12, length: .max)),
+                        .frame(Self.next),
+                    ], 0
+                ))
         let justOver = rawHeader(type: 0x12, length: UInt32(FrameFormat.maximumPayload + 1), payloadCRC: 0)
-        #expect(
-            decodeEvents(justOver + Self.next.wireBytes)
-                == ([.discarded(bytes: 32, reason: .oversized), .frame(Self.next)], 0))
+        let over = OversizedFrame(session: 7, stream: 0, rawType: 0x12, length: UInt32(FrameFormat.maximumPayload + 1))
+        #expect(decodeEvents(justOver + Self.next.wireBytes) == ([.oversized(over), .frame(Self.next)], 0))
     }
 
     @Test func unsupportedHeaderVersionIsSkipped() {
@@ -696,7 +699,8 @@ struct FrameCodecTests {
         try channel.writeInbound(ByteBuffer(bytes: fragments + oversized + [1, 2] + Self.after.wireBytes))
         #expect(
             try readAll(channel) == [
-                .discarded(bytes: 7, reason: .garbage), .discarded(bytes: 32, reason: .oversized),
+                .discarded(bytes: 7, reason: .garbage),
+                .oversized(OversizedFrame(session: 7, stream: 0, rawType: 0x12, length: 2000)),
                 .discarded(bytes: 2, reason: .garbage), .frame(Self.after),
             ])
 

@@ -31,6 +31,7 @@ private struct FuzzStats: CustomStringConvertible {
     var bytes = 0
     var frames = 0
     var skipped: [DiscardReason: Int] = [:]
+    var oversized = 0
     var sessions = 1
     var muxFrames = 0
     var opened = 0
@@ -45,7 +46,7 @@ private struct FuzzStats: CustomStringConvertible {
             .joined(separator: " ")
         return "generated \(generated) (unmutated \(unmutated), of which decoded \(intactDecoded); "
             + "\(mutationList)), \(bytes) bytes, "
-            + "decoded \(frames) frames, skipped [\(skipList)], mux: \(muxFrames) frames, "
+            + "decoded \(frames) frames, skipped [\(skipList)], \(oversized) oversized headers, mux: \(muxFrames) frames, "
             + "\(opened) streams opened, \(consumed) events read, \(sessions) sessions; "
             + "time in decoder \(decodeTime), in multiplexer \(muxTime)"
     }
@@ -169,6 +170,9 @@ struct FuzzTests {
             case .skipped(let count, let reason):
                 if count <= 0 || consumed != count { Issue.record("skipped \(count) but consumed \(consumed)") }
                 stats.skipped[reason, default: 0] += count
+            case .oversized:
+                if consumed != FrameFormat.headerSize { Issue.record("oversized header consumed \(consumed)") }
+                stats.oversized += 1
             case .frame(let frame):
                 stats.frames += 1
                 // The bytes the frame came from must be exactly its encoding, checksums included.

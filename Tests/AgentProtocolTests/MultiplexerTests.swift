@@ -369,18 +369,28 @@ struct MultiplexerTests {
         let wire = try? WireError(payload: out.first?.payload ?? ByteBuffer())
         #expect(wire?.code == "protocol")
         #expect(wire?.message == "stream 1 exceeded its flow-control window")
-        #expect(agent.streamCount == 0)
         #expect(agent.closedError == nil)
         // Later frames of the reset stream are dropped without another RESET.
         #expect(agent.receive(dataFrame(stream: 1, size: 10)) == Action.none)
         #expect(await drainOutbound(agent).isEmpty)
+        // The stream stays, failed, until its reader is done: what arrived before the violation is
+        // still read, then the protocol error (not a generic "closed").
+        #expect(agent.streamCount == 1)
+        let first = try? await agent.next(stream: 1)
+        #expect(first.map { $0.byteCount } == fullWindowPayload + Multiplexer.frameCharge)
         let error = await caught { _ = try await agent.next(stream: 1) }
-        #expect(error?.code == .closed)
+        #expect(error?.code == .protocolViolation)
+        #expect(error?.message == "stream 1 exceeded its flow-control window")
+        agent.release(stream: 1)
+        #expect(agent.streamCount == 0)
 
         // A single frame larger than the whole window.
         try? agent.register(stream: 2)
         #expect(agent.receive(dataFrame(stream: 2, size: fullWindowPayload + 1)) == Action.none)
         #expect(await drainOutbound(agent).map(\.stream) == [2])
+        // Releasing a stream that failed this way sends no second RESET.
+        agent.reset(stream: 2, error: AgentError(.cancelled, "abandoned"))
+        #expect(await drainOutbound(agent).isEmpty)
         #expect(agent.streamCount == 0)
     }
 
@@ -666,11 +676,16 @@ struct MultiplexerTests {
         }
         let out = await host.nextOutbound() ?? []
         #expect(out.map(\.type) == [.ping])
-        #expect(out.first?.payload == ByteBuffer(bytes: bigEndianBytes(UInt64(1))))
-        // A pong with another id (e.g. a keepalive answer) does not complete it.
-        #expect(
-            host.receive(Frame(type: .pong, session: 9, payload: ByteBuffer(bytes: bigEndianBytes(UInt64(0)))))
-                == Action.none)
+        // Ids are random and non-zero: a peer cannot answer before it has read the PING.
+        let id = out.first?.payload.getInteger(at: out.first?.payload.readerIndex ?? 0, as: UInt64.self) ?? 0
+        #expect(out.first?.payload.readableBytes == 8)
+        #expect(id != 0 && id != 1)
+        // Pongs with other ids (a keepalive answer, guessed sequential ids) do not complete it.
+        for other: UInt64 in [0, 1, 2, id &+ 1] {
+            #expect(
+                host.receive(Frame(type: .pong, session: 9, payload: ByteBuffer(bytes: bigEndianBytes(other))))
+                    == Action.none)
+        }
         try await Task.sleep(for: .milliseconds(50))
         #expect(done.value == false)
         #expect(

@@ -102,6 +102,8 @@ func decodeEvents(_ buffer: inout ByteBuffer, maximumPayload: Int = FrameFormat.
             return events
         case .frame(let frame):
             events.append(.frame(frame))
+        case .oversized(let header):
+            events.append(.oversized(header))
         case .skipped(let count, let reason):
             if reason == .garbage, case .discarded(let previous, .garbage)? = events.last {
                 events[events.count - 1] = .discarded(bytes: previous + count, reason: .garbage)

@@ -91,7 +91,7 @@ final class RawPeer: @unchecked Sendable {
                 case .frame(let frame):
                     if session == nil || frame.session == session { return frame }
                     continue
-                case .skipped: continue
+                case .skipped, .oversized: continue
                 case .needMoreData: break
                 }
                 break

@@ -39,6 +39,8 @@ func fuzzOne(_ input: UnsafeRawBufferPointer) {
                 break decoding
             case .skipped(let count, _):
                 precondition(count > 0, "a skip must make progress")
+            case .oversized(let header):
+                precondition(header.length > maximumPayload, "a header within the bound reported as oversized")
             case .frame(let frame):
                 precondition(frame.payload.readableBytes <= maximumPayload, "payload over the bound")
                 exercise(frame, mux)
