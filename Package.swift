@@ -60,7 +60,7 @@ let package = Package(
         .executableTarget(
             name: "lqx-node",
             dependencies: [
-                "NodeDaemon",
+                "NodeDaemon", "HostBroker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -133,6 +133,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "benchmarks/AgentBench"
+        ),
+        // A misbehaving agent for the test guest (initramfs-hostile.cpio); never packaged.
+        .executableTarget(
+            name: "lqx-hostile-agent",
+            dependencies: ["AgentProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/HostileGuestAgent"
         ),
         .target(name: "LQXTestSupport", dependencies: ["ProcessSupport"], path: "Tests/Support"),
         .testTarget(

@@ -39,5 +39,5 @@ swift test --skip-build --filter "GuestSystemTests"
 # Separately, so the TCG guests under libvirt do not share the 2 cores with the direct ones.
 echo "== system tests with VMs under libvirtd"
 swift test --skip-build --filter "$LIBVIRT_SYSTEM_TESTS"
-echo "== 20 VMs on one node daemon"
+echo "== 20 VMs on one node daemon, one hostile"
 swift test --skip-build --filter "NodeLoadSystemTests"

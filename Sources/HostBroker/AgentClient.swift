@@ -22,6 +22,10 @@ public struct BrokerConfiguration: Sendable {
     /// How long the last frames of a closed session (GOAWAY) may take to be written before the
     /// connection is closed regardless; a guest that stopped reading cannot hold the session.
     public var closeGrace: TimeAmount
+    /// A session that lasted at least this long resets the reconnection backoff; one that ended
+    /// sooner counts as a failure, so a guest that breaks every session at once is redialled at
+    /// the backoff's pace, not as fast as it can answer HELLO.
+    public var stableSession: Duration
 
     /// Creates a configuration with production defaults.
     public init(
@@ -30,7 +34,8 @@ public struct BrokerConfiguration: Sendable {
         reconnectBackoff: ClosedRange<Duration> = .milliseconds(100)...(.seconds(5)),
         clientName: String = "lqx-broker/\(HostBroker.version)",
         operationTimeout: Duration = .seconds(30),
-        closeGrace: TimeAmount = .seconds(1)
+        closeGrace: TimeAmount = .seconds(1),
+        stableSession: Duration = .seconds(10)
     ) {
         self.session = session
         self.connectTimeout = connectTimeout
@@ -38,6 +43,7 @@ public struct BrokerConfiguration: Sendable {
         self.clientName = clientName
         self.operationTimeout = operationTimeout
         self.closeGrace = closeGrace
+        self.stableSession = stableSession
     }
 }
 
@@ -63,6 +69,7 @@ public final class AgentClient: Service, Sendable {
     let logger: Logger
     let group: any EventLoopGroup
     private let state = Mutex<State>(State())
+    private let established = Atomic<Int>(0)
     private let eventContinuation: AsyncStream<SessionEvent>.Continuation
     /// Session events, in order; one consumer.
     public let events: AsyncStream<SessionEvent>
@@ -94,9 +101,11 @@ public final class AgentClient: Service, Sendable {
         await cancelWhenGracefulShutdown {
             var backoff = self.configuration.reconnectBackoff.lowerBound
             while !Task.isCancelled {
-                let established = await self.connectOnce()
+                let lasted = await self.connectOnce()
                 if Task.isCancelled { break }
-                if established { backoff = self.configuration.reconnectBackoff.lowerBound }
+                if let lasted, lasted >= self.configuration.stableSession {
+                    backoff = self.configuration.reconnectBackoff.lowerBound
+                }
                 let jitter = Double.random(in: 0.8...1.2)
                 try? await Task.sleep(for: backoff * jitter)
                 backoff = min(backoff * 2, self.configuration.reconnectBackoff.upperBound)
@@ -111,6 +120,9 @@ public final class AgentClient: Service, Sendable {
         for waiter in waiters { waiter.resume(throwing: AgentError(.closed, "the broker stopped")) }
         eventContinuation.finish()
     }
+
+    /// Sessions established since the client started (each reconnection adds one).
+    public var sessionsEstablished: Int { established.load(ordering: .relaxed) }
 
     /// The open session, if there is one now (never waits).
     public var currentSession: AgentSession? {
@@ -159,9 +171,10 @@ public final class AgentClient: Service, Sendable {
         }
     }
 
-    /// One connection: dial, handshake, serve until it ends. Returns whether a session was established.
-    private func connectOnce() async -> Bool {
-        var established = false
+    /// One connection: dial, handshake, serve until it ends. Returns how long the session lasted,
+    /// or nil when none was established.
+    private func connectOnce() async -> Duration? {
+        var establishedAt: ContinuousClock.Instant?
         do {
             let channel = try await AgentDialer.dial(
                 address, group: group, timeout: configuration.connectTimeout,
@@ -170,7 +183,8 @@ public final class AgentClient: Service, Sendable {
                 var iterator = inbound.makeAsyncIterator()
                 let (mux, welcome) = try await self.handshake(
                     channel: channel.channel, iterator: &iterator, outbound: outbound)
-                established = true
+                establishedAt = .now
+                self.established.add(1, ordering: .relaxed)
                 let session = AgentSession(
                     mux: mux, welcome: welcome, operationTimeout: self.configuration.operationTimeout,
                     logger: self.logger)
@@ -200,7 +214,7 @@ public final class AgentClient: Service, Sendable {
             previous.mux.close(reason)
             eventContinuation.yield(.disconnected(reason: "\(reason)"))
         }
-        return established
+        return establishedAt.map { ContinuousClock.now - $0 }
     }
 
     private func publish(_ session: AgentSession) {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HostBroker
 import Logging
 import NodeDaemon
 import UnixSignals
@@ -48,6 +49,13 @@ struct LqxNode: AsyncParsableCommand {
             discussion: "They stay in the page cache and come back by a minor fault when used again."))
     var memoryTrim: Double = 30
 
+    @Option(
+        name: .customLong("agent-reply-timeout"),
+        help: ArgumentHelp(
+            "Seconds an in-guest operation waits for the agent's reply, and for each piece of a transfer.",
+            discussion: "Then it fails with code timeout and the agent's stream is reset (a guest cannot hold it)."))
+    var agentReplyTimeout: Double = 30
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -58,6 +66,9 @@ struct LqxNode: AsyncParsableCommand {
         guard memoryTrim >= 0, memoryTrim.isFinite else { throw ValidationError("--memory-trim takes seconds >= 0") }
         guard telemetryInterval >= 0.1, telemetryInterval <= 3600 else {
             throw ValidationError("--telemetry-interval takes 0.1 to 3600 seconds")
+        }
+        guard agentReplyTimeout >= 0.1, agentReplyTimeout <= 86400 else {
+            throw ValidationError("--agent-reply-timeout takes 0.1 to 86400 seconds")
         }
         let api: (host: String, port: Int), metrics: (host: String, port: Int)?
         do {
@@ -85,6 +96,7 @@ struct LqxNode: AsyncParsableCommand {
             layout: NodeLayout(stateDirectory: stateDir, runDirectory: runDir),
             nodeName: nodeName ?? ProcessInfo.processInfo.hostName,
             telemetryInterval: .milliseconds(Int64(telemetryInterval * 1000)),
+            broker: BrokerConfiguration(operationTimeout: .milliseconds(Int64(agentReplyTimeout * 1000))),
             memoryTrim: memoryTrim > 0 ? .milliseconds(Int64(memoryTrim * 1000)) : nil)
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         let server: NodeServer

@@ -43,6 +43,29 @@ final class HostileAgent: Sendable {
         }
     }
 
+    /// Accepts every connection for `seconds`, each handshaken and given to `script` in turn;
+    /// returns how many hosts connected.
+    func serveEach(for seconds: Double, _ script: @escaping @Sendable (HostileConnection) throws -> Void) async -> Int {
+        let listener = self.listener
+        return await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                let end = Date().addingTimeInterval(seconds)
+                var count = 0
+                while Date() < end {
+                    var poller = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+                    guard poll(&poller, 1, 50) > 0 else { continue }
+                    let fd = accept(listener, nil, nil)
+                    guard fd >= 0 else { continue }
+                    count += 1
+                    let connection = HostileConnection(fd: fd)
+                    if connection.handshake({ _ in }) { try? script(connection) }
+                    connection.close()
+                }
+                continuation.resume(returning: count)
+            }
+        }
+    }
+
     private func record(_ failure: String) { done.withLock { $0.append(failure) } }
 
     /// What went wrong on the agent's side.

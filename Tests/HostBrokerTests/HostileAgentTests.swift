@@ -427,6 +427,39 @@ struct HostileAgentTests {
         #expect(run.elapsed < .seconds(3), "took \(run.elapsed)")
     }
 
+    // MARK: Reconnection
+
+    @Test("a guest that breaks every session at once is redialled at the backoff's pace")
+    func brokenSessionsBackOff() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let agent = try HostileAgent(dir: dir)
+        let client = AgentClient(
+            address: .unix(path: agent.path),
+            configuration: BrokerConfiguration(reconnectBackoff: .milliseconds(100)...(.seconds(5))))
+        let connections = try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask {
+                try await client.run()
+                return nil
+            }
+            group.addTask {
+                // Each session: the agent opens a stream, which the host answers with GOAWAY.
+                await agent.serveEach(for: 6) { connection in
+                    connection.send(Frame(type: .open, session: connection.session, stream: 1, payload: ByteBuffer()))
+                    _ = connection.drainUntilClosed(timeoutMs: 2000)
+                }
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let result { return result }
+            }
+            return 0
+        }
+        // 100 ms doubling (±20 %): about 6 sessions in 6 s; redialling at once would be ~50.
+        #expect(connections >= 3 && connections <= 9, "\(connections) sessions in 6 s")
+        #expect(client.sessionsEstablished == connections)
+    }
+
     // MARK: 8. Smaller defects
 
     @Test("after a session error the host sends one GOAWAY, however many frames were read")

@@ -226,7 +226,9 @@ struct NodeDaemonProcess {
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    static func start(_ node: TestNode) async throws -> NodeDaemonProcess {
+    static func start(_ node: TestNode, telemetryInterval: Int = 1, name: String = "test-node") async throws
+        -> NodeDaemonProcess
+    {
         let logPath = node.root + "/lqx-node.log"
         let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard logFD >= 0 else { throw NodeError(.io, "cannot open \(logPath)") }
@@ -238,8 +240,8 @@ struct NodeDaemonProcess {
                 Command.binary("lqx-node"),
                 [
                     "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--state-dir",
-                    node.layout.stateDirectory, "--run-dir", node.layout.runDirectory, "--telemetry-interval", "1",
-                    "--node-name", "test-node",
+                    node.layout.stateDirectory, "--run-dir", node.layout.runDirectory, "--telemetry-interval",
+                    "\(telemetryInterval)", "--node-name", name,
                 ], stdout: out.write, stderr: logFD)
         } catch {
             close(out.read)
@@ -269,6 +271,15 @@ struct NodeDaemonProcess {
             throw NodeError(.io, "lqx-node did not start: \(line) \(log)")
         }
         return NodeDaemonProcess(child: child, stdout: reader, api: api, metrics: metrics, logPath: logPath)
+    }
+
+    /// The daemon's peak resident memory so far (VmHWM), in bytes.
+    var peakResidentBytes: Int? {
+        guard let text = try? String(contentsOfFile: "/proc/\(child.pid)/status", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+            let kib = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { return nil }
+        return kib * 1024
     }
 
     /// SIGTERM and wait (the VMs keep running); a daemon that has not exited after 20 s is a

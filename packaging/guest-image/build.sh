@@ -11,7 +11,9 @@
 # LQX_GUEST_DEBUG=1 keeps the agent's symbols and adds Swift's backtracer, so a crash of the agent
 # prints a symbolicated backtrace on the guest console (default OUT_DIR .build-guest/image-debug).
 #
-# Output in OUT_DIR: vmlinuz, initramfs.cpio, manifest (kernel release, input hash, sizes).
+# Output in OUT_DIR: vmlinuz, initramfs.cpio, initramfs-hostile.cpio (the same guest running
+# lqx-hostile-agent instead of lqx-agent, for the broker's tests), manifest (kernel release, input
+# hash, sizes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -101,26 +103,31 @@ swift build -c release --static-swift-stdlib --disable-default-traits --scratch-
     --product lqx-agent >&2
 swift build -c release --static-swift-stdlib --disable-default-traits --scratch-path "$root/.build-static" \
     --product lqx >&2
+# The hostile agent of the broker's tests (in initramfs-hostile.cpio, instead of lqx-agent).
+swift build -c release --static-swift-stdlib --disable-default-traits --scratch-path "$root/.build-static" \
+    --product lqx-hostile-agent >&2
 bin=$root/.build-static/release
 mkdir -p "$cache/bin"
-for b in lqx-agent lqx; do
+for b in lqx-agent lqx lqx-hostile-agent; do
     if [ ! -f "$cache/bin/$b" ] || [ "$bin/$b" -nt "$cache/bin/$b" ]; then
         strip -o "$cache/bin/$b.tmp" "$bin/$b"
         mv "$cache/bin/$b.tmp" "$cache/bin/$b"
     fi
 done
-libs=$( (ldd "$cache/bin/lqx-agent"; ldd "$cache/bin/lqx") | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}' | sort -u)
+libs=$( (ldd "$cache/bin/lqx-agent"; ldd "$cache/bin/lqx"; ldd "$cache/bin/lqx-hostile-agent") | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}' | sort -u)
 
 # --- cache key: every input's content --------------------------------------------------------------
 busybox=$(command -v busybox)
 key=$(
     {
-        sha256sum "$here/build.sh" "$here"/rootfs/* "$deb" "$busybox" "$cache/bin/lqx-agent" "$cache/bin/lqx"
+        sha256sum "$here/build.sh" "$here"/rootfs/* "$deb" "$busybox" "$cache/bin/lqx-agent" "$cache/bin/lqx" \
+            "$cache/bin/lqx-hostile-agent"
         for l in $libs; do sha256sum "$(readlink -f "$l")"; done
         echo "${order[*]} debug=$debug"
     } | sha256sum | cut -c1-16
 )
-if [ -f "$out/manifest" ] && grep -q "^input_hash=$key\$" "$out/manifest" && [ -f "$out/initramfs.cpio" ]; then
+if [ -f "$out/manifest" ] && grep -q "^input_hash=$key\$" "$out/manifest" && [ -f "$out/initramfs.cpio" ] \
+    && [ -f "$out/initramfs-hostile.cpio" ]; then
     log "up to date ($out, inputs $key)"
     exit 0
 fi
@@ -156,8 +163,14 @@ echo "lqx-guest" >"$stage/etc/hostname"
 chmod 1777 "$stage/tmp"
 
 mkdir -p "$out"
-(cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --owner=0:0) >"$out/initramfs.cpio.tmp"
-mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
+pack() { (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --owner=0:0) >"$1.tmp" && mv "$1.tmp" "$1"; }
+pack "$out/initramfs.cpio"
+# The same guest with lqx-hostile-agent in place of lqx-agent and lqx (the broker's hostile-guest
+# tests; a separate archive so that the normal guests do not grow: at 384 MiB an initramfs much
+# over 110 MB no longer unpacks).
+rm "$stage/usr/bin/lqx-agent" "$stage/usr/bin/lqx"
+cp "$cache/bin/lqx-hostile-agent" "$stage/usr/bin/"
+pack "$out/initramfs-hostile.cpio"
 cp "$vmlinuz" "$out/vmlinuz"
 {
     echo "input_hash=$key"

@@ -87,6 +87,12 @@ extension MetricsExposition {
             m.add(
                 "lqx_vm_agent_connected", "gauge", "1 while the VM's agent has a session open.", labels,
                 manager.agentConnected(vm.name) ? 1 : 0)
+            if let agent = manager.agent(vm.name) {
+                m.add(
+                    "lqx_vm_agent_sessions_total", "counter",
+                    "Agent sessions established since the VM's broker started (reconnections add one).", labels,
+                    Double(agent.sessionsEstablished))
+            }
         }
         let now = Date().timeIntervalSince1970
         for telemetry in manager.allTelemetry() {
