@@ -32,6 +32,9 @@ struct HostileAgentTests {
         try await during(run)
         let status = await run.exit(within: timeout)
         if status == nil { run.kill() }
+        // Whatever the case: lqx ends in time, and its broker's memory stays bounded.
+        #expect(status != nil, "lqx \(arguments) still ran after \(timeout)")
+        #expect(run.peakBytes < Self.memoryBound, "lqx \(arguments): peak RSS \(run.peakBytes)")
         return (run, status, agent)
     }
 
