@@ -89,6 +89,9 @@ final class HostileConnection: @unchecked Sendable {
     /// Frames read that the script did not ask for (PINGs, WINDOWs…), by type.
     private(set) var seen: [FrameType: Int] = [:]
     private var closed = false
+    /// Whether PINGs read while waiting are answered, as a live agent does (the hostile cases
+    /// keep the session alive); off for a guest that never answers one.
+    var answersPings = true
 
     init(fd: Int32) { self.fd = fd }
 
@@ -211,6 +214,7 @@ final class HostileConnection: @unchecked Sendable {
     private func note(_ frame: Frame) {
         guard let type = frame.type else { return }
         seen[type, default: 0] += 1
+        if type == .ping, answersPings { send(Frame(type: .pong, session: session, payload: frame.payload)) }
         if type == .window, let grant = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt32.self) {
             credit[frame.stream, default: hostWindow] += Int(grant)
         }
