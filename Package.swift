@@ -3,11 +3,14 @@ import PackageDescription
 
 let package = Package(
     name: "limiquantix",
-    platforms: [.macOS(.v15)],
     products: [
+        .library(name: "LQXModel", targets: ["LQXModel"]),
         .library(name: "AgentProtocol", targets: ["AgentProtocol"]),
         .library(name: "GuestAgent", targets: ["GuestAgent"]),
         .library(name: "HostBroker", targets: ["HostBroker"]),
+        .library(name: "LQXServer", targets: ["LQXServer"]),
+        .library(name: "NodeCore", targets: ["NodeCore"]),
+        .library(name: "NodeLibvirt", targets: ["NodeLibvirt"]),
         .library(name: "NodeDaemon", targets: ["NodeDaemon"]),
         .executable(name: "lqx-agent", targets: ["lqx-agent"]),
         .executable(name: "lqx", targets: ["lqx"]),
@@ -30,9 +33,12 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
-        .target(name: "CLQXSupport", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "CLQXSupport"),
+        // The shared model: specs, labels, identifiers, the error type. No NIO, gRPC, libvirt or Foundation.
+        .target(name: "LQXModel"),
         .target(name: "ProcessSupport", dependencies: ["CLQXSupport"]),
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .target(
@@ -44,13 +50,48 @@ let package = Package(
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             ]
         ),
+        // One server foundation for the node daemon and the control plane: gRPC as a Service, TLS,
+        // bearer tokens, error mapping.
+        .target(
+            name: "LQXServer",
+            dependencies: [
+                "LQXModel",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The node's core: VM manager, lifecycle policy, typed operations, behind `Hypervisor`.
+        .target(
+            name: "NodeCore",
+            dependencies: [
+                "LQXModel", "HostBroker", "AgentProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The libvirt backend of `Hypervisor`.
+        .target(
+            name: "NodeLibvirt",
+            dependencies: [
+                "NodeCore", "LQXModel", "CLibvirt", "ProcessSupport",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // A hypervisor in memory, for unit tests of the core and the API layer.
+        .target(name: "NodeCoreTesting", dependencies: ["NodeCore", "LQXModel"]),
+        // The node's API layer: gRPC service, HTTP endpoints, the daemon's services.
         .target(
             name: "NodeDaemon",
             dependencies: [
-                "CLibvirt", "CLQXSupport", "ProcessSupport", "HostBroker", "AgentProtocol", "NodeAPI",
+                "NodeCore", "NodeLibvirt", "LQXServer", "CLQXSupport", "HostBroker", "AgentProtocol", "NodeAPI",
+                "LQXModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
@@ -60,7 +101,7 @@ let package = Package(
         .executableTarget(
             name: "lqx-node",
             dependencies: [
-                "NodeDaemon", "HostBroker",
+                "NodeDaemon", "NodeCore", "HostBroker", "LQXModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -79,7 +120,7 @@ let package = Package(
         .target(
             name: "GuestAgent",
             dependencies: [
-                "AgentProtocol", "CLQXSupport",
+                "AgentProtocol", "CLQXSupport", "LQXModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -88,7 +129,7 @@ let package = Package(
         .target(
             name: "HostBroker",
             dependencies: [
-                "AgentProtocol",
+                "AgentProtocol", "LQXModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -98,7 +139,7 @@ let package = Package(
         .executableTarget(
             name: "lqx-agent",
             dependencies: [
-                "GuestAgent", "CLQXSupport",
+                "GuestAgent", "CLQXSupport", "LQXModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -107,7 +148,7 @@ let package = Package(
         .executableTarget(
             name: "lqx",
             dependencies: [
-                "HostBroker", "AgentProtocol", "CLQXSupport",
+                "HostBroker", "AgentProtocol", "CLQXSupport", "LQXModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -151,6 +192,7 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "LQXModelTests", dependencies: ["LQXModel"]),
         .testTarget(
             name: "GuestAgentTests",
             dependencies: ["GuestAgent", "AgentProtocol", "CLQXSupport"]
@@ -158,7 +200,9 @@ let package = Package(
         .testTarget(
             name: "NodeDaemonTests",
             dependencies: [
-                "NodeDaemon", "HostBroker", "AgentProtocol", "NodeAPI", "LQXTestSupport",
+                "NodeDaemon", "NodeCore", "NodeLibvirt", "NodeCoreTesting", "HostBroker", "AgentProtocol", "NodeAPI",
+                "LQXTestSupport", "LQXModel", "LQXServer",
+                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
             ],

@@ -1,4 +1,5 @@
 import AgentProtocol
+import LQXModel
 import Logging
 
 /// Where the agent listens for the host.
@@ -66,7 +67,7 @@ public struct AgentConfiguration: Sendable {
     }
 
     /// The agent version reported in WELCOME and info.
-    public static let agentVersion = "0.1.0"
+    public static let agentVersion = LimiquantixVersion.current
     /// Default virtio-serial port path.
     public static let defaultVirtioSerialPath = "/dev/virtio-ports/org.limiquantix.agent.0"
     /// Default AF_VSOCK port.

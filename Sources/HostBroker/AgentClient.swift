@@ -1,4 +1,5 @@
 import AgentProtocol
+import LQXModel
 import Logging
 import NIOCore
 import NIOPosix
@@ -32,7 +33,7 @@ public struct BrokerConfiguration: Sendable {
         session: SessionConfiguration = SessionConfiguration(),
         connectTimeout: TimeAmount = .seconds(5),
         reconnectBackoff: ClosedRange<Duration> = .milliseconds(100)...(.seconds(5)),
-        clientName: String = "lqx-broker/\(HostBroker.version)",
+        clientName: String = "lqx-broker/\(LimiquantixVersion.current)",
         operationTimeout: Duration = .seconds(30),
         closeGrace: TimeAmount = .seconds(1),
         stableSession: Duration = .seconds(10)
@@ -45,11 +46,6 @@ public struct BrokerConfiguration: Sendable {
         self.closeGrace = closeGrace
         self.stableSession = stableSession
     }
-}
-
-/// Version of the broker library.
-public enum HostBroker {
-    public static let version = "0.1.0"
 }
 
 /// Something that happened to an agent's session.

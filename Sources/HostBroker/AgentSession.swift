@@ -212,7 +212,7 @@ extension Reply {
 
 extension AgentError {
     /// `error` as an `AgentError`: itself, `cancelled` for task cancellation, else `internal`.
-    static func from(_ error: any Error) -> AgentError {
+    public static func from(_ error: any Error) -> AgentError {
         if let error = error as? AgentError { return error }
         if error is CancellationError { return AgentError(.cancelled, "cancelled") }
         return AgentError(.internal, "\(error)")

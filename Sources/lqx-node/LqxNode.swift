@@ -1,9 +1,11 @@
 import ArgumentParser
 import Foundation
 import HostBroker
+import LQXModel
 import Logging
+import NodeCore
 import NodeDaemon
-import UnixSignals
+import ServiceLifecycle
 
 @main
 struct LqxNode: AsyncParsableCommand {
@@ -19,7 +21,7 @@ struct LqxNode: AsyncParsableCommand {
             the next start adopts them and reconnects their agents. The API has no authentication \
             yet: bind it to localhost or a management network only (docs/threat-model.md).
             """,
-        version: NodeDaemonVersion.current)
+        version: LimiquantixVersion.current)
 
     @Option(name: .customLong("listen"), help: "gRPC API address HOST:PORT (port 0: any free port).")
     var listen: String = "127.0.0.1:7443"
@@ -70,10 +72,12 @@ struct LqxNode: AsyncParsableCommand {
         guard agentReplyTimeout >= 0.1, agentReplyTimeout <= 86400 else {
             throw ValidationError("--agent-reply-timeout takes 0.1 to 86400 seconds")
         }
-        let api: (host: String, port: Int), metrics: (host: String, port: Int)?
+        let api: HostPort, metrics: HostPort?
         do {
-            api = try NodeConfiguration.parseAddress(listen)
-            metrics = try metricsListen.map { text throws(NodeError) in try NodeConfiguration.parseAddress(text) }
+            api = try HostPort(parsing: listen, for: .listen, field: "--listen")
+            metrics = try metricsListen.map { text throws(LQXError) in
+                try HostPort(parsing: text, for: .listen, field: "--metrics-listen")
+            }
         } catch {
             throw ValidationError(error.message)
         }
@@ -98,30 +102,31 @@ struct LqxNode: AsyncParsableCommand {
             telemetryInterval: .milliseconds(Int64(telemetryInterval * 1000)),
             broker: BrokerConfiguration(operationTimeout: .milliseconds(Int64(agentReplyTimeout * 1000))),
             memoryTrim: memoryTrim > 0 ? .milliseconds(Int64(memoryTrim * 1000)) : nil)
-        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
-        let server: NodeServer
+        let node: NodeServer
         do {
-            server = try await NodeServer.start(configuration, logger: logger)
-        } catch let error as NodeError {
-            logger.critical("cannot start: \(error.message)")
+            node = try await NodeServer.build(configuration, logger: logger)
+        } catch {
+            logger.critical("cannot start: \(error.fullMessage)")
             throw ExitCode(1)
         }
-        // One line on stdout for scripts and tests: where the API and metrics ended up.
-        FileHandle.standardOutput.write(
-            Data("lqx-node listening grpc=\(server.apiAddress) metrics=\(server.metricsAddress ?? "off")\n".utf8))
-        // The server ends on a signal (graceful: open calls finish) or by failing.
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await server.wait() }
-            group.addTask {
-                for await signal in signals {
-                    logger.info("stopping; VMs keep running", metadata: ["signal": "\(signal)"])
-                    await server.shutdown()
-                    return
-                }
+        // SIGTERM and SIGINT stop the API first (open calls get 10 s), then the agent brokers; the
+        // VMs keep running.
+        let group = ServiceGroup(
+            configuration: .init(services: node.services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            do {
+                let bound = try await node.boundAddresses()
+                // One line on stdout for scripts and tests: where the API and metrics ended up.
+                FileHandle.standardOutput.write(
+                    Data("lqx-node listening grpc=\(bound.api) metrics=\(bound.metrics?.description ?? "off")\n".utf8))
+            } catch {
+                logger.critical("cannot start: \(error)")
+                await group.triggerGracefulShutdown()
+                throw ExitCode(1)
             }
-            try await group.next()
-            group.cancelAll()
+            try await tasks.waitForAll()
         }
-        await server.shutdown()
+        logger.info("node daemon stopped; VMs keep running")
     }
 }

@@ -2,6 +2,7 @@ import AgentProtocol
 import ArgumentParser
 import Foundation
 import HostBroker
+import LQXModel
 import Logging
 
 @main
@@ -28,7 +29,7 @@ struct Lqx: AsyncParsableCommand {
             control characters escaped (\\x1b, \\u{9b}), so a guest cannot drive the terminal; \
             exec output is passed through unchanged.
             """,
-        version: HostBroker.version,
+        version: LimiquantixVersion.current,
         subcommands: [Info.self, Ping.self, Exec.self, Copy.self, Metrics.self, Top.self, Shutdown.self]
             + nodeCommands)
 

@@ -3,6 +3,7 @@
     import Foundation
     import GRPCCore
     import GRPCNIOTransportHTTP2Posix
+    import LQXModel
     import NodeAPI
     import SwiftProtobuf
 
@@ -42,24 +43,12 @@
         }
 
         static func parse(_ address: String) throws -> (String, Int) {
-            var text = Substring(address)
-            var host: Substring
-            if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
-                host = text[text.index(after: text.startIndex)..<close]
-                text = text[text.index(after: close)...]
-                guard text.hasPrefix(":") else { throw CLIError("--node takes HOST:PORT, got \(address)") }
-                text = text.dropFirst()
-            } else {
-                guard let colon = text.lastIndex(of: ":") else {
-                    throw CLIError("--node takes HOST:PORT, got \(address)")
-                }
-                host = text[..<colon]
-                text = text[text.index(after: colon)...]
+            do {
+                let parsed = try HostPort(parsing: address, for: .connect, field: "--node")
+                return (parsed.host, parsed.port)
+            } catch {
+                throw CLIError(error.message)
             }
-            guard let port = Int(text), (1...65535).contains(port), !host.isEmpty else {
-                throw CLIError("--node takes HOST:PORT, got \(address)")
-            }
-            return (String(host), port)
         }
     }
 
@@ -73,14 +62,15 @@
         }
 
         var description: String {
-            if error.code == .unavailable, !error.message.hasPrefix("guest:") {
-                return "cannot reach the node at \(node): \(error.message)"
-            }
-            var code = "\(error.code)"
+            var code: String?
             for entry in error.metadata where entry.key == "lqx-error-code" {
                 if case .string(let value) = entry.value { code = value }
             }
-            return "\(error.message) [\(code)]"
+            // Without the node's own code, the call did not reach the node's service.
+            if error.code == .unavailable, code == nil {
+                return "cannot reach the node at \(node): \(error.message)"
+            }
+            return "\(error.message) [\(code ?? "\(error.code)")]"
         }
     }
 

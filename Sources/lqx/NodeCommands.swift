@@ -503,6 +503,7 @@
                     $0.destinationUri = destination
                     $0.maxDowntimeMs = maxDowntime
                     $0.bandwidthMibps = bandwidth
+                    if let migrationAddress { $0.migrationAddress = migrationAddress }
                 }
                 try await options.callNode { stub in
                     try await stub.migrateVM(request, options: NodeConnection.callOptions) { response in

@@ -2,6 +2,9 @@ import Foundation
 import LQXTestSupport
 import Testing
 
+@testable import NodeCore
+@testable import NodeLibvirt
+
 /// ProcessSupport's `Child`: how the node runs qemu-img and the tests run every command.
 @Suite("child processes")
 struct ChildTests {

@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 
+@testable import NodeCore
+@testable import NodeLibvirt
+
 /// The boot-stall tolerance the system tests use: it acts only on a stall printed after waiting
 /// began, power-cycles once, and still fails a guest that never becomes ready.
 @Suite("test support: console watch")

@@ -1,7 +1,9 @@
 import Foundation
 import Testing
 
+@testable import NodeCore
 @testable import NodeDaemon
+@testable import NodeLibvirt
 
 @Suite("host discovery")
 struct HostInventoryTests {

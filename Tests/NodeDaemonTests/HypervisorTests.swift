@@ -1,7 +1,11 @@
 import Foundation
+import LQXModel
 import LQXTestSupport
 import NodeDaemon
 import Testing
+
+@testable import NodeCore
+@testable import NodeLibvirt
 
 /// Create/delete against the real libvirtd: what is refused, and that nothing is left behind.
 @Suite("libvirt hypervisor: create and delete", .serialized)
@@ -37,7 +41,7 @@ struct HypervisorTests {
         #expect(try await !hypervisor.list().map(\.name).contains(name))
         #expect(!FileManager.default.fileExists(atPath: node.layout.vmState(name)))
         #expect(!FileManager.default.fileExists(atPath: node.layout.vmRun(name)))
-        let missing = await #expect(throws: NodeError.self) { try await hypervisor.status(name) }
+        let missing = await #expect(throws: LQXError.self) { try await hypervisor.status(name) }
         #expect(missing?.code == .notFound)
     }
 
@@ -56,10 +60,10 @@ struct HypervisorTests {
         #expect(try await mine.list().map(\.name).contains(name))
         #expect(try await !other.list().map(\.name).contains(name))
         #expect(try await other.managedStatus(name) == nil)
-        let read = await #expect(throws: NodeError.self) { try await other.status(name) }
+        let read = await #expect(throws: LQXError.self) { try await other.status(name) }
         #expect(read?.code == .notFound)
         #expect(read?.message.contains("another node") == true)
-        let deleted = await #expect(throws: NodeError.self) {
+        let deleted = await #expect(throws: LQXError.self) {
             try await other.delete(name, force: true, deleteDisks: true)
         }
         #expect(deleted?.code == .notFound)
@@ -81,8 +85,8 @@ struct HypervisorTests {
         defer { node.remove() }
         let hypervisor = try LibvirtHypervisor(layout: node.layout)
         let name = TestNode.vmName("refusals")
-        func expectError(_ code: NodeError.Code, _ text: String, _ spec: VMSpec) async {
-            let error = await #expect(throws: NodeError.self) { _ = try await hypervisor.create(spec) }
+        func expectError(_ code: LQXError.Code, _ text: String, _ spec: VMSpec) async {
+            let error = await #expect(throws: LQXError.self) { _ = try await hypervisor.create(spec) }
             #expect(error?.code == code)
             #expect(error?.message.contains(text) == true, "\(String(describing: error))")
         }

@@ -1,8 +1,12 @@
 import Foundation
 import HostBroker
+import LQXModel
 import LQXTestSupport
 import NodeDaemon
 import Testing
+
+@testable import NodeCore
+@testable import NodeLibvirt
 
 /// `lqx-node` as a process and `lqx --node` as operators run them, against real libvirtd + QEMU.
 @Suite("node: lqx-node and lqx --node end to end", .serialized)
@@ -231,7 +235,7 @@ struct NodeDaemonProcess {
     {
         let logPath = node.root + "/lqx-node.log"
         let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard logFD >= 0 else { throw NodeError(.io, "cannot open \(logPath)") }
+        guard logFD >= 0 else { throw LQXError(.io, "cannot open \(logPath)") }
         defer { close(logFD) }
         let out = try Child.pipe()
         let child: Child
@@ -268,7 +272,7 @@ struct NodeDaemonProcess {
             _ = child.wait()
             close(reader)
             let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-            throw NodeError(.io, "lqx-node did not start: \(line) \(log)")
+            throw LQXError(.io, "lqx-node did not start: \(line) \(log)")
         }
         return NodeDaemonProcess(child: child, stdout: reader, api: api, metrics: metrics, logPath: logPath)
     }
@@ -309,7 +313,7 @@ struct LibvirtPeer {
         let result = try Command.run(script, ["start"])
         let fields = result.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
         guard result.status == 0, fields.count == 2, let pid = Int32(fields[1]) else {
-            throw NodeError(.hypervisor, "libvirt-peer.sh start failed: \(result.stderr)")
+            throw LQXError(.hypervisor, "libvirt-peer.sh start failed: \(result.stderr)")
         }
         return LibvirtPeer(uri: fields[0], pid: pid)
     }
@@ -389,6 +393,6 @@ extension NodeAPISystemTests {
             if result.status == 0 { return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
             try await Task.sleep(for: .milliseconds(500))
         }
-        throw NodeError(.timeout, "the agent of \(name) never answered")
+        throw LQXError(.timeout, "the agent of \(name) never answered")
     }
 }

@@ -2,11 +2,14 @@ import AgentProtocol
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
+import LQXModel
 import Logging
 import NodeAPI
 import Testing
 
+@testable import NodeCore
 @testable import NodeDaemon
+@testable import NodeLibvirt
 
 @Suite("node API: pieces without a VM")
 struct NodeAPIUnitTests {
@@ -31,16 +34,6 @@ struct NodeAPIUnitTests {
         #expect(NodeService.microseconds(.seconds(-1)) == 0)
     }
 
-    @Test("listen addresses")
-    func addresses() throws {
-        #expect(try NodeConfiguration.parseAddress("127.0.0.1:7443") == ("127.0.0.1", 7443))
-        #expect(try NodeConfiguration.parseAddress("[::1]:0") == ("::1", 0))
-        #expect(try NodeConfiguration.parseAddress(":9") == ("0.0.0.0", 9))
-        for bad in ["127.0.0.1", "host:99999", "[::1]9", "x:y"] {
-            #expect(throws: NodeError.self) { try NodeConfiguration.parseAddress(bad) }
-        }
-    }
-
     @Test("spec ↔ API message: defaults for unset counts, explicit zero kept for validation to refuse")
     func conversions() throws {
         let spec = VMSpec(
@@ -56,7 +49,7 @@ struct NodeAPIUnitTests {
                 $0.name = "a"
                 $0.vcpus = 0
             })
-        #expect(throws: NodeError(.invalidSpec, "vcpus must be greater than 0 (got 0)")) { try zero.validate() }
+        #expect(throws: LQXError(.invalidSpec, "vcpus must be greater than 0 (got 0)")) { try zero.validate() }
     }
 
     @Test("libvirt XML reading and disk targets")
@@ -95,13 +88,13 @@ struct NodeAPIErrorTests {
         defer { node.remove() }
         var logger = Logger(label: "node-test")
         logger.logLevel = .critical
-        let server = try await NodeServer.start(
+        let server = try await RunningNode.start(
             // Idle memory is given back every 100 ms: the calls below must not notice.
             NodeConfiguration(
-                listen: ("127.0.0.1", 0), metricsListen: ("127.0.0.1", 0), layout: node.layout, nodeName: "unit",
-                memoryTrim: .milliseconds(100)),
+                listen: HostPort(host: "127.0.0.1", port: 0), metricsListen: HostPort(host: "127.0.0.1", port: 0),
+                layout: node.layout, nodeName: "unit", memoryTrim: .milliseconds(100)),
             logger: logger)
-        let port = Int(server.apiAddress.split(separator: ":").last!)!
+        let port = server.api.port
         let transport = try HTTP2ClientTransport.Posix(
             target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
         try await withGRPCClient(transport: transport) { grpc in
@@ -180,6 +173,6 @@ struct NodeAPIErrorTests {
             #expect(!list.vms.contains { $0.name == name })
         }
         #expect(node.contents().filter { $0.contains("grpc") }.isEmpty, "left behind: \(node.contents())")
-        await server.shutdown()
+        await server.stop()
     }
 }

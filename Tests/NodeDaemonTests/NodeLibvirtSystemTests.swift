@@ -1,10 +1,14 @@
 import AgentProtocol
 import Foundation
 import HostBroker
+import LQXModel
 import LQXTestSupport
 import Logging
 import NodeDaemon
 import Testing
+
+@testable import NodeCore
+@testable import NodeLibvirt
 
 /// A real VM through libvirtd: the test guest image (packaging/guest-image/build.sh) booted by
 /// kernel + initramfs, its agent reached on the socket libvirt binds for the virtio-serial channel.
@@ -70,7 +74,7 @@ struct NodeLibvirtSystemTests {
             #expect(try await hypervisor.status(name).state == .running)
             _ = try await session.ping()
 
-            let refused = await #expect(throws: NodeError.self) {
+            let refused = await #expect(throws: LQXError.self) {
                 try await hypervisor.delete(name, force: false, deleteDisks: true)
             }
             #expect(refused?.code == .failedPrecondition)
@@ -181,7 +185,7 @@ struct NodeManagerSystemTests {
         do {
             let first = VMManager(
                 hypervisor: hypervisor, broker: broker, telemetryInterval: .seconds(1), logger: logger)
-            try await first.start()
+            let firstRun = try await ManagerRun(first)
             #expect(first.knownState(name) == .shutOff)
             #expect(first.agent(name) == nil)
             try await hypervisor.start(name)
@@ -199,12 +203,12 @@ struct NodeManagerSystemTests {
             #expect(String(buffer: out) == "hello\n")
 
             // The daemon goes away and comes back: the VM keeps running and is adopted again.
-            first.shutdown()
+            await firstRun.stop()
             let second = VMManager(
                 hypervisor: try LibvirtHypervisor(layout: node.layout, logger: logger), broker: broker,
                 telemetryInterval: .seconds(1), logger: logger)
-            try await second.start()
-            defer { second.shutdown() }
+            let secondRun = try await ManagerRun(second)
+            defer { secondRun.task.cancel() }
             #expect(second.knownState(name) == .running)
             // A wait whose timeout has already run out ends at once, every time. Its timer once
             // raced its registration and the wait never ended; that showed as `vm stop --timeout 3`

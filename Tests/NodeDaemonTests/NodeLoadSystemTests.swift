@@ -6,7 +6,9 @@ import Logging
 import NodeAPI
 import Testing
 
+@testable import NodeCore
 @testable import NodeDaemon
+@testable import NodeLibvirt
 
 /// 20 small VMs on one `lqx-node` process, one of them hostile: every normal agent connected,
 /// telemetry flowing from each, an exec in each; the hostile VM's agent (`lqx-hostile-agent`, from

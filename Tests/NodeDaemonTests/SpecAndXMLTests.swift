@@ -1,58 +1,13 @@
 import Foundation
+import LQXModel
 import Testing
 
+@testable import NodeCore
 @testable import NodeDaemon
+@testable import NodeLibvirt
 
-@Suite("VM spec validation and domain XML")
+@Suite("domain XML from VM specs")
 struct SpecAndXMLTests {
-    @Test(
-        "bad specs get an error naming the field",
-        arguments: [
-            (
-                VMSpec(name: "a", vcpus: 0, boot: .kernel(path: "/k", initrd: nil, cmdline: "")),
-                "vcpus must be greater than 0"
-            ),
-            (
-                VMSpec(name: "a", memoryMiB: 64, boot: .kernel(path: "/k", initrd: nil, cmdline: "")),
-                "memory must be at least 128 MiB"
-            ),
-            (VMSpec(name: "", boot: .kernel(path: "/k", initrd: nil, cmdline: "")), "name must be 1 to 64"),
-            (VMSpec(name: "../etc", boot: .kernel(path: "/k", initrd: nil, cmdline: "")), "may only use letters"),
-            (VMSpec(name: "a b", boot: .kernel(path: "/k", initrd: nil, cmdline: "")), "may only use letters"),
-            (
-                VMSpec(
-                    name: "a", vcpus: 4, topology: .init(sockets: 1, cores: 3, threads: 1), boot: .disk,
-                    disks: [.init(source: .new(sizeGiB: 1))]), "topology"
-            ),
-            (VMSpec(name: "a", boot: .disk), "needs at least one disk"),
-            (
-                VMSpec(name: "a", boot: .kernel(path: "relative", initrd: nil, cmdline: "")),
-                "kernel must be an absolute path"
-            ),
-            (
-                VMSpec(name: "a", boot: .disk, disks: [.init(source: .new(sizeGiB: 0))]),
-                "disks[0].size must be greater than 0"
-            ),
-            (
-                VMSpec(
-                    name: "a", boot: .kernel(path: "/k", initrd: nil, cmdline: ""),
-                    nics: [.init(.network("default"), mac: "zz:00:00:00:00:00")]), "nics[0].mac"
-            ),
-            (
-                VMSpec(
-                    name: "a", boot: .kernel(path: "/k", initrd: nil, cmdline: ""),
-                    nics: [.init(.network("default"), mac: "01:00:00:00:00:01")]), "multicast"
-            ),
-        ])
-    func badSpecs(spec: VMSpec, expected: String) {
-        #expect {
-            try spec.validate()
-        } throws: { error in
-            guard let error = error as? NodeError else { return false }
-            return error.code == .invalidSpec && error.message.contains(expected)
-        }
-    }
-
     @Test("a good spec passes; generated MACs are stable, distinct per NIC and locally administered")
     func goodSpecAndMACs() throws {
         try Self.plans()[1].spec.validate()

@@ -1,6 +1,13 @@
 import Foundation
+import LQXModel
+import LQXServer
+import Logging
 import NodeDaemon
+import ServiceLifecycle
 import Testing
+
+@testable import NodeCore
+@testable import NodeLibvirt
 
 /// libvirtd on qemu:///system, or why not. CI (scripts/test.sh) starts it and sets
 /// LQX_REQUIRE_LIBVIRT=1, which turns a missing libvirtd into a failure instead of a skip.
@@ -113,4 +120,44 @@ func untilGuestReady(
         try await Task.sleep(for: .milliseconds(500))
     }
     return false
+}
+
+/// A VM manager's `run()` in the background for a test (the daemon runs it in its ServiceGroup).
+final class ManagerRun: Sendable {
+    let task: Task<Void, Never>
+
+    init(_ manager: VMManager) async throws {
+        try await manager.adopt()
+        task = Task { try? await manager.run() }
+    }
+
+    /// Stops the brokers (as a daemon stopping would) and waits until they ended.
+    func stop() async {
+        task.cancel()
+        await task.value
+    }
+}
+
+/// A node daemon's services in one ServiceGroup for a test, stopped gracefully by `stop()`.
+struct RunningNode: Sendable {
+    let node: NodeServer
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+    let api: HostPort
+    let metrics: HostPort?
+
+    static func start(
+        _ configuration: NodeConfiguration, hypervisor: (any Hypervisor)? = nil, logger: Logger
+    ) async throws -> RunningNode {
+        let node = try await NodeServer.build(configuration, hypervisor: hypervisor, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: node.services, logger: logger))
+        let task = Task { try await group.run() }
+        let bound = try await node.boundAddresses()
+        return RunningNode(node: node, group: group, task: task, api: bound.api, metrics: bound.metrics)
+    }
+
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+    }
 }

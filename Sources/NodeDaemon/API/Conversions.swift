@@ -1,6 +1,8 @@
 import AgentProtocol
 import HostBroker
+import LQXModel
 import NodeAPI
+import NodeCore
 
 typealias PB = NodeAPIMessages
 
@@ -182,7 +184,7 @@ enum NodeInfoProto {
     ) -> Limiquantix_Node_V1_NodeInfo {
         .with {
             $0.hostname = name
-            $0.version = NodeDaemonVersion.current
+            $0.version = LimiquantixVersion.current
             $0.cpu = .with {
                 $0.model = inventory.cpu.model
                 $0.logical = UInt32(clamping: inventory.cpu.logical)
@@ -240,9 +242,4 @@ enum NodeInfoProto {
             $0.agentsConnected = UInt32(clamping: counts.agentsConnected)
         }
     }
-}
-
-/// The node daemon's version.
-public enum NodeDaemonVersion {
-    public static let current = "0.1.0"
 }

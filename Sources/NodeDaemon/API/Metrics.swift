@@ -1,6 +1,8 @@
 import AgentProtocol
 import Foundation
 import HostBroker
+import LQXModel
+import NodeCore
 
 /// Prometheus text exposition (format 0.0.4) of the node and every VM's in-guest telemetry,
 /// rendered at scrape time from the node's current state (VMs come and go; nothing to unregister).
@@ -69,7 +71,7 @@ extension MetricsExposition {
         let node = name
         m.add(
             "lqx_node_info", "gauge", "The node daemon (value 1).",
-            ["node": node, "version": NodeDaemonVersion.current], 1)
+            ["node": node, "version": LimiquantixVersion.current], 1)
         let counts = manager.counts()
         m.add("lqx_node_vms", "gauge", "VMs defined on this node.", ["node": node], Double(vms.count))
         m.add(

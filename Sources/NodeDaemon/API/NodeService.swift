@@ -2,22 +2,24 @@ import AgentProtocol
 import Foundation
 import GRPCCore
 import HostBroker
+import LQXModel
+import LQXServer
 import NIOCore
 import NodeAPI
+import NodeCore
+import Synchronization
 
 /// The node's gRPC API (proto/limiquantix/node/v1/node.proto): VM lifecycle through the
 /// hypervisor, in-guest operations through each VM's agent session.
 public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
-    let manager: VMManager
+    let controller: VMController
     let nodeName: String
-    /// How long an in-guest operation waits for the VM's agent session.
-    let agentTimeout: Duration
-    var hypervisor: LibvirtHypervisor { manager.hypervisor }
+    var manager: VMManager { controller.manager }
 
-    public init(manager: VMManager, nodeName: String, agentTimeout: Duration = .seconds(15)) {
-        self.manager = manager
+    /// Serves `controller`'s VMs as node `nodeName`.
+    public init(controller: VMController, nodeName: String) {
+        self.controller = controller
         self.nodeName = nodeName
-        self.agentTimeout = agentTimeout
     }
 
     /// The gRPC metadata key carrying the stable error code (`invalid_spec`, `not_found`, …).
@@ -28,44 +30,28 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func createVM(request: Limiquantix_Node_V1_CreateVMRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api {
-            let status = try await hypervisor.create(VMSpec(request.spec))
-            return vm(status)
-        }
+        try await api { vm(try await controller.create(VMSpec(request.spec))) }
     }
 
     public func startVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api {
-            try await hypervisor.start(request.name)
-            _ = await manager.waitForState(request.name, timeout: .seconds(10)) { $0.isActive }
-            return try await vm(named: request.name)
-        }
+        try await api { vm(try await controller.start(request.name)) }
     }
 
     public func stopVM(request: Limiquantix_Node_V1_StopVMRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_StopVMResponse
     {
         try await api {
-            let method: VMManager.StopMethod
-            if request.force {
-                if try await hypervisor.status(request.name).state.isActive {
-                    try await hypervisor.forceStop(request.name)
-                    method = .forced
-                } else {
-                    method = .alreadyStopped
-                }
-            } else {
-                let timeout = Duration.seconds(request.timeoutSeconds == 0 ? 60 : Int(request.timeoutSeconds))
-                method = try await manager.stop(request.name, timeout: timeout)
-            }
-            _ = await manager.waitForState(request.name, timeout: .seconds(5)) { !$0.isActive }
-            let vm = try await vm(named: request.name)
+            let mode: VMController.StopMode =
+                request.force
+                ? .force : .graceful(timeout: request.timeoutSeconds == 0 ? nil : .seconds(request.timeoutSeconds))
+            let outcome = try await controller.stop(request.name, mode: mode)
+            let vm = vm(outcome.status)
             return .with {
                 $0.vm = vm
                 $0.method =
-                    switch method {
+                    switch outcome.method {
                     case .agent: .agent
                     case .acpi: .acpi
                     case .forced: .forced
@@ -78,37 +64,26 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func rebootVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api {
-            _ = try await managed(request.name)
-            _ = try await manager.reboot(request.name)
-            return try await vm(named: request.name)
-        }
+        try await api { vm(try await controller.reboot(request.name)) }
     }
 
     public func pauseVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api {
-            try await hypervisor.pause(request.name)
-            return try await vm(named: request.name)
-        }
+        try await api { vm(try await controller.pause(request.name)) }
     }
 
     public func resumeVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api {
-            try await hypervisor.resume(request.name)
-            return try await vm(named: request.name)
-        }
+        try await api { vm(try await controller.resume(request.name)) }
     }
 
     public func deleteVM(request: Limiquantix_Node_V1_DeleteVMRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_DeleteVMResponse
     {
         try await api {
-            _ = try await managed(request.name)
-            try await hypervisor.delete(request.name, force: request.force, deleteDisks: !request.keepDisks)
+            try await controller.delete(request.name, force: request.force, keepDisks: request.keepDisks)
             return Limiquantix_Node_V1_DeleteVMResponse()
         }
     }
@@ -116,14 +91,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func getVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api { try await vm(named: request.name) }
+        try await api { vm(try await controller.status(request.name)) }
     }
 
     public func listVMs(request: Limiquantix_Node_V1_ListVMsRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_ListVMsResponse
     {
         try await api {
-            let vms = try await hypervisor.list().map(vm)
+            let vms = try await controller.list().map(vm)
             return .with { $0.vms = vms }
         }
     }
@@ -134,9 +109,8 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         async throws -> Limiquantix_Node_V1_Snapshot
     {
         try await api {
-            _ = try await managed(request.vm)
-            return try await hypervisor.createSnapshot(
-                request.vm, name: request.name, description: request.description_p
+            try await controller.createSnapshot(
+                request.vm, name: request.name.isEmpty ? nil : request.name, description: request.description_p
             ).proto
         }
     }
@@ -144,19 +118,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func revertSnapshot(request: Limiquantix_Node_V1_SnapshotRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api {
-            _ = try await managed(request.vm)
-            try await hypervisor.revertSnapshot(request.vm, name: request.name)
-            return try await vm(named: request.vm)
-        }
+        try await api { vm(try await controller.revertSnapshot(request.vm, name: request.name)) }
     }
 
     public func deleteSnapshot(request: Limiquantix_Node_V1_SnapshotRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_DeleteSnapshotResponse
     {
         try await api {
-            _ = try await managed(request.vm)
-            try await hypervisor.deleteSnapshot(request.vm, name: request.name)
+            try await controller.deleteSnapshot(request.vm, name: request.name)
             return Limiquantix_Node_V1_DeleteSnapshotResponse()
         }
     }
@@ -165,8 +134,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         -> Limiquantix_Node_V1_ListSnapshotsResponse
     {
         try await api {
-            _ = try await managed(request.name)
-            let snapshots = try await hypervisor.snapshots(request.name).map(\.proto)
+            let snapshots = try await controller.snapshots(request.name).map(\.proto)
             return .with { $0.snapshots = snapshots }
         }
     }
@@ -174,20 +142,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func attachDisk(request: Limiquantix_Node_V1_AttachDiskRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api {
-            _ = try await managed(request.vm)
-            _ = try await hypervisor.attachDisk(request.vm, DiskSpec(request.disk))
-            return try await vm(named: request.vm)
-        }
+        try await api { vm(try await controller.attachDisk(request.vm, DiskSpec(request.disk))) }
     }
 
     public func detachDisk(request: Limiquantix_Node_V1_DetachDiskRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api {
-            _ = try await managed(request.vm)
-            try await hypervisor.detachDisk(request.vm, target: request.target, deleteImage: request.deleteImage)
-            return try await vm(named: request.vm)
+            vm(try await controller.detachDisk(request.vm, target: request.target, deleteImage: request.deleteImage))
         }
     }
 
@@ -195,8 +157,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         -> Limiquantix_Node_V1_ConsoleInfo
     {
         try await api {
-            _ = try await managed(request.name)
-            let console = try await hypervisor.console(request.name)
+            let console = try await controller.console(request.name)
             return .with {
                 $0.serialLog = console.serialLog
                 $0.pty = console.pty ?? ""
@@ -210,28 +171,38 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         try await api {
-            _ = try await managed(request.name)
+            let migration = try MigrationRequest(
+                destinationURI: request.destinationUri,
+                migrationAddress: request.migrationAddress.isEmpty ? nil : request.migrationAddress,
+                maxDowntimeMilliseconds: request.maxDowntimeMs, bandwidthMiBps: request.bandwidthMibps)
             let (updates, input) = AsyncStream.makeStream(of: JobProgress.self, bufferingPolicy: .bufferingNewest(1))
-            let hypervisor = self.hypervisor
-            let migration = Task { () async throws in
-                defer { input.finish() }
-                try await hypervisor.migrate(
-                    request.name, to: request.destinationUri,
-                    migrationAddress: request.migrationAddress.isEmpty ? nil : request.migrationAddress,
-                    maxDowntimeMilliseconds: request.maxDowntimeMs,
-                    bandwidthMiBps: request.bandwidthMibps, progress: { input.yield($0) })
+            let controller = self.controller, cancelled = RPCCancelled()
+            // The migration is a child of this call. When the RPC is cancelled (the client went
+            // away, a deadline passed, the server is stopping), the progress loop ends and the
+            // migration task is cancelled, which aborts the hypervisor's job.
+            try await withRPCCancellationHandler {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        defer { input.finish() }
+                        try await controller.migrate(request.name, migration) { input.yield($0) }
+                    }
+                    for await job in updates {
+                        try await response.write(
+                            .with {
+                                $0.dataTotalBytes = job.dataTotal
+                                $0.dataProcessedBytes = job.dataProcessed
+                                $0.dataRemainingBytes = job.dataRemaining
+                                $0.elapsedMs = job.elapsedMilliseconds
+                            })
+                    }
+                    if cancelled.isSet { group.cancelAll() }
+                    try await group.waitForAll()
+                }
+            } onCancelRPC: {
+                cancelled.set()
+                input.finish()
             }
-            for await job in updates {
-                try? await response.write(
-                    .with {
-                        $0.dataTotalBytes = job.dataTotal
-                        $0.dataProcessedBytes = job.dataProcessed
-                        $0.dataRemainingBytes = job.dataRemaining
-                        $0.elapsedMs = job.elapsedMilliseconds
-                    })
-            }
-            try await migration.value
-            try? await response.write(.with { $0.done = true })
+            try await response.write(.with { $0.done = true })
         }
     }
 
@@ -322,7 +293,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
 
     private func startProcess(_ start: Limiquantix_Node_V1_ExecStart) async throws -> ExecProcess {
         let request = start.request
-        guard !request.argv.isEmpty else { throw NodeError(.invalidSpec, "exec: argv is empty") }
+        guard !request.argv.isEmpty else { throw LQXError(.invalidSpec, "exec: argv is empty") }
         var options = ExecOptions(request.argv)
         options.environment = request.env
         if !request.cwd.isEmpty { options.workingDirectory = request.cwd }
@@ -334,7 +305,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
         if request.timeoutMs > 0 { options.timeout = .milliseconds(Int(request.timeoutMs)) }
         options.stdin = request.stdin
-        let session = try await session(start.vm)
+        let session = try await controller.session(start.vm)
         return try await session.exec(options)
     }
 
@@ -346,7 +317,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
             throw RPCError(code: .invalidArgument, message: "upload: the first message must be start")
         }
         return try await api {
-            let session = try await session(start.vm)
+            let session = try await controller.session(start.vm)
             var options = UploadOptions()
             options.mode = start.mode == 0 ? 0o644 : start.mode & 0o7777
             options.createParents = start.createParents
@@ -372,7 +343,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         try await api {
-            let session = try await session(request.vm)
+            let session = try await controller.session(request.vm)
             let result = try await session.download(
                 request.path,
                 start: { size, mode in
@@ -398,26 +369,15 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func getTelemetry(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VMTelemetry
     {
-        try await api {
-            let status = try await managed(request.name)
-            guard let telemetry = manager.latestTelemetry(request.name) else {
-                throw NodeError(
-                    .failedPrecondition,
-                    status.state.isActive
-                        ? "no telemetry from VM \(request.name) yet: its agent has not answered"
-                        : "VM \(request.name) is not running")
-            }
-            return telemetry.proto
-        }
+        try await api { try await controller.telemetry(request.name).proto }
     }
 
     public func watchTelemetry(
         request: Limiquantix_Node_V1_VMRef, response: RPCWriter<Limiquantix_Node_V1_VMTelemetry>,
         context: ServerContext
     ) async throws {
-        try await api { _ = try await managed(request.name) }
-        let samples = manager.watchTelemetry(request.name)
-        if let latest = manager.latestTelemetry(request.name) { try await response.write(latest.proto) }
+        let (latest, samples) = try await api { try await controller.watchTelemetry(request.name) }
+        if let latest { try await response.write(latest.proto) }
         for await sample in samples { try await response.write(sample.proto) }
     }
 
@@ -428,7 +388,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     {
         try await api {
             let inventory = HostInventory.detect()
-            let hypervisorInfo = try await hypervisor.hypervisorInfo()
+            let hypervisorInfo = try await controller.hypervisor.hypervisorInfo()
             let counts = manager.counts()
             return NodeInfoProto.make(
                 name: nodeName, inventory: inventory, hypervisor: hypervisorInfo, counts: counts)
@@ -436,18 +396,6 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     }
 
     // MARK: helpers
-
-    /// The status of a VM this node manages, or not_found.
-    private func managed(_ name: String) async throws(NodeError) -> VMStatus {
-        guard let status = try await hypervisor.managedStatus(name) else {
-            throw NodeError(.notFound, "no VM named \(name) on this node")
-        }
-        return status
-    }
-
-    private func vm(named name: String) async throws(NodeError) -> Limiquantix_Node_V1_VM {
-        vm(try await managed(name))
-    }
 
     private func vm(_ status: VMStatus) -> Limiquantix_Node_V1_VM {
         let info = manager.agentInfo(status.name)
@@ -471,16 +419,11 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
-    private func session(_ vm: String) async throws -> AgentSession {
-        _ = try await managed(vm)
-        return try await manager.agentSession(vm, timeout: agentTimeout)
-    }
-
     /// Runs an operation, turning node and agent errors into gRPC status errors.
     private func api<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
-        } catch let error as NodeError {
+        } catch let error as LQXError {
             throw Self.rpcError(error)
         } catch let error as AgentError {
             throw Self.rpcError(error)
@@ -489,17 +432,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
 
     private func agentCall<T>(_ body: () async throws -> T) async throws -> T { try await api(body) }
 
-    static func rpcError(_ error: NodeError) -> RPCError {
-        let code: RPCError.Code =
-            switch error.code {
-            case .invalidSpec: .invalidArgument
-            case .alreadyExists: .alreadyExists
-            case .notFound: .notFound
-            case .failedPrecondition: .failedPrecondition
-            case .hypervisor, .io: .internalError
-            case .timeout: .deadlineExceeded
-            }
-        return RPCError(code: code, message: error.message, metadata: [errorCodeKey: .string(error.code.rawValue)])
+    static func rpcError(_ error: LQXError) -> RPCError {
+        let codes: [LQXError.Code: RPCError.Code] = [
+            .invalidSpec: .invalidArgument, .alreadyExists: .alreadyExists, .notFound: .notFound,
+            .failedPrecondition: .failedPrecondition, .timeout: .deadlineExceeded,
+        ]
+        return RPCError(
+            code: codes[error.code] ?? .internalError, message: error.fullMessage,
+            metadata: [errorCodeKey: .string(error.code.rawValue)])
     }
 
     static func rpcError(_ error: AgentError) -> RPCError {
@@ -521,6 +461,13 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
             code: code, message: "guest: \(error.message)",
             metadata: [errorCodeKey: .string("agent." + error.code.rawValue)])
     }
+}
+
+/// Set once when an RPC is cancelled (from gRPC's cancellation handler).
+final class RPCCancelled: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .releasing) }
+    var isSet: Bool { flag.load(ordering: .acquiring) }
 }
 
 /// Hands out an iterator's elements to one consumer at a time (the upload source is called again

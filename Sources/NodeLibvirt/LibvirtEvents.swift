@@ -1,17 +1,8 @@
 import CLibvirt
 import Foundation
+import LQXModel
+import NodeCore
 import Synchronization
-
-/// A lifecycle change of a domain, as libvirt reports it.
-public struct DomainEvent: Sendable, Equatable {
-    public enum Kind: Int32, Sendable, Equatable {
-        case defined = 0, undefined, started, suspended, resumed, stopped, shutdown, pmSuspended, crashed
-    }
-    public var name: String
-    public var kind: Kind
-    /// libvirt's detail code for the kind (e.g. why it stopped).
-    public var detail: Int32
-}
 
 /// libvirt's default event loop on one thread for the whole process. It must be registered
 /// before the first connection is opened; `LibvirtConnection` does that.
@@ -50,7 +41,7 @@ private let lifecycleCallback:
 extension LibvirtConnection {
     /// Calls `handler` (on libvirt's event thread) for every lifecycle event of every domain, until
     /// `removeEventHandler` with the returned id.
-    public func addEventHandler(_ handler: @escaping @Sendable (DomainEvent) -> Void) throws(NodeError) -> Int32 {
+    public func addEventHandler(_ handler: @escaping @Sendable (DomainEvent) -> Void) throws(LQXError) -> Int32 {
         let opaque = Unmanaged.passRetained(EventSink(handler)).toOpaque()
         typealias Generic = @convention(c) (virConnectPtr?, virDomainPtr?, UnsafeMutableRawPointer?) -> Void
         let id = virConnectDomainEventRegisterAny(

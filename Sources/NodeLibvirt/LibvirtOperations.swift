@@ -1,10 +1,12 @@
 import CLibvirt
 import Foundation
 import Glibc
+import LQXModel
+import NodeCore
 
 extension LibvirtConnection {
     /// `virConnectGetCapabilities`: host CPU, NUMA, guest architectures and machine types.
-    public func capabilities() throws(NodeError) -> String {
+    public func capabilities() throws(LQXError) -> String {
         guard let text = virConnectGetCapabilities(pointer) else {
             throw Self.lastError("reading libvirt capabilities", notFound: .hypervisor)
         }
@@ -22,34 +24,15 @@ extension LibvirtConnection {
     }
 }
 
-/// A snapshot as libvirt reports it.
-public struct SnapshotInfo: Sendable, Equatable, Codable {
-    public var name: String
-    public var description: String
-    public var createdUnix: Int64
-    /// The domain's state when the snapshot was taken (`running` snapshots include memory).
-    public var state: String
-    public var current: Bool
-    public var parent: String?
-}
-
-/// Progress of a running migration job.
-public struct JobProgress: Sendable, Equatable {
-    public var dataTotal: UInt64
-    public var dataProcessed: UInt64
-    public var dataRemaining: UInt64
-    public var elapsedMilliseconds: UInt64
-}
-
 extension LibvirtDomain {
-    private func check(_ rc: Int32, _ what: String) throws(NodeError) {
+    private func check(_ rc: Int32, _ what: String) throws(LQXError) {
         if rc != 0 { throw LibvirtConnection.lastError("\(what) \(name)", notFound: .notFound) }
     }
 
     // MARK: snapshots
 
     /// Creates an internal snapshot (qcow2): disks, and memory when the domain runs.
-    public func createSnapshot(name snapshot: String, description: String) throws(NodeError) {
+    public func createSnapshot(name snapshot: String, description: String) throws(LQXError) {
         var x = XMLWriter()
         x.open("domainsnapshot")
         x.leaf("name", snapshot)
@@ -61,8 +44,8 @@ extension LibvirtDomain {
         virDomainSnapshotFree(pointer)
     }
 
-    private func withSnapshot<T>(_ snapshot: String, _ body: (virDomainSnapshotPtr) throws(NodeError) -> T)
-        throws(NodeError) -> T
+    private func withSnapshot<T>(_ snapshot: String, _ body: (virDomainSnapshotPtr) throws(LQXError) -> T)
+        throws(LQXError) -> T
     {
         guard let pointer = virDomainSnapshotLookupByName(self.pointer, snapshot, 0) else {
             throw LibvirtConnection.lastError("snapshot \(snapshot) of \(name)", notFound: .notFound)
@@ -72,19 +55,19 @@ extension LibvirtDomain {
     }
 
     /// Returns the domain to the snapshot's disks (and its running state, when it had memory).
-    public func revert(toSnapshot snapshot: String) throws(NodeError) {
-        try withSnapshot(snapshot) { pointer throws(NodeError) in
+    public func revert(toSnapshot snapshot: String) throws(LQXError) {
+        try withSnapshot(snapshot) { pointer throws(LQXError) in
             try check(virDomainRevertToSnapshot(pointer, 0), "reverting to \(snapshot):")
         }
     }
 
-    public func deleteSnapshot(_ snapshot: String) throws(NodeError) {
-        try withSnapshot(snapshot) { pointer throws(NodeError) in
+    public func deleteSnapshot(_ snapshot: String) throws(LQXError) {
+        try withSnapshot(snapshot) { pointer throws(LQXError) in
             try check(virDomainSnapshotDelete(pointer, 0), "deleting snapshot \(snapshot) of")
         }
     }
 
-    public func snapshots() throws(NodeError) -> [SnapshotInfo] {
+    public func snapshots() throws(LQXError) -> [SnapshotInfo] {
         var list: UnsafeMutablePointer<virDomainSnapshotPtr?>?
         let count = virDomainListAllSnapshots(pointer, &list, 0)
         guard count >= 0, let list else { throw LibvirtConnection.lastError("listing snapshots of \(name)") }
@@ -112,7 +95,7 @@ extension LibvirtDomain {
     // MARK: devices
 
     /// Adds a device to the stored definition and, when the domain runs, to the running VM.
-    public func attachDevice(xml: String, live: Bool) throws(NodeError) {
+    public func attachDevice(xml: String, live: Bool) throws(LQXError) {
         var flags = UInt32(VIR_DOMAIN_AFFECT_CONFIG.rawValue)
         if live { flags |= UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue) }
         try check(virDomainAttachDeviceFlags(pointer, xml, flags), "attaching a device to")
@@ -120,7 +103,7 @@ extension LibvirtDomain {
 
     /// Removes a device from the stored definition and, when the domain runs, asks the guest to
     /// release it (completion is reported by a DEVICE_REMOVED event / the live XML).
-    public func detachDevice(xml: String, live: Bool) throws(NodeError) {
+    public func detachDevice(xml: String, live: Bool) throws(LQXError) {
         var flags = UInt32(VIR_DOMAIN_AFFECT_CONFIG.rawValue)
         if live { flags |= UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue) }
         try check(virDomainDetachDeviceFlags(pointer, xml, flags), "detaching a device from")
@@ -133,7 +116,7 @@ extension LibvirtDomain {
     /// `migrationURI` (e.g. tcp://10.0.0.2) is where the destination QEMU listens.
     public func migrate(
         to uri: String, migrationURI: String?, maxDowntimeMilliseconds: UInt32, bandwidthMiBps: UInt32
-    ) throws(NodeError) {
+    ) throws(LQXError) {
         let flags =
             UInt32(VIR_MIGRATE_LIVE.rawValue) | UInt32(VIR_MIGRATE_PEER2PEER.rawValue)
             | UInt32(VIR_MIGRATE_PERSIST_DEST.rawValue) | UInt32(VIR_MIGRATE_UNDEFINE_SOURCE.rawValue)
@@ -153,6 +136,11 @@ extension LibvirtDomain {
         if virDomainMigrateToURI3(pointer, uri, params, UInt32(count), flags) != 0 {
             throw LibvirtConnection.lastError("migrating \(name) to \(uri)", notFound: .notFound)
         }
+    }
+
+    /// Aborts the domain's running job (a migration); the migration call then fails.
+    public func abortJob() {
+        if virDomainAbortJob(pointer) != 0 { virResetLastError() }
     }
 
     /// The running job's progress, or nil when none runs.

@@ -1,3 +1,6 @@
+import LQXModel
+import NodeCore
+
 /// Everything needed to write a VM's libvirt domain: the spec plus what the node decided for it
 /// (identity, files, host-dependent devices). Rendering is a pure function of the plan, so the same
 /// plan always gives the same XML (golden-tested).

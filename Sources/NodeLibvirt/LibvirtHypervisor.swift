@@ -1,57 +1,9 @@
 import Foundation
+import LQXModel
 import Logging
 import NIOPosix
+import NodeCore
 import ProcessSupport
-
-/// What the node reports about one VM.
-public struct VMStatus: Sendable, Equatable, Codable {
-    public var name: String
-    public var uuid: String
-    public var state: DomainState
-    /// Host end of the agent's virtio-serial port.
-    public var agentSocket: String
-    public var consoleLog: String
-    /// The spec the VM was created from, with attached and detached disks applied (nil for a VM
-    /// whose spec file is missing or unreadable).
-    public var spec: VMSpec?
-}
-
-/// The node's hypervisor operations (libvirt is the implementation; tests of other pieces may
-/// substitute their own).
-public protocol Hypervisor: Sendable {
-    /// Validates the spec, checks what it refers to, prepares the VM's files and defines it
-    /// (stopped). Nothing is left behind when any step fails.
-    func create(_ spec: VMSpec) async throws(NodeError) -> VMStatus
-    func start(_ name: String) async throws(NodeError)
-    /// Presses the ACPI power button; the guest decides whether and when to power off.
-    func requestShutdown(_ name: String) async throws(NodeError)
-    /// Stops the VM at once (pulls the plug).
-    func forceStop(_ name: String) async throws(NodeError)
-    func reboot(_ name: String) async throws(NodeError)
-    func pause(_ name: String) async throws(NodeError)
-    func resume(_ name: String) async throws(NodeError)
-    /// Deletes a stopped VM (a running one only with `force`) and, with `deleteDisks`, the disk
-    /// images the node created for it. Disks given by path are never deleted.
-    func delete(_ name: String, force: Bool, deleteDisks: Bool) async throws(NodeError)
-    func status(_ name: String) async throws(NodeError) -> VMStatus
-    func list() async throws(NodeError) -> [VMStatus]
-}
-
-/// Where a node keeps each VM's files.
-public struct NodeLayout: Sendable, Equatable {
-    /// Disk images, NVRAM and console logs: `<state>/vms/<name>/`.
-    public var stateDirectory: String
-    /// Sockets: `<run>/vms/<name>/agent.sock`.
-    public var runDirectory: String
-
-    public init(stateDirectory: String, runDirectory: String) {
-        self.stateDirectory = stateDirectory
-        self.runDirectory = runDirectory
-    }
-
-    public func vmState(_ name: String) -> String { "\(stateDirectory)/vms/\(name)" }
-    public func vmRun(_ name: String) -> String { "\(runDirectory)/vms/\(name)" }
-}
 
 /// `Hypervisor` over libvirt.
 public final class LibvirtHypervisor: Hypervisor {
@@ -59,12 +11,12 @@ public final class LibvirtHypervisor: Hypervisor {
     public let layout: NodeLayout
     public let facts: HostFacts
     let logger: Logger
-    private let pool: NIOThreadPool
+    let pool: NIOThreadPool
 
     public init(
         uri: String = "qemu:///system", layout: NodeLayout, facts: HostFacts = .detect(),
         logger: Logger = Logger(label: "lqx-node"), pool: NIOThreadPool = .singleton
-    ) throws(NodeError) {
+    ) throws(LQXError) {
         self.connection = try LibvirtConnection(uri: uri)
         self.layout = layout
         self.facts = facts
@@ -72,29 +24,41 @@ public final class LibvirtHypervisor: Hypervisor {
         self.pool = pool
     }
 
+    /// Whether the libvirt connection is alive.
+    public var isAlive: Bool { connection.isAlive }
+
+    /// Lifecycle events of every domain (registered now, removed when the consumer stops).
+    public func events() throws(LQXError) -> AsyncStream<DomainEvent> {
+        let (stream, input) = AsyncStream.makeStream(of: DomainEvent.self, bufferingPolicy: .unbounded)
+        let id = try connection.addEventHandler { event in input.yield(event) }
+        let connection = self.connection
+        input.onTermination = { _ in connection.removeEventHandler(id) }
+        return stream
+    }
+
     /// Runs blocking libvirt and file work on the thread pool.
-    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws(NodeError) -> T) async throws(NodeError)
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws(LQXError) -> T) async throws(LQXError)
         -> T
     {
         do {
             return try await pool.runIfActive {
-                do throws(NodeError) { return Result<T, NodeError>.success(try body()) } catch {
+                do throws(LQXError) { return Result<T, LQXError>.success(try body()) } catch {
                     return .failure(error)
                 }
             }.get()
-        } catch let error as NodeError {
+        } catch let error as LQXError {
             throw error
         } catch {
-            throw NodeError(.hypervisor, "\(error)")
+            throw LQXError(.hypervisor, "\(error)")
         }
     }
 
-    func domain(_ name: String) throws(NodeError) -> LibvirtDomain {
+    func domain(_ name: String) throws(LQXError) -> LibvirtDomain {
         guard let domain = try connection.domain(named: name) else {
-            throw NodeError(.notFound, "no VM named \(name)")
+            throw LQXError(.notFound, "no VM named \(name)")
         }
         guard isOwn(domain, name: name) else {
-            throw NodeError(
+            throw LQXError(
                 .notFound,
                 "no VM named \(name) on this node (libvirt has a domain of that name, managed by another node or tool)")
         }
@@ -110,14 +74,14 @@ public final class LibvirtHypervisor: Hypervisor {
             && XMLText.element("lqx:console-log", in: xml) == "\(layout.vmState(name))/console.log"
     }
 
-    public func create(_ spec: VMSpec) async throws(NodeError) -> VMStatus {
+    public func create(_ spec: VMSpec) async throws(LQXError) -> VMStatus {
         try spec.validate()
-        return try await blocking { [self] () throws(NodeError) in try createBlocking(spec) }
+        return try await blocking { [self] () throws(LQXError) in try createBlocking(spec) }
     }
 
-    private func createBlocking(_ spec: VMSpec) throws(NodeError) -> VMStatus {
+    private func createBlocking(_ spec: VMSpec) throws(LQXError) -> VMStatus {
         if try connection.domain(named: spec.name) != nil {
-            throw NodeError(.alreadyExists, "a VM named \(spec.name) exists already")
+            throw LQXError(.alreadyExists, "a VM named \(spec.name) exists already")
         }
         // Everything the spec refers to must exist before anything is created.
         for (index, nic) in spec.nics.enumerated() {
@@ -125,11 +89,11 @@ public final class LibvirtHypervisor: Hypervisor {
             case .network(let name):
                 let state = connection.networkState(name)
                 guard state.exists else {
-                    throw NodeError(.notFound, "nics[\(index)]: libvirt network \(name) does not exist")
+                    throw LQXError(.notFound, "nics[\(index)]: libvirt network \(name) does not exist")
                 }
             case .bridge(let name):
                 guard FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/bridge") else {
-                    throw NodeError(.notFound, "nics[\(index)]: bridge \(name) does not exist on this host")
+                    throw LQXError(.notFound, "nics[\(index)]: bridge \(name) does not exist on this host")
                 }
             }
         }
@@ -145,12 +109,12 @@ public final class LibvirtHypervisor: Hypervisor {
             }
         }
         if spec.firmware == .uefi && facts.ovmf == nil {
-            throw NodeError(.invalidSpec, "firmware uefi: OVMF is not installed on this host (apt install ovmf)")
+            throw LQXError(.invalidSpec, "firmware uefi: OVMF is not installed on this host (apt install ovmf)")
         }
 
         let stateDir = layout.vmState(spec.name), runDir = layout.vmRun(spec.name)
         var created: [String] = []
-        do throws(NodeError) {
+        do throws(LQXError) {
             // The parents are traversable; each VM's own directories belong to libvirt's QEMU user,
             // which opens the disks there and creates the agent socket.
             for parent in ["\(layout.stateDirectory)/vms", "\(layout.runDirectory)/vms"] {
@@ -158,7 +122,7 @@ public final class LibvirtHypervisor: Hypervisor {
             }
             for dir in [stateDir, runDir] {
                 guard !FileManager.default.fileExists(atPath: dir) else {
-                    throw NodeError(.alreadyExists, "\(dir) exists; a VM named \(spec.name) was not cleaned up")
+                    throw LQXError(.alreadyExists, "\(dir) exists; a VM named \(spec.name) was not cleaned up")
                 }
                 try makeDirectory(dir, mode: 0o750)
                 created.append(dir)
@@ -208,41 +172,41 @@ public final class LibvirtHypervisor: Hypervisor {
         }
     }
 
-    func requireFile(_ path: String, field: String) throws(NodeError) {
+    func requireFile(_ path: String, field: String) throws(LQXError) {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
-            throw NodeError(.notFound, "\(field): \(path) does not exist or is not a file")
+            throw LQXError(.notFound, "\(field): \(path) does not exist or is not a file")
         }
     }
 
-    private func makeDirectory(_ path: String, mode: Int) throws(NodeError) {
+    private func makeDirectory(_ path: String, mode: Int) throws(LQXError) {
         do {
             try FileManager.default.createDirectory(
                 atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: mode])
         } catch {
-            throw NodeError(.io, "cannot create \(path): \(error.localizedDescription)")
+            throw LQXError(.io, "cannot create \(path): \(error.localizedDescription)")
         }
     }
 
     /// `qcow2` or `raw`, from the image's first bytes (never trusting a guest-writable header
     /// for anything but this choice; backing files of qcow2 images are not followed by libvirt
     /// unless declared).
-    func imageFormat(_ path: String) throws(NodeError) -> String {
+    func imageFormat(_ path: String) throws(LQXError) -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw NodeError(.notFound, "cannot read \(path)")
+            throw LQXError(.notFound, "cannot read \(path)")
         }
         defer { try? handle.close() }
         let magic = (try? handle.read(upToCount: 4)) ?? nil
         return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
     }
 
-    func qemuImg(_ arguments: [String]) throws(NodeError) {
+    func qemuImg(_ arguments: [String]) throws(LQXError) {
         let output: ChildOutput
         do { output = try Child.run("/usr/bin/qemu-img", arguments, outputLimit: 64 << 10) } catch {
-            throw NodeError(.io, "cannot run qemu-img (apt install qemu-utils): \(error)")
+            throw LQXError(.io, "cannot run qemu-img (apt install qemu-utils): \(error)")
         }
         guard output.status == 0 else {
-            throw NodeError(
+            throw LQXError(
                 .io,
                 "qemu-img \(arguments.first ?? "") failed: "
                     + output.stderrText.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -250,7 +214,7 @@ public final class LibvirtHypervisor: Hypervisor {
     }
 
     /// The lowest guest CID from 3 up that no defined domain uses.
-    private func nextFreeCID() throws(NodeError) -> UInt32 {
+    private func nextFreeCID() throws(LQXError) -> UInt32 {
         var used = Set<UInt32>()
         for domain in try connection.domains() {
             guard let xml = try? domain.xml(inactive: true), let range = xml.range(of: "<cid auto='no' address='")
@@ -264,46 +228,46 @@ public final class LibvirtHypervisor: Hypervisor {
         return cid
     }
 
-    public func start(_ name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in
+    public func start(_ name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in
             let domain = try domain(name)
             guard try !domain.state().isActive else {
-                throw NodeError(.failedPrecondition, "VM \(name) is already running")
+                throw LQXError(.failedPrecondition, "VM \(name) is already running")
             }
             try domain.start()
         }
     }
 
-    public func requestShutdown(_ name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in try domain(name).shutdown() }
+    public func requestShutdown(_ name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in try domain(name).shutdown() }
     }
 
-    public func forceStop(_ name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in
+    public func forceStop(_ name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in
             let domain = try domain(name)
             guard try domain.state().isActive else { return }
             try domain.destroy()
         }
     }
 
-    public func reboot(_ name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in try domain(name).reboot() }
+    public func reboot(_ name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in try domain(name).reboot() }
     }
 
-    public func pause(_ name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in try domain(name).suspend() }
+    public func pause(_ name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in try domain(name).suspend() }
     }
 
-    public func resume(_ name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in try domain(name).resume() }
+    public func resume(_ name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in try domain(name).resume() }
     }
 
-    public func delete(_ name: String, force: Bool, deleteDisks: Bool) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in
+    public func delete(_ name: String, force: Bool, deleteDisks: Bool) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in
             let domain = try domain(name)
             if try domain.state().isActive {
                 guard force else {
-                    throw NodeError(.failedPrecondition, "VM \(name) is running; stop it first or delete with --force")
+                    throw LQXError(.failedPrecondition, "VM \(name) is running; stop it first or delete with --force")
                 }
                 try domain.destroy()
             }
@@ -322,28 +286,28 @@ public final class LibvirtHypervisor: Hypervisor {
         }
     }
 
-    public func status(_ name: String) async throws(NodeError) -> VMStatus {
-        try await blocking { [self] () throws(NodeError) in try status(of: domain(name)) }
+    public func status(_ name: String) async throws(LQXError) -> VMStatus {
+        try await blocking { [self] () throws(LQXError) in try status(of: domain(name)) }
     }
 
     /// The status of a VM this node manages (its domain carries the node's metadata), or nil for
     /// an unknown name or another tool's domain.
-    public func managedStatus(_ name: String) async throws(NodeError) -> VMStatus? {
-        try await blocking { [self] () throws(NodeError) -> VMStatus? in
+    public func managedStatus(_ name: String) async throws(LQXError) -> VMStatus? {
+        try await blocking { [self] () throws(LQXError) -> VMStatus? in
             guard let domain = try connection.domain(named: name), isOwn(domain, name: name) else { return nil }
             return try status(of: domain)
         }
     }
 
-    public func list() async throws(NodeError) -> [VMStatus] {
-        try await blocking { [self] () throws(NodeError) in
+    public func list() async throws(LQXError) -> [VMStatus] {
+        try await blocking { [self] () throws(LQXError) in
             // Only the node's own VMs: other domains on the same libvirtd are not ours to report.
             try connection.domains().filter { isOwn($0, name: $0.name) }
-                .map { domain throws(NodeError) in try status(of: domain) }.sorted { $0.name < $1.name }
+                .map { domain throws(LQXError) in try status(of: domain) }.sorted { $0.name < $1.name }
         }
     }
 
-    private func status(of domain: LibvirtDomain) throws(NodeError) -> VMStatus {
+    private func status(of domain: LibvirtDomain) throws(LQXError) -> VMStatus {
         let name = domain.name
         return VMStatus(
             name: name, uuid: domain.uuid, state: try domain.state(), agentSocket: "\(layout.vmRun(name))/agent.sock",

@@ -1,36 +1,53 @@
 import AgentProtocol
 import Foundation
 import HostBroker
+import LQXModel
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// An in-guest telemetry sample and when the node received it.
 public struct VMTelemetry: Sendable {
+    /// The VM's name.
     public var vm: String
+    /// What the agent reported.
     public var sample: TelemetrySample
+    /// When the node received it, Unix milliseconds.
     public var receivedUnixMilliseconds: Int64
 }
 
-/// Keeps the node's view of its VMs current from libvirt's lifecycle events (no polling) and runs
-/// one agent broker per running VM: started when the domain starts (or is found running when the
-/// daemon starts: re-adoption), stopped when it stops. VMs keep running while the daemon restarts.
-public final class VMManager: Sendable {
-    public let hypervisor: LibvirtHypervisor
+/// Keeps the node's view of its VMs current from the hypervisor's lifecycle events (no polling)
+/// and runs one agent broker per running VM: started when the VM starts (or is found running when
+/// the daemon starts: re-adoption), stopped when it stops. VMs keep running while the daemon
+/// restarts.
+///
+/// A `Service`: `run()` consumes events and owns every VM's broker task until graceful shutdown
+/// (brokers stop, VMs keep running). Operations (`NodeCore`) may be called while it runs.
+public final class VMManager: Service, Sendable {
+    /// The backend.
+    public let hypervisor: any Hypervisor
     private let logger: Logger
     private let broker: BrokerConfiguration
     private let telemetryInterval: Duration
+    /// Waits and defaults of lifecycle operations.
+    public let policy: LifecyclePolicy
     private let state = Mutex<State>(State())
-    /// Events are processed one at a time, in order, by one task (see `start`).
-    private let events: AsyncStream<DomainEvent>
-    private let eventInput: AsyncStream<DomainEvent>.Continuation
 
     private struct Entry {
         var state: DomainState
         var agentSocket: String
         var agent: AgentClient?
-        var runner: Task<Void, Never>?
+        /// Finishing it ends the VM's broker task (see `run`).
+        var stopBroker: AsyncStream<Never>.Continuation?
         var telemetry: VMTelemetry?
         var info: AgentInfo?
+    }
+
+    /// A broker to start: `run` adds it to its task group.
+    private struct Launch {
+        var name: String
+        var client: AgentClient
+        var stopped: AsyncStream<Never>
     }
 
     /// A `waitForState` call. It is registered before its timer starts and before it parks, so
@@ -47,60 +64,93 @@ public final class VMManager: Sendable {
         var vms: [String: Entry] = [:]
         var waiters: [Int: Waiter] = [:]
         var nextWaiter = 0
-        var eventHandler: Int32?
-        var eventTask: Task<Void, Never>?
+        var events: AsyncStream<DomainEvent>?
+        var adopted = false
+        /// Brokers decided by `adopt` or an event, started by `run` right after.
+        var launches: [Launch] = []
         var watchers: [Int: (name: String, continuation: AsyncStream<VMTelemetry>.Continuation)] = [:]
         var nextWatcher = 0
     }
 
+    /// Creates a manager; nothing runs until `adopt()` / `run()`.
     public init(
-        hypervisor: LibvirtHypervisor, broker: BrokerConfiguration = BrokerConfiguration(),
-        telemetryInterval: Duration = .seconds(5), logger: Logger = Logger(label: "lqx-node")
+        hypervisor: any Hypervisor, broker: BrokerConfiguration = BrokerConfiguration(),
+        telemetryInterval: Duration = .seconds(5), policy: LifecyclePolicy = LifecyclePolicy(),
+        logger: Logger = Logger(label: "lqx-node")
     ) {
         self.hypervisor = hypervisor
+        self.policy = policy
         self.broker = broker
         self.telemetryInterval = telemetryInterval
         self.logger = logger
-        (events, eventInput) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
     }
 
-    /// Subscribes to events, then adopts every VM that exists (agents for the running ones).
-    public func start() async throws(NodeError) {
-        let input = eventInput
-        let id = try hypervisor.connection.addEventHandler { event in input.yield(event) }
-        let events = self.events
-        let task = Task { [weak self] in
-            for await event in events {
-                guard let self else { return }
-                await self.handle(event)
-            }
-        }
-        state.withLock {
-            $0.eventHandler = id
-            $0.eventTask = task
-        }
+    /// Subscribes to the hypervisor's events, then records every VM that exists (the running ones
+    /// get a broker once `run` runs). Idempotent; `run` calls it when nobody did.
+    public func adopt() async throws(LQXError) {
+        guard state.withLock({ $0.events == nil }) else { return }
+        let events = try hypervisor.events()
+        state.withLock { $0.events = events }
         for vm in try await hypervisor.list() { update(vm.name, vm.state, agentSocket: vm.agentSocket) }
+        state.withLock { $0.adopted = true }
         logger.info("node adopted VMs", metadata: ["vms": "\(state.withLock { $0.vms.count })"])
     }
 
-    /// Stops every broker (not the VMs) and the event subscription.
-    public func shutdown() {
-        let (runners, handler, eventTask) = state.withLock {
-            state -> ([Task<Void, Never>], Int32?, Task<Void, Never>?) in
-            let runners = state.vms.values.compactMap(\.runner)
-            for name in state.vms.keys {
-                state.vms[name]?.runner = nil
-                state.vms[name]?.agent = nil
+    /// Handles lifecycle events in order and runs the brokers, until graceful shutdown or
+    /// cancellation; then every broker stops (the VMs keep running).
+    public func run() async throws {
+        try await adopt()
+        guard let events = state.withLock({ $0.events }) else { return }
+        defer {
+            let stops = state.withLock { state -> [AsyncStream<Never>.Continuation] in
+                state.events = nil
+                defer {
+                    for name in state.vms.keys {
+                        state.vms[name]?.agent = nil
+                        state.vms[name]?.stopBroker = nil
+                    }
+                }
+                return state.vms.values.compactMap(\.stopBroker)
             }
-            defer {
-                state.eventHandler = nil
-                state.eventTask = nil
-            }
-            return (runners, state.eventHandler, state.eventTask)
+            for stop in stops { stop.finish() }
         }
-        for runner in runners { runner.cancel() }
-        if let handler { hypervisor.connection.removeEventHandler(handler) }
-        eventTask?.cancel()
+        let logger = self.logger, interval = telemetryInterval
+        await withDiscardingTaskGroup { group in
+            func launchPending() {
+                for launch in state.withLock({ state in
+                    defer { state.launches = [] }; return state.launches
+                }) {
+                    group.addTask { await self.runBroker(launch, interval: interval, logger: logger) }
+                }
+            }
+            launchPending()
+            // Events are handled by this one task, in order; a broker decided by one is started here.
+            for await event in events.cancelOnGracefulShutdown() {
+                await handle(event)
+                launchPending()
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// One VM's broker and telemetry collection, until the VM stops or `run` ends.
+    private func runBroker(_ launch: Launch, interval: Duration, logger: Logger) async {
+        let name = launch.name, client = launch.client
+        let store: @Sendable (TelemetrySample) -> Void = { [weak self] sample in self?.store(name, sample) }
+        let info: @Sendable (AgentInfo) -> Void = { [weak self] info in
+            self?.state.withLock { $0.vms[name]?.info = info }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do { try await client.run() } catch {
+                    logger.debug("agent broker ended", metadata: ["vm": "\(name)", "error": "\(error)"])
+                }
+            }
+            group.addTask { await Self.collectTelemetry(client, every: interval, info: info, store: store) }
+            group.addTask { for await _ in launch.stopped {} }
+            _ = await group.next()
+            group.cancelAll()
+        }
     }
 
     /// The state the node knows (from events) for a VM, or nil when it does not know the VM.
@@ -164,14 +214,15 @@ public final class VMManager: Sendable {
     }
 
     /// A live agent session of a running VM, waiting up to `timeout` for the agent.
-    public func agentSession(_ name: String, timeout: Duration = .seconds(30)) async throws(NodeError) -> AgentSession {
+    public func agentSession(_ name: String, timeout: Duration) async throws(LQXError) -> AgentSession {
         guard let client = agent(name) else {
-            throw NodeError(.failedPrecondition, "VM \(name) is not running, so it has no agent")
+            throw LQXError(.failedPrecondition, "VM \(name) is not running, so it has no agent")
         }
         do {
             return try await client.session(timeout: timeout)
         } catch {
-            throw NodeError(.timeout, "the agent of VM \(name) did not answer within \(timeout): \(error)")
+            throw LQXError(
+                .unavailable, "the agent of VM \(name) has no session after \(timeout)", cause: AgentError.from(error))
         }
     }
 
@@ -189,7 +240,7 @@ public final class VMManager: Sendable {
 
     /// Stops a VM gracefully: through its agent when one is connected, else the ACPI power button;
     /// after `timeout` without the VM shutting off, it is stopped at once.
-    public func stop(_ name: String, timeout: Duration = .seconds(60)) async throws(NodeError) -> StopMethod {
+    public func stop(_ name: String, timeout: Duration) async throws(LQXError) -> StopMethod {
         guard try await hypervisor.status(name).state.isActive else { return .alreadyStopped }
         let deadline = ContinuousClock.now + timeout
         var method = StopMethod.acpi
@@ -197,15 +248,24 @@ public final class VMManager: Sendable {
             // A guest that does not answer (hung, paused) must not hold the stop beyond `timeout`:
             // the request runs on its own (a reply that never comes cannot be cancelled; it ends
             // with the session) and the first of its answer and the deadline decides.
-            let (outcome, decide) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(2))
+            let (outcome, decide) = AsyncStream.makeStream(of: Bool.self, bufferingPolicy: .bufferingNewest(1))
+            // Unstructured on purpose: a task group would wait for it. Cancelled below as soon as
+            // the answer or the deadline decides; its reply wait ends at the broker's operation
+            // deadline (`BrokerConfiguration.operationTimeout`) or with the session at the latest.
             let request = Task { decide.yield((try? await session.shutdown(.poweroff)) != nil) }
-            let timer = Task {
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                decide.yield(false)
+            let accepted = await withTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    var first = outcome.makeAsyncIterator()
+                    return await first.next() ?? false
+                }
+                group.addTask {
+                    try? await Task.sleep(until: deadline, clock: .continuous)
+                    return false
+                }
+                let first = await group.next() ?? false
+                group.cancelAll()
+                return first
             }
-            var first = outcome.makeAsyncIterator()
-            let accepted = await first.next() ?? false
-            timer.cancel()
             request.cancel()
             decide.finish()
             if accepted {
@@ -219,16 +279,16 @@ public final class VMManager: Sendable {
         if await waitForState(name, timeout: remaining, { !$0.isActive }) { return method }
         logger.warning("VM did not shut down in time; stopping it", metadata: ["vm": "\(name)"])
         try await hypervisor.forceStop(name)
-        _ = await waitForState(name, timeout: .seconds(10), { !$0.isActive })
+        _ = await waitForState(name, timeout: policy.settle, { !$0.isActive })
         return .forced
     }
 
     /// Reboots a running VM: through its agent when one is connected (the guest shuts down
     /// cleanly and comes back), else by the ACPI reset request, which the guest must handle.
     /// Returns how it was asked.
-    public func reboot(_ name: String) async throws(NodeError) -> StopMethod {
+    public func reboot(_ name: String) async throws(LQXError) -> StopMethod {
         guard try await hypervisor.status(name).state.isActive else {
-            throw NodeError(.failedPrecondition, "VM \(name) is not running")
+            throw LQXError(.failedPrecondition, "VM \(name) is not running")
         }
         if let session = agent(name)?.currentSession {
             do {
@@ -251,23 +311,31 @@ public final class VMManager: Sendable {
             state.waiters[state.nextWaiter] = Waiter(name: name, wanted: wanted)
             return state.nextWaiter
         }
-        let timer = Task {
-            guard (try? await Task.sleep(for: timeout)) != nil else { return }
-            self.endWait(id)
-        }
-        defer { timer.cancel() }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let parked = state.withLock { state -> Bool in
-                guard state.waiters[id] != nil else { return false }
-                if let current = state.vms[name]?.state, wanted(current) {
-                    state.waiters[id] = nil
-                    return false
-                }
-                state.waiters[id]?.continuation = continuation
-                return true
+        await withTaskGroup(of: Void.self) { group in
+            // The timer ends the wait (resuming it if parked); a wait that ends first cancels it.
+            group.addTask {
+                guard (try? await Task.sleep(for: timeout)) != nil else { return }
+                self.endWait(id)
             }
-            if !parked { continuation.resume() }
+            group.addTask {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let parked = self.state.withLock { state -> Bool in
+                        guard state.waiters[id] != nil else { return false }
+                        if let current = state.vms[name]?.state, wanted(current) {
+                            state.waiters[id] = nil
+                            return false
+                        }
+                        state.waiters[id]?.continuation = continuation
+                        return true
+                    }
+                    if !parked { continuation.resume() }
+                }
+            }
+            _ = await group.next()
+            group.cancelAll()
         }
+        // A wait cancelled with its caller still holds its entry: drop it.
+        endWait(id)
         return state.withLock { $0.vms[name].map { wanted($0.state) } ?? false }
     }
 
@@ -318,49 +386,35 @@ public final class VMManager: Sendable {
     }
 
     private func remove(_ name: String) {
-        let (runner, waiters) = state.withLock { state -> (Task<Void, Never>?, [Waiter]) in
-            let runner = state.vms.removeValue(forKey: name)?.runner
+        let (stop, waiters) = state.withLock { state -> (AsyncStream<Never>.Continuation?, [Waiter]) in
+            let stop = state.vms.removeValue(forKey: name)?.stopBroker
             let matching = state.waiters.filter { $0.value.name == name }
             for key in matching.keys { state.waiters[key] = nil }
-            return (runner, Array(matching.values))
+            return (stop, Array(matching.values))
         }
-        runner?.cancel()
+        stop?.finish()
         for waiter in waiters { waiter.continuation?.resume() }
     }
 
     private func update(_ name: String, _ newState: DomainState, agentSocket: String) {
         let broker = self.broker, logger = self.logger
-        let (stale, waiters) = state.withLock { state -> (Task<Void, Never>?, [Waiter]) in
+        let (stale, waiters) = state.withLock { state -> (AsyncStream<Never>.Continuation?, [Waiter]) in
             var entry = state.vms[name] ?? Entry(state: newState, agentSocket: agentSocket)
             entry.state = newState
-            var stale: Task<Void, Never>?
+            var stale: AsyncStream<Never>.Continuation?
             if newState.isActive, entry.agent == nil {
-                var vmLogger = logger
-                vmLogger[metadataKey: "vm"] = "\(name)"
-                let agentLogger = vmLogger
+                var agentLogger = logger
+                agentLogger[metadataKey: "vm"] = "\(name)"
                 let client = AgentClient(address: .unix(path: agentSocket), configuration: broker, logger: agentLogger)
+                let (stopped, stop) = AsyncStream.makeStream(of: Never.self)
                 entry.agent = client
-                let interval = telemetryInterval
-                let store: @Sendable (TelemetrySample) -> Void = { [weak self] sample in
-                    self?.store(name, sample)
-                }
-                let info: @Sendable (AgentInfo) -> Void = { [weak self] info in
-                    self?.state.withLock { $0.vms[name]?.info = info }
-                }
-                entry.runner = Task {
-                    await withDiscardingTaskGroup { group in
-                        group.addTask {
-                            do { try await client.run() } catch {
-                                agentLogger.debug("agent broker ended", metadata: ["error": "\(error)"])
-                            }
-                        }
-                        group.addTask { await Self.collectTelemetry(client, every: interval, info: info, store: store) }
-                    }
-                }
+                entry.stopBroker = stop
+                // Only recorded here: `run` starts the broker task right after this update.
+                state.launches.append(Launch(name: name, client: client, stopped: stopped))
             } else if !newState.isActive {
-                stale = entry.runner
+                stale = entry.stopBroker
                 entry.agent = nil
-                entry.runner = nil
+                entry.stopBroker = nil
                 entry.info = nil
             }
             state.vms[name] = entry
@@ -368,7 +422,7 @@ public final class VMManager: Sendable {
             for key in ready.keys { state.waiters[key] = nil }
             return (stale, Array(ready.values))
         }
-        stale?.cancel()
+        stale?.finish()
         for waiter in waiters { waiter.continuation?.resume() }
     }
 }

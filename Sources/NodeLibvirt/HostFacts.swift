@@ -1,4 +1,5 @@
 import Glibc
+import NodeCore
 
 /// What this host offers the VMs; decides the domain type and optional devices.
 public struct HostFacts: Sendable, Equatable {

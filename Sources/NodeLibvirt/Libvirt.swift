@@ -1,5 +1,7 @@
 import CLibvirt
 import Glibc
+import LQXModel
+import NodeCore
 
 /// A connection to libvirtd (`qemu:///system` by default).
 ///
@@ -10,7 +12,7 @@ public final class LibvirtConnection: @unchecked Sendable {
     let pointer: virConnectPtr
     public let uri: String
 
-    public init(uri: String) throws(NodeError) {
+    public init(uri: String) throws(LQXError) {
         Self.installQuietErrorHandler()
         // Events need libvirt's event loop, registered before the first connection opens.
         let events = LibvirtEventLoop.ensureStarted()
@@ -28,22 +30,22 @@ public final class LibvirtConnection: @unchecked Sendable {
     }
 
     /// libvirt prints every error to stderr unless a handler is set; errors are reported through
-    /// `NodeError` instead.
+    /// `LQXError` instead.
     private static let quietHandler: Void = {
         virSetErrorFunc(nil) { _, _ in }
     }()
 
     static func installQuietErrorHandler() { _ = quietHandler }
 
-    /// The calling thread's last libvirt error as a NodeError.
+    /// The calling thread's last libvirt error as a LQXError.
     /// `context` is evaluated after the error was read: it may call libvirt (a domain's name),
     /// and every libvirt call resets the thread's error.
-    static func lastError(_ context: @autoclosure () -> String, notFound: NodeError.Code = .notFound) -> NodeError {
+    static func lastError(_ context: @autoclosure () -> String, notFound: LQXError.Code = .notFound) -> LQXError {
         guard let error = virGetLastError() else {
-            return NodeError(.hypervisor, "\(context()): unknown libvirt error")
+            return LQXError(.hypervisor, "\(context()): unknown libvirt error")
         }
         let message = error.pointee.message.map { String(cString: $0) } ?? "libvirt error \(error.pointee.code)"
-        let code: NodeError.Code
+        let code: LQXError.Code
         switch Int(error.pointee.code) {
         case Int(VIR_ERR_NO_DOMAIN.rawValue), Int(VIR_ERR_NO_NETWORK.rawValue), Int(VIR_ERR_NO_STORAGE_VOL.rawValue),
             Int(VIR_ERR_NO_DOMAIN_SNAPSHOT.rawValue):
@@ -55,14 +57,14 @@ public final class LibvirtConnection: @unchecked Sendable {
         default: code = .hypervisor
         }
         virResetLastError()
-        return NodeError(code, "\(context()): \(message)")
+        return LQXError(code, "\(context()): \(message)")
     }
 
     /// Whether libvirtd still answers (keepalive notices a dead one within 15 s).
     public var isAlive: Bool { virConnectIsAlive(pointer) == 1 }
 
     /// Defines (persistently) a domain from XML.
-    public func define(xml: String) throws(NodeError) -> LibvirtDomain {
+    public func define(xml: String) throws(LQXError) -> LibvirtDomain {
         guard let domain = virDomainDefineXMLFlags(pointer, xml, UInt32(VIR_DOMAIN_DEFINE_VALIDATE.rawValue)) else {
             throw Self.lastError("libvirt refused the domain", notFound: .invalidSpec)
         }
@@ -70,7 +72,7 @@ public final class LibvirtConnection: @unchecked Sendable {
     }
 
     /// The domain of that name, or nil.
-    public func domain(named name: String) throws(NodeError) -> LibvirtDomain? {
+    public func domain(named name: String) throws(LQXError) -> LibvirtDomain? {
         guard let domain = virDomainLookupByName(pointer, name) else {
             let error = Self.lastError("looking up domain \(name)")
             if error.code == .notFound { return nil }
@@ -80,7 +82,7 @@ public final class LibvirtConnection: @unchecked Sendable {
     }
 
     /// Every domain, running or not.
-    public func domains() throws(NodeError) -> [LibvirtDomain] {
+    public func domains() throws(LQXError) -> [LibvirtDomain] {
         var list: UnsafeMutablePointer<virDomainPtr?>?
         let count = virConnectListAllDomains(pointer, &list, 0)
         guard count >= 0, let list else { throw Self.lastError("listing domains", notFound: .hypervisor) }
@@ -99,10 +101,8 @@ public final class LibvirtConnection: @unchecked Sendable {
     }
 }
 
-/// The state of a domain as libvirt reports it.
-public enum DomainState: String, Sendable, Equatable, Codable {
-    case running, paused, shuttingDown = "shutting_down", shutOff = "shut_off", crashed, suspended, blocked, unknown
-
+extension DomainState {
+    /// The state of libvirt's `virDomainState` value.
     init(_ raw: Int32) {
         switch raw {
         case Int32(VIR_DOMAIN_RUNNING.rawValue): self = .running
@@ -113,14 +113,6 @@ public enum DomainState: String, Sendable, Equatable, Codable {
         case Int32(VIR_DOMAIN_CRASHED.rawValue): self = .crashed
         case Int32(VIR_DOMAIN_PMSUSPENDED.rawValue): self = .suspended
         default: self = .unknown
-        }
-    }
-
-    /// Whether a QEMU process exists for the domain.
-    public var isActive: Bool {
-        switch self {
-        case .running, .paused, .shuttingDown, .blocked, .suspended: true
-        case .shutOff, .crashed, .unknown: false
         }
     }
 }
@@ -145,7 +137,7 @@ public final class LibvirtDomain: @unchecked Sendable {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    public func state() throws(NodeError) -> DomainState {
+    public func state() throws(LQXError) -> DomainState {
         var state: Int32 = 0, reason: Int32 = 0
         guard virDomainGetState(pointer, &state, &reason, 0) == 0 else {
             throw LibvirtConnection.lastError("state of \(name)")
@@ -154,7 +146,7 @@ public final class LibvirtDomain: @unchecked Sendable {
     }
 
     /// The domain's XML (the live definition while it runs).
-    public func xml(inactive: Bool = false) throws(NodeError) -> String {
+    public func xml(inactive: Bool = false) throws(LQXError) -> String {
         guard let text = virDomainGetXMLDesc(pointer, inactive ? UInt32(VIR_DOMAIN_XML_INACTIVE.rawValue) : 0) else {
             throw LibvirtConnection.lastError("XML of \(name)")
         }
@@ -162,24 +154,24 @@ public final class LibvirtDomain: @unchecked Sendable {
         return String(cString: text)
     }
 
-    private func check(_ rc: Int32, _ what: String) throws(NodeError) {
+    private func check(_ rc: Int32, _ what: String) throws(LQXError) {
         if rc != 0 { throw LibvirtConnection.lastError("\(what) \(name)", notFound: .notFound) }
     }
 
-    public func start() throws(NodeError) { try check(virDomainCreate(pointer), "starting") }
+    public func start() throws(LQXError) { try check(virDomainCreate(pointer), "starting") }
     /// Asks the guest to power off (ACPI power button).
-    public func shutdown() throws(NodeError) {
+    public func shutdown() throws(LQXError) {
         try check(virDomainShutdownFlags(pointer, UInt32(VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN.rawValue)), "shutting down")
     }
     /// Stops the QEMU process at once.
-    public func destroy() throws(NodeError) { try check(virDomainDestroy(pointer), "stopping") }
-    public func reboot() throws(NodeError) {
+    public func destroy() throws(LQXError) { try check(virDomainDestroy(pointer), "stopping") }
+    public func reboot() throws(LQXError) {
         try check(virDomainReboot(pointer, UInt32(VIR_DOMAIN_REBOOT_ACPI_POWER_BTN.rawValue)), "rebooting")
     }
-    public func suspend() throws(NodeError) { try check(virDomainSuspend(pointer), "pausing") }
-    public func resume() throws(NodeError) { try check(virDomainResume(pointer), "resuming") }
+    public func suspend() throws(LQXError) { try check(virDomainSuspend(pointer), "pausing") }
+    public func resume() throws(LQXError) { try check(virDomainResume(pointer), "resuming") }
     /// Removes the definition (and its NVRAM file and snapshot metadata).
-    public func undefine() throws(NodeError) {
+    public func undefine() throws(LQXError) {
         let flags =
             UInt32(VIR_DOMAIN_UNDEFINE_NVRAM.rawValue) | UInt32(VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA.rawValue)
             | UInt32(VIR_DOMAIN_UNDEFINE_MANAGED_SAVE.rawValue)

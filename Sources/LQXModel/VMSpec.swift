@@ -61,71 +61,71 @@ public struct VMSpec: Sendable, Equatable, Codable {
     public static let maximumVCPUs = 288
 
     /// Checks everything that needs no host: a clear error naming the field.
-    public func validate() throws(NodeError) {
+    public func validate() throws(LQXError) {
         try Self.validate(name: name)
-        guard vcpus > 0 else { throw NodeError(.invalidSpec, "vcpus must be greater than 0 (got \(vcpus))") }
+        guard vcpus > 0 else { throw LQXError(.invalidSpec, "vcpus must be greater than 0 (got \(vcpus))") }
         guard vcpus <= Self.maximumVCPUs else {
-            throw NodeError(.invalidSpec, "vcpus must be at most \(Self.maximumVCPUs) (got \(vcpus))")
+            throw LQXError(.invalidSpec, "vcpus must be at most \(Self.maximumVCPUs) (got \(vcpus))")
         }
         if let t = topology {
             guard t.sockets > 0, t.cores > 0, t.threads > 0 else {
-                throw NodeError(.invalidSpec, "topology: sockets, cores and threads must each be greater than 0")
+                throw LQXError(.invalidSpec, "topology: sockets, cores and threads must each be greater than 0")
             }
             guard t.sockets * t.cores * t.threads == vcpus else {
-                throw NodeError(
+                throw LQXError(
                     .invalidSpec,
                     "topology: sockets × cores × threads = \(t.sockets * t.cores * t.threads), but vcpus is \(vcpus)")
             }
         }
         guard memoryMiB >= Self.minimumMemoryMiB else {
-            throw NodeError(
+            throw LQXError(
                 .invalidSpec, "memory must be at least \(Self.minimumMemoryMiB) MiB (got \(memoryMiB) MiB)")
         }
-        guard memoryMiB <= 16 << 20 else { throw NodeError(.invalidSpec, "memory: \(memoryMiB) MiB is too large") }
+        guard memoryMiB <= 16 << 20 else { throw LQXError(.invalidSpec, "memory: \(memoryMiB) MiB is too large") }
         switch boot {
         case .disk:
-            guard !disks.isEmpty else { throw NodeError(.invalidSpec, "boot from disk needs at least one disk") }
+            guard !disks.isEmpty else { throw LQXError(.invalidSpec, "boot from disk needs at least one disk") }
         case .kernel(let path, let initrd, let cmdline):
             try Self.validate(path: path, field: "kernel")
             if let initrd { try Self.validate(path: initrd, field: "initrd") }
             guard !cmdline.contains("\0"), cmdline.utf8.count <= 4096 else {
-                throw NodeError(.invalidSpec, "cmdline must be at most 4096 bytes without NUL")
+                throw LQXError(.invalidSpec, "cmdline must be at most 4096 bytes without NUL")
             }
         }
-        guard disks.count <= 26 else { throw NodeError(.invalidSpec, "at most 26 disks (vda…vdz)") }
+        guard disks.count <= 26 else { throw LQXError(.invalidSpec, "at most 26 disks (vda…vdz)") }
         for (index, disk) in disks.enumerated() { try disk.validate(field: "disks[\(index)]") }
-        guard nics.count <= 16 else { throw NodeError(.invalidSpec, "at most 16 network interfaces") }
+        guard nics.count <= 16 else { throw LQXError(.invalidSpec, "at most 16 network interfaces") }
         var macs = Set<String>()
         for (index, nic) in nics.enumerated() {
             try nic.validate(field: "nics[\(index)]")
             if let mac = nic.mac?.lowercased() {
                 guard macs.insert(mac).inserted else {
-                    throw NodeError(.invalidSpec, "nics[\(index)].mac \(mac) is used twice")
+                    throw LQXError(.invalidSpec, "nics[\(index)].mac \(mac) is used twice")
                 }
             }
         }
     }
 
-    static func validate(name: String) throws(NodeError) {
+    public static func validate(name: String) throws(LQXError) {
         let bytes = Array(name.utf8)
         guard (1...64).contains(bytes.count) else {
-            throw NodeError(.invalidSpec, "name must be 1 to 64 characters (got \(bytes.count))")
+            throw LQXError(.invalidSpec, "name must be 1 to 64 characters (got \(bytes.count))")
         }
         func allowed(_ b: UInt8) -> Bool {
             (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
                 || b == 0x2E
         }
         guard bytes.allSatisfy(allowed), bytes[0] != 0x2D, bytes[0] != 0x5F, bytes[0] != 0x2E else {
-            throw NodeError(
+            throw LQXError(
                 .invalidSpec,
                 "name \(name.debugDescription) may only use letters, digits, '-', '_' and '.', and must start with a letter or digit"
             )
         }
     }
 
-    static func validate(path: String, field: String) throws(NodeError) {
+    public static func validate(path: String, field: String) throws(LQXError) {
         guard path.hasPrefix("/"), !path.contains("\0"), path.utf8.count < 4096 else {
-            throw NodeError(.invalidSpec, "\(field) must be an absolute path (got \(path.debugDescription))")
+            throw LQXError(.invalidSpec, "\(field) must be an absolute path (got \(path.debugDescription))")
         }
     }
 }
@@ -155,11 +155,11 @@ public struct DiskSpec: Sendable, Equatable, Codable {
         self.readOnly = readOnly
     }
 
-    func validate(field: String) throws(NodeError) {
+    public func validate(field: String) throws(LQXError) {
         switch source {
         case .new(let size):
-            guard size > 0 else { throw NodeError(.invalidSpec, "\(field).size must be greater than 0 GiB") }
-            guard size <= 64 << 10 else { throw NodeError(.invalidSpec, "\(field).size \(size) GiB is too large") }
+            guard size > 0 else { throw LQXError(.invalidSpec, "\(field).size must be greater than 0 GiB") }
+            guard size <= 64 << 10 else { throw LQXError(.invalidSpec, "\(field).size \(size) GiB is too large") }
         case .clone(let backing): try VMSpec.validate(path: backing, field: "\(field).backing")
         case .path(let path): try VMSpec.validate(path: path, field: "\(field).path")
         }
@@ -184,22 +184,22 @@ public struct NICSpec: Sendable, Equatable, Codable {
         self.mac = mac
     }
 
-    func validate(field: String) throws(NodeError) {
+    public func validate(field: String) throws(LQXError) {
         let name: String
         switch attachment {
         case .network(let n): name = n
         case .bridge(let b): name = b
         }
         guard !name.isEmpty, name.utf8.count <= 64, !name.contains("\0") else {
-            throw NodeError(.invalidSpec, "\(field): the network or bridge name must be 1 to 64 characters")
+            throw LQXError(.invalidSpec, "\(field): the network or bridge name must be 1 to 64 characters")
         }
         if let mac {
             let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
             guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
-                throw NodeError(.invalidSpec, "\(field).mac \(mac.debugDescription) is not a MAC address")
+                throw LQXError(.invalidSpec, "\(field).mac \(mac.debugDescription) is not a MAC address")
             }
             guard let first = UInt8(parts[0], radix: 16), first & 1 == 0 else {
-                throw NodeError(.invalidSpec, "\(field).mac \(mac) is a multicast address")
+                throw LQXError(.invalidSpec, "\(field).mac \(mac) is a multicast address")
             }
         }
     }

@@ -1,26 +1,6 @@
 import Foundation
-
-/// Where a VM's console can be read.
-public struct ConsoleInfo: Sendable, Equatable, Codable {
-    /// Everything the guest wrote to its serial port (appended across boots).
-    public var serialLog: String
-    /// A pseudo-terminal for an interactive console, when the domain has one.
-    public var pty: String?
-    /// host:port of a VNC display, when the domain has one.
-    public var vnc: String?
-}
-
-/// What the node's hypervisor is and can do.
-public struct HypervisorInfo: Sendable, Equatable, Codable {
-    public var uri: String
-    public var libvirtVersion: String
-    public var hypervisorVersion: String
-    public var domainType: String
-    public var uefi: Bool
-    public var vhostVsock: Bool
-    public var machineTypes: [String]
-    public var capabilitiesXML: String
-}
+import LQXModel
+import NodeCore
 
 extension LibvirtHypervisor {
     // MARK: spec file
@@ -28,7 +8,7 @@ extension LibvirtHypervisor {
     func specPath(_ name: String) -> String { "\(layout.vmState(name))/spec.json" }
 
     /// Writes the spec atomically (temp file, fsync, rename).
-    func saveSpec(_ spec: VMSpec) throws(NodeError) {
+    func saveSpec(_ spec: VMSpec) throws(LQXError) {
         let path = specPath(spec.name)
         do {
             let encoder = JSONEncoder()
@@ -36,17 +16,17 @@ extension LibvirtHypervisor {
             let data = try encoder.encode(spec)
             let temp = path + ".tmp"
             guard FileManager.default.createFile(atPath: temp, contents: data, attributes: [.posixPermissions: 0o640])
-            else { throw NodeError(.io, "cannot write \(temp)") }
+            else { throw LQXError(.io, "cannot write \(temp)") }
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temp))
             try handle.synchronize()
             try handle.close()
             guard rename(temp, path) == 0 else {
-                throw NodeError(.io, "cannot write \(path): \(String(cString: strerror(errno)))")
+                throw LQXError(.io, "cannot write \(path): \(String(cString: strerror(errno)))")
             }
-        } catch let error as NodeError {
+        } catch let error as LQXError {
             throw error
         } catch {
-            throw NodeError(.io, "cannot write \(path): \(error.localizedDescription)")
+            throw LQXError(.io, "cannot write \(path): \(error.localizedDescription)")
         }
     }
 
@@ -58,43 +38,43 @@ extension LibvirtHypervisor {
     // MARK: snapshots
 
     /// Takes an internal snapshot: the disks (all must be qcow2) and, while the VM runs, its memory.
-    public func createSnapshot(_ vm: String, name: String?, description: String = "") async throws(NodeError)
+    public func createSnapshot(_ vm: String, name: String?, description: String = "") async throws(LQXError)
         -> SnapshotInfo
     {
         let snapshot = name.flatMap { $0.isEmpty ? nil : $0 } ?? "snap-\(Int(Date().timeIntervalSince1970))"
         do { try VMSpec.validate(name: snapshot) } catch {
-            throw NodeError(.invalidSpec, "snapshot \(error.message)")
+            throw LQXError(.invalidSpec, "snapshot \(error.message)")
         }
-        return try await blocking { [self] () throws(NodeError) in
+        return try await blocking { [self] () throws(LQXError) in
             let domain = try domain(vm)
             let spec = loadSpec(vm)
             if let spec, spec.disks.isEmpty {
-                throw NodeError(
+                throw LQXError(
                     .failedPrecondition,
                     "VM \(vm) has no disk: a snapshot is stored in the VM's qcow2 disks, so it needs at least one")
             }
             try domain.createSnapshot(name: snapshot, description: description)
             logger.info("snapshot created", metadata: ["vm": "\(vm)", "snapshot": "\(snapshot)"])
             guard let info = try domain.snapshots().first(where: { $0.name == snapshot }) else {
-                throw NodeError(.hypervisor, "snapshot \(snapshot) of \(vm) was created but is not listed")
+                throw LQXError(.hypervisor, "snapshot \(snapshot) of \(vm) was created but is not listed")
             }
             return info
         }
     }
 
-    public func revertSnapshot(_ vm: String, name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in
+    public func revertSnapshot(_ vm: String, name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in
             try domain(vm).revert(toSnapshot: name)
             logger.info("reverted to snapshot", metadata: ["vm": "\(vm)", "snapshot": "\(name)"])
         }
     }
 
-    public func deleteSnapshot(_ vm: String, name: String) async throws(NodeError) {
-        try await blocking { [self] () throws(NodeError) in try domain(vm).deleteSnapshot(name) }
+    public func deleteSnapshot(_ vm: String, name: String) async throws(LQXError) {
+        try await blocking { [self] () throws(LQXError) in try domain(vm).deleteSnapshot(name) }
     }
 
-    public func snapshots(_ vm: String) async throws(NodeError) -> [SnapshotInfo] {
-        try await blocking { [self] () throws(NodeError) in try domain(vm).snapshots() }
+    public func snapshots(_ vm: String) async throws(LQXError) -> [SnapshotInfo] {
+        try await blocking { [self] () throws(LQXError) in try domain(vm).snapshots() }
     }
 
     // MARK: disks
@@ -108,9 +88,9 @@ extension LibvirtHypervisor {
     }
 
     /// Adds a disk to the VM (to the running VM too, when it runs) and returns its target name.
-    public func attachDisk(_ vm: String, _ disk: DiskSpec) async throws(NodeError) -> String {
+    public func attachDisk(_ vm: String, _ disk: DiskSpec) async throws(LQXError) -> String {
         try disk.validate(field: "disk")
-        return try await blocking { [self] () throws(NodeError) in
+        return try await blocking { [self] () throws(LQXError) in
             let domain = try domain(vm)
             let live = try domain.state().isActive
             var used = Set(Self.diskTargets(in: try domain.xml(inactive: true)).map(\.target))
@@ -120,12 +100,12 @@ extension LibvirtHypervisor {
                 let target = (0..<26).map({ DomainPlan.target(prefix: prefix, index: $0) }).first(where: {
                     !used.contains($0)
                 })
-            else { throw NodeError(.failedPrecondition, "VM \(vm) has no free \(prefix)* disk name left") }
+            else { throw LQXError(.failedPrecondition, "VM \(vm) has no free \(prefix)* disk name left") }
             if disk.bus == .scsi, !used.contains(where: { $0.hasPrefix("sd") }), live {
                 // A virtio-scsi controller is only present when the VM was defined with a SCSI disk.
                 let xml = try domain.xml()
                 guard xml.contains("model='virtio-scsi'") else {
-                    throw NodeError(.failedPrecondition, "VM \(vm) has no SCSI controller; attach with bus virtio")
+                    throw LQXError(.failedPrecondition, "VM \(vm) has no SCSI controller; attach with bus virtio")
                 }
             }
             let stateDir = layout.vmState(vm)
@@ -147,7 +127,7 @@ extension LibvirtHypervisor {
                 createdImage = path
                 planned = .init(path: path, format: "qcow2", bus: disk.bus, readOnly: disk.readOnly)
             }
-            do throws(NodeError) {
+            do throws(LQXError) {
                 try domain.attachDevice(xml: DomainPlan.diskXML(planned, target: target), live: live)
             } catch {
                 if let createdImage { unlink(createdImage) }
@@ -165,14 +145,14 @@ extension LibvirtHypervisor {
     /// Removes a disk from the VM; with `deleteImage`, deletes its image when the node created it.
     /// A running guest must release the device: waits up to `timeout` for that.
     public func detachDisk(_ vm: String, target: String, deleteImage: Bool, timeout: Duration = .seconds(20))
-        async throws(NodeError)
+        async throws(LQXError)
     {
-        let (source, live) = try await blocking { [self] () throws(NodeError) -> (String?, Bool) in
+        let (source, live) = try await blocking { [self] () throws(LQXError) -> (String?, Bool) in
             let domain = try domain(vm)
             let live = try domain.state().isActive
             let xml = live ? try domain.xml() : try domain.xml(inactive: true)
             guard let disk = Self.diskTargets(in: xml).first(where: { $0.target == target }) else {
-                throw NodeError(.notFound, "VM \(vm) has no disk \(target)")
+                throw LQXError(.notFound, "VM \(vm) has no disk \(target)")
             }
             try domain.detachDevice(xml: disk.element, live: live)
             return (disk.source, live)
@@ -180,12 +160,12 @@ extension LibvirtHypervisor {
         if live {
             let deadline = ContinuousClock.now + timeout
             while true {
-                let gone = try await blocking { [self] () throws(NodeError) in
+                let gone = try await blocking { [self] () throws(LQXError) in
                     !Self.diskTargets(in: try domain(vm).xml()).contains { $0.target == target }
                 }
                 if gone { break }
                 guard ContinuousClock.now < deadline else {
-                    throw NodeError(
+                    throw LQXError(
                         .timeout,
                         "the guest in \(vm) has not released \(target) within \(timeout); it is gone from the definition and disappears at the next power-off"
                     )
@@ -217,8 +197,8 @@ extension LibvirtHypervisor {
 
     // MARK: console, migration, capabilities
 
-    public func console(_ vm: String) async throws(NodeError) -> ConsoleInfo {
-        try await blocking { [self] () throws(NodeError) in
+    public func console(_ vm: String) async throws(LQXError) -> ConsoleInfo {
+        try await blocking { [self] () throws(LQXError) in
             let domain = try domain(vm)
             let xml = try domain.xml()
             let serial = XMLText.elements("serial", in: xml).first ?? ""
@@ -232,45 +212,60 @@ extension LibvirtHypervisor {
         }
     }
 
-    /// Live-migrates the VM to another libvirt, reporting progress about once a second.
+    /// Live-migrates the VM to another libvirt, reporting progress about once a second. When the
+    /// calling task is cancelled, the libvirt job is aborted and the VM keeps running here.
     public func migrate(
-        _ vm: String, to uri: String, migrationAddress: String? = nil, maxDowntimeMilliseconds: UInt32 = 0,
-        bandwidthMiBps: UInt32 = 0, progress: @escaping @Sendable (JobProgress) -> Void
-    ) async throws(NodeError) {
-        guard !uri.isEmpty else { throw NodeError(.invalidSpec, "destination URI is empty") }
-        if let migrationAddress {
-            guard !migrationAddress.isEmpty,
-                migrationAddress.allSatisfy({ $0.isLetter || $0.isNumber || ".-:[]".contains($0) })
-            else {
-                throw NodeError(
-                    .invalidSpec, "migration address \(migrationAddress.debugDescription) is not a host name or IP")
-            }
-        }
-        let migrationURI = migrationAddress.map { "tcp://\($0)" }
-        let domain = try await blocking { [self] () throws(NodeError) in
+        _ vm: String, _ request: MigrationRequest, progress: @escaping @Sendable (JobProgress) -> Void
+    ) async throws(LQXError) {
+        let domain = try await blocking { [self] () throws(LQXError) in
             let found = try self.domain(vm)
             guard try found.state() == .running else {
-                throw NodeError(.failedPrecondition, "VM \(vm) is not running; only a running VM migrates live")
+                throw LQXError(.failedPrecondition, "VM \(vm) is not running; only a running VM migrates live")
             }
             return found
         }
-        let reporter = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
-                if let job = domain.jobProgress() { progress(job) }
+        let pool = self.pool
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                // The migration blocks a pool thread; the reporter reads the job's progress beside it
+                // and ends when the migration does (the group cancels it).
+                group.addTask {
+                    try await withTaskCancellationHandler {
+                        try await pool.runIfActive {
+                            try domain.migrate(
+                                to: request.destinationURI, migrationURI: request.migrationURI,
+                                maxDowntimeMilliseconds: request.maxDowntimeMilliseconds,
+                                bandwidthMiBps: request.bandwidthMiBps)
+                        }
+                    } onCancel: {
+                        domain.abortJob()
+                    }
+                }
+                group.addTask {
+                    while true {
+                        try await Task.sleep(for: .seconds(1))
+                        if let job = domain.jobProgress() { progress(job) }
+                    }
+                }
+                try await group.next()
+                group.cancelAll()
             }
+        } catch let error as LQXError {
+            if Task.isCancelled {
+                throw LQXError(.cancelled, "migration of \(vm) cancelled; the VM keeps running here", cause: error)
+            }
+            throw error
+        } catch {
+            if Task.isCancelled {
+                throw LQXError(.cancelled, "migration of \(vm) cancelled; the VM keeps running here")
+            }
+            throw LQXError(.hypervisor, "migration of \(vm)", cause: error)
         }
-        defer { reporter.cancel() }
-        try await blocking { () throws(NodeError) in
-            try domain.migrate(
-                to: uri, migrationURI: migrationURI, maxDowntimeMilliseconds: maxDowntimeMilliseconds,
-                bandwidthMiBps: bandwidthMiBps)
-        }
-        logger.info("VM migrated", metadata: ["vm": "\(vm)", "destination": "\(uri)"])
+        logger.info("VM migrated", metadata: ["vm": "\(vm)", "destination": "\(request.destinationURI)"])
     }
 
-    public func hypervisorInfo() async throws(NodeError) -> HypervisorInfo {
-        try await blocking { [self] () throws(NodeError) in
+    public func hypervisorInfo() async throws(LQXError) -> HypervisorInfo {
+        try await blocking { [self] () throws(LQXError) in
             let capabilities = try connection.capabilities()
             let versions = connection.versions()
             var machines = XMLText.elements("machine", in: capabilities).compactMap { element -> String? in
