@@ -19,14 +19,28 @@ echo "== guest image"
 echo "== libvirtd"
 ./scripts/libvirt-up.sh
 export LQX_REQUIRE_LIBVIRT=1
-# A test runner that dies must not leave guests or test domains behind.
+# A test runner that dies must not leave guests or test domains behind. Tests record what they
+# start (LQXTestSupport.TestRun): QEMU and daemon pids, libvirt domain names. Only those are
+# stopped; other VMs on this host, limiquantix or not, are left alone.
+export LQX_TEST_RUN_DIR
+LQX_TEST_RUN_DIR=$(mktemp -d /tmp/lqx-test-run.XXXXXX)
 cleanup() {
     ./scripts/libvirt-peer.sh stop || true
-    pkill -f "qemu-system-x86_64.*org.limiquantix.agent.0" || true
-    for vm in $(virsh -c qemu:///system list --all --name 2>/dev/null | grep '^lqx-test-' || true); do
-        virsh -c qemu:///system destroy "$vm" >/dev/null 2>&1 || true
-        virsh -c qemu:///system undefine --nvram "$vm" >/dev/null 2>&1 || true
-    done
+    if [ -f "$LQX_TEST_RUN_DIR/pids" ]; then
+        while read -r pid; do
+            # A pid the kernel has since given to another program is left alone.
+            if grep -qa -e qemu-system -e lqx-node "/proc/$pid/cmdline" 2>/dev/null; then
+                kill -9 "$pid" 2>/dev/null || true
+            fi
+        done <"$LQX_TEST_RUN_DIR/pids"
+    fi
+    if [ -f "$LQX_TEST_RUN_DIR/domains" ]; then
+        sort -u "$LQX_TEST_RUN_DIR/domains" | while read -r vm; do
+            virsh -c qemu:///system destroy "$vm" >/dev/null 2>&1 || true
+            virsh -c qemu:///system undefine --nvram "$vm" >/dev/null 2>&1 || true
+        done
+    fi
+    rm -rf "$LQX_TEST_RUN_DIR"
 }
 trap cleanup EXIT
 echo "== tests"

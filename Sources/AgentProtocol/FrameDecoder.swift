@@ -128,8 +128,11 @@ public struct FrameDecoder: ByteToMessageDecoder {
 
     /// What the decoder remembers between steps to bound the work of recovering from damage.
     public struct Recovery: Sendable, Equatable {
-        /// Whether a payload checksum failure may look for a frame start inside the damaged range.
-        var rescanAllowed = true
+        /// Bytes still to be consumed before a payload checksum failure may again look for a frame
+        /// start inside its damaged range (0: it may). A rescan sets it to the damaged frame's
+        /// whole length, so the bytes of that range are checksummed again at most once, whatever
+        /// frames (valid or not) a peer puts inside it.
+        var rescanDebt = 0
         /// Creates the initial state.
         public init() {}
     }
@@ -137,7 +140,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
     /// One decoding step without recovery state: a damaged frame is skipped whole.
     public static func next(from buffer: inout ByteBuffer, maximumPayload: Int) -> Step {
         var recovery = Recovery()
-        recovery.rescanAllowed = false
+        recovery.rescanDebt = .max
         return next(from: &buffer, maximumPayload: maximumPayload, recovery: &recovery)
     }
 
@@ -145,12 +148,20 @@ public struct FrameDecoder: ByteToMessageDecoder {
     ///
     /// After a payload checksum failure the decoder looks inside the damaged frame's announced
     /// range for the next valid *header* (header checks only) and resumes there, so frames that a
-    /// truncated frame's announced length swallowed are still found. If the frame found there is
-    /// damaged too, its whole range is skipped without another look inside: every payload byte is
-    /// checksummed at most twice, whatever a peer sends.
+    /// truncated frame's announced length swallowed are still found. Until the bytes of that
+    /// range have been consumed, a further damaged frame is skipped whole without a look inside:
+    /// every payload byte is checksummed at most twice, whatever a peer sends.
     ///
     /// Pure apart from `recovery`; shared by the channel handler and by tests that drive it directly.
     public static func next(from buffer: inout ByteBuffer, maximumPayload: Int, recovery: inout Recovery) -> Step {
+        let before = buffer.readableBytes
+        let step = decode(from: &buffer, maximumPayload: maximumPayload, recovery: &recovery)
+        let consumed = before - buffer.readableBytes
+        if recovery.rescanDebt != .max { recovery.rescanDebt = max(0, recovery.rescanDebt - consumed) }
+        return step
+    }
+
+    private static func decode(from buffer: inout ByteBuffer, maximumPayload: Int, recovery: inout Recovery) -> Step {
         let available = buffer.readableBytes
         guard available > 0 else { return .needMoreData }
         // Find the first byte of the magic.
@@ -213,16 +224,14 @@ public struct FrameDecoder: ByteToMessageDecoder {
         guard actual == payloadCRC else {
             // The header's own checksum matched, so it is a real header whose payload was damaged
             // or cut short (a peer restarted mid-frame), or a forgery.
-            if recovery.rescanAllowed, let resume = nextHeader(in: buffer, before: total) {
-                recovery.rescanAllowed = false
+            if recovery.rescanDebt == 0, let resume = nextHeader(in: buffer, before: total) {
+                recovery.rescanDebt = total
                 buffer.moveReaderIndex(forwardBy: resume)
                 return .skipped(resume, .payloadChecksum)
             }
-            recovery.rescanAllowed = true
             buffer.moveReaderIndex(forwardBy: total)
             return .skipped(total, .payloadChecksum)
         }
-        recovery.rescanAllowed = true
         buffer.moveReaderIndex(forwardBy: total)
         return .frame(
             Frame(

@@ -86,12 +86,13 @@ struct FileHandlers {
                 "SHA-256 mismatch: received \(digest.hexString), sender says \(commit.sha256.hexString)")
         }
         try await core.blocking {
-            guard fchmod(fd, mode_t(mode)) == 0 else { throw Self.ioError("chmod \(path)") }
+            // Owner first: chown(2) clears the setuid and setgid bits, so the mode comes after.
             if request.hasUid || request.hasGid {
                 let uid = request.hasUid ? uid_t(request.uid) : uid_t.max
                 let gid = request.hasGid ? gid_t(request.gid) : gid_t.max
                 guard fchown(fd, uid, gid) == 0 else { throw Self.ioError("chown \(path)") }
             }
+            guard fchmod(fd, mode_t(mode)) == 0 else { throw Self.ioError("chmod \(path)") }
             guard fsync(fd) == 0 else { throw Self.ioError("fsync \(temp)") }
             guard descriptor.close() == 0 else { throw Self.ioError("close \(temp)") }
             if request.noOverwrite {

@@ -619,6 +619,32 @@ struct FrameCodecTests {
         #expect(frames == [Self.next])
     }
 
+    /// A damaged header every 64 bytes, each announcing a large payload, with a valid frame between
+    /// each pair: a decoded frame must not re-enable the rescan inside the damaged range (each
+    /// rescan checksums the whole announced length again, so one per 64 bytes received was
+    /// length / 64 times the input in checksum work).
+    @Test func validFramesInsideADamagedRangeDoNotReenableTheRescan() {
+        let length = 16 << 10, pairs = 1024
+        let valid = Frame(rawType: 0x12, flags: [], session: 7, stream: 2, payload: ByteBuffer())
+        var bytes: [UInt8] = []
+        for i in 0..<pairs {
+            bytes += rawHeader(type: 0x12, stream: UInt32(i), length: UInt32(length), payloadCRC: 0xDEAD_BEEF)
+            bytes += valid.wireBytes
+        }
+        bytes += Array(repeating: 0, count: length)
+        var buffer = ByteBuffer(bytes: bytes)
+        var recovery = FrameDecoder.Recovery()
+        var checksummed = 0
+        while true {
+            let step = FrameDecoder.next(from: &buffer, maximumPayload: FrameFormat.maximumPayload, recovery: &recovery)
+            if step == .needMoreData { break }
+            if case .skipped(_, .payloadChecksum) = step { checksummed += length }
+            if case .frame(let frame) = step { checksummed += frame.payload.readableBytes }
+        }
+        // Every received byte is checksummed at most about twice (not length / 64 times).
+        #expect(checksummed <= 2 * bytes.count + length, "\(checksummed) bytes checksummed for \(bytes.count) received")
+    }
+
     @Test func oversizedHeaderIsSkipped() {
         let payload = patternBytes(1025)
         let header = rawHeader(type: 0x12, stream: 1, length: 1025, payloadCRC: referenceCRC32C(payload))

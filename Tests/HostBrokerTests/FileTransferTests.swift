@@ -39,6 +39,21 @@ struct FileTransferTests {
         }
     }
 
+    @Test("setuid and setgid survive an upload that also sets the owner (chown clears them)")
+    func setuidWithOwner() async throws {
+        try await Harness.withAgent { session, dir in
+            var options = UploadOptions()
+            options.mode = 0o6755
+            options.uid = getuid()
+            options.gid = getgid()
+            let source = dir.file("suid.src"), target = dir.file("suid.bin")
+            _ = FileManager.default.createFile(atPath: source, contents: Data("abc".utf8))
+            _ = try await session.upload(file: source, to: target, options: options)
+            let attributes = try FileManager.default.attributesOfItem(atPath: target)
+            #expect((attributes[.posixPermissions] as? Int) == 0o6755)
+        }
+    }
+
     @Test("an empty file round-trips")
     func emptyFile() async throws {
         try await Harness.withAgent { session, dir in

@@ -90,6 +90,8 @@ final class GuestVM: Sendable {
         child = try Child.spawn(
             Self.repositoryRoot + "/packaging/guest-image/boot.sh", arguments, stdout: STDERR_FILENO,
             stderr: STDERR_FILENO)
+        // boot.sh execs QEMU: this pid is the guest's.
+        TestRun.record(pid: child.pid)
     }
 
     /// The guest's serial console so far.

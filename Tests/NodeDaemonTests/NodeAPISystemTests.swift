@@ -252,6 +252,7 @@ struct NodeDaemonProcess {
             close(out.write)
             throw error
         }
+        TestRun.record(pid: child.pid)
         close(out.write)
         // The first stdout line says where it listens.
         let reader = out.read

@@ -1,6 +1,7 @@
 import Foundation
 import LQXModel
 import LQXServer
+import LQXTestSupport
 import Logging
 import NodeDaemon
 import ServiceLifecycle
@@ -55,7 +56,11 @@ struct TestNode {
     }
 
     /// A VM name unique to this test run.
-    static func vmName(_ base: String) -> String { "lqx-test-\(getpid())-\(base)" }
+    static func vmName(_ base: String) -> String {
+        let name = "lqx-test-\(getpid())-\(base)"
+        TestRun.record(domain: name)
+        return name
+    }
 }
 
 /// What a test guest's console log says about a boot that stopped making progress.
