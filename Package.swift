@@ -39,7 +39,8 @@ let package = Package(
         .target(name: "CLQXSupport"),
         // The shared model: specs, labels, identifiers, the error type. No NIO, gRPC, libvirt or Foundation.
         .target(name: "LQXModel"),
-        .target(name: "ProcessSupport", dependencies: ["CLQXSupport"]),
+        // Spawning, reaping, threads and the epoll reactor, for the agent and the node (no Foundation).
+        .target(name: "POSIXSupport", dependencies: ["CLQXSupport", "LQXModel"]),
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .target(
             name: "NodeAPI",
@@ -77,7 +78,7 @@ let package = Package(
         .target(
             name: "NodeLibvirt",
             dependencies: [
-                "NodeCore", "LQXModel", "CLibvirt", "ProcessSupport",
+                "NodeCore", "LQXModel", "CLibvirt", "POSIXSupport",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -120,7 +121,8 @@ let package = Package(
         .target(
             name: "GuestAgent",
             dependencies: [
-                "AgentProtocol", "CLQXSupport", "LQXModel",
+                "AgentProtocol", "CLQXSupport", "LQXModel", "POSIXSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -142,7 +144,7 @@ let package = Package(
                 "GuestAgent", "CLQXSupport", "LQXModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -181,7 +183,7 @@ let package = Package(
             dependencies: ["AgentProtocol", .product(name: "NIOCore", package: "swift-nio")],
             path: "Tests/HostileGuestAgent"
         ),
-        .target(name: "LQXTestSupport", dependencies: ["ProcessSupport"], path: "Tests/Support"),
+        .target(name: "LQXTestSupport", dependencies: ["POSIXSupport"], path: "Tests/Support"),
         .testTarget(
             name: "AgentProtocolTests",
             dependencies: [
@@ -193,6 +195,16 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LQXModelTests", dependencies: ["LQXModel"]),
+        .testTarget(
+            name: "LQXServerTests",
+            dependencies: [
+                "LQXServer", "LQXModel", "LQXTestSupport",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "GuestAgentTests",
             dependencies: ["GuestAgent", "AgentProtocol", "CLQXSupport"]

@@ -5,8 +5,11 @@
 public struct AgentError: Error, Sendable, CustomStringConvertible, Equatable {
     /// A stable machine-readable error code.
     public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        /// The code as it travels on the wire (`not_found`).
         public var rawValue: String
+        /// Creates a code from its wire form (any string, so codes of newer peers are kept).
         public init(rawValue: String) { self.rawValue = rawValue }
+        /// The wire form.
         public var description: String { rawValue }
 
         /// The peer broke the protocol (malformed message, flow-control violation, bad stream id).
@@ -41,7 +44,9 @@ public struct AgentError: Error, Sendable, CustomStringConvertible, Equatable {
         public static let `internal` = Code(rawValue: "internal")
     }
 
+    /// The stable machine-readable code.
     public var code: Code
+    /// A detail for people.
     public var message: String
 
     /// Creates an error.
@@ -50,6 +55,7 @@ public struct AgentError: Error, Sendable, CustomStringConvertible, Equatable {
         self.message = message
     }
 
+    /// The message followed by the code in brackets.
     public var description: String { "\(message) [\(code)]" }
 
     /// The wire form.

@@ -17,6 +17,7 @@ public final class EventLoopExecutor: TaskExecutor {
         self.eventLoop = eventLoop
     }
 
+    /// Runs the job on the event loop.
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         eventLoop.execute { [self] in

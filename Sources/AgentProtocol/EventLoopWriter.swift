@@ -133,12 +133,16 @@ public final class EventLoopWriter: Sendable {
 /// writable: a peer that floods PINGs without reading its PONGs then meets the multiplexer's
 /// control-queue bound and transport backpressure instead of growing NIO's write buffer.
 public final class PingResponder: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+    /// Decoder output: frames and notes about skipped input.
     public typealias InboundIn = FrameEvent
+    /// Everything but the PINGs answered here, passed on unchanged.
     public typealias InboundOut = FrameEvent
+    /// PONG frames.
     public typealias OutboundOut = Frame
 
     private let current = Mutex<Multiplexer?>(nil)
 
+    /// Creates a responder that answers no session's PINGs until `attach(_:)`.
     public init() {}
 
     /// The session whose PINGs to answer (nil: none).
@@ -146,6 +150,7 @@ public final class PingResponder: ChannelInboundHandler, RemovableChannelHandler
         current.withLock { $0 = mux }
     }
 
+    /// Answers a PING of the attached session with a PONG; passes everything else on.
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .frame(let frame) = unwrapInboundIn(data), frame.type == .ping, frame.payload.readableBytes <= 64,
             context.channel.isWritable, let mux = current.withLock({ $0 }), mux.session == frame.session,

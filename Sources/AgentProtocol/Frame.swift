@@ -26,7 +26,9 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
 
 /// Frame flag bits; see docs/protocol.md §3.2.
 public struct FrameFlags: OptionSet, Sendable, Hashable {
+    /// The flag bits as on the wire.
     public var rawValue: UInt16
+    /// Creates flags from their wire bits.
     public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// The sender sends nothing more on this stream (agent → host: the stream is complete).
@@ -55,11 +57,13 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
 public struct Frame: Sendable, Equatable {
     /// Frame kind as received; `FrameType(rawValue:)` is nil for types from a newer version.
     public var rawType: UInt8
+    /// The frame's flags (end of stream, end of channel, the data channel).
     public var flags: FrameFlags
     /// The session the frame belongs to (chosen by the host in HELLO).
     public var session: UInt64
     /// 0 for session-level frames.
     public var stream: UInt32
+    /// The bytes after the header.
     public var payload: ByteBuffer
 
     /// Creates a frame.

@@ -47,6 +47,7 @@ public enum FrameEvent: Sendable, Equatable {
 /// truncated or corrupt frame, the decoder skips ahead to the next magic and tries again; it never
 /// buffers more than one header plus `maximumPayload` bytes.
 public struct FrameDecoder: ByteToMessageDecoder {
+    /// Frames and notes about skipped input.
     public typealias InboundOut = FrameEvent
 
     /// Largest payload accepted; larger frames are discarded whole (their header) as oversized.
@@ -60,6 +61,8 @@ public struct FrameDecoder: ByteToMessageDecoder {
         self.maximumPayload = maximumPayload
     }
 
+    /// Emits the next frame in `buffer` (after notes about any input skipped before it), or asks
+    /// for more data.
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         while true {
             switch Self.next(from: &buffer, maximumPayload: maximumPayload, recovery: &recovery) {
@@ -94,6 +97,8 @@ public struct FrameDecoder: ByteToMessageDecoder {
         return (consumed >= 256 * 1024 && buffer.readableBytes <= consumed / 4) || consumed >= 4 * 1024 * 1024
     }
 
+    /// Decodes the rest once no more input will come: a frame cut short is skipped as garbage, and
+    /// complete frames behind it are still emitted.
     public mutating func decodeLast(
         context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
     ) throws -> DecodingState {
@@ -270,12 +275,16 @@ extension FrameDecoder {
 
 /// Writes frames as header + payload without copying the payload.
 public final class FrameEncoder: ChannelOutboundHandler, RemovableChannelHandler {
+    /// Frames to send.
     public typealias OutboundIn = Frame
+    /// Encoded bytes: the header (with a small payload appended), then any larger payload.
     public typealias OutboundOut = ByteBuffer
 
     /// Creates an encoder.
     public init() {}
 
+    /// Writes the frame's header and payload; a payload of up to 4 KiB is copied behind the header,
+    /// a larger one is written as it is.
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = unwrapOutboundIn(data)
         var header = context.channel.allocator.buffer(capacity: FrameFormat.headerSize)

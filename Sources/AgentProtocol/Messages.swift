@@ -3,10 +3,15 @@ import SwiftProtobuf
 
 /// Short names for the generated message types.
 public typealias Hello = Limiquantix_Agent_V1_Hello
+/// The agent's acceptance of a session (WELCOME payload).
 public typealias Welcome = Limiquantix_Agent_V1_Welcome
+/// An error as it travels on the wire (RESET and GOAWAY payloads, `error` replies).
 public typealias WireError = Limiquantix_Agent_V1_Error
+/// The operation a new stream carries (OPEN payload, host to agent).
 public typealias Request = Limiquantix_Agent_V1_Request
+/// A message from the agent on a stream (MESSAGE payload, agent to host).
 public typealias Reply = Limiquantix_Agent_V1_Reply
+/// A message from the host on a stream: signal, resize or upload commit (MESSAGE payload).
 public typealias Control = Limiquantix_Agent_V1_Control
 
 /// Largest MESSAGE / OPEN payload either side sends (directory listings are split to fit).

@@ -9,6 +9,7 @@ import NIOCore
 public struct SHA256Hasher: Sendable {
     private var state = lqx_sha256()
 
+    /// Creates a hasher that has hashed nothing yet.
     public init() {
         lqx_sha256_init(&state)
     }

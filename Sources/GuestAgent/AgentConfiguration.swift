@@ -12,6 +12,7 @@ public enum AgentTransport: Sendable, Equatable, CustomStringConvertible {
     /// A unix socket listener, for development and tests.
     case unix(path: String)
 
+    /// The transport as `virtio-serial:PATH`, `vsock:PORT` or `unix:PATH`.
     public var description: String {
         switch self {
         case .virtioSerial(let path): "virtio-serial:\(path)"
@@ -35,6 +36,7 @@ public struct AgentConfiguration: Sendable {
     public var session: SessionConfiguration
     /// Root of /proc and /sys (tests may point elsewhere).
     public var procRoot: String
+    /// Root of /sys (tests may point elsewhere).
     public var sysRoot: String
     /// Logger for the agent; requests log with `agent.session` and `stream.id` metadata.
     public var logger: Logger

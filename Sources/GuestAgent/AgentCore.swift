@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NIOCore
 import NIOPosix
+import POSIXSupport
 import Synchronization
 
 /// Counters the agent keeps about its input (visible in logs and tests).
@@ -31,6 +32,10 @@ public final class AgentCore: Sendable {
     let sampler: ProcSampler
     let cpuBaseline: Mutex<(total: CPUTimes, perCPU: [CPUTimes], at: NIODeadline)?>
     let threadPool: NIOThreadPool
+    /// Readiness of exec pipes and child pidfds (one epoll thread for the agent).
+    let reactor = Reactor()
+    /// The agent's own user, looked up once per change of /etc/passwd or /etc/group.
+    let users = UserCache()
     /// Counters about input and requests.
     public let metrics = AgentMetrics()
     /// Random per process start; lets the host tell an agent restart from a reconnect.

@@ -15,9 +15,13 @@ import Glibc
 /// Missing keys keep their defaults (everything allowed); unknown keys are an error so a typo
 /// never silently leaves an operation enabled.
 public struct AgentPolicy: Sendable, Equatable {
+    /// Whether the host may run commands (`[exec] enabled`).
     public var allowExec: Bool
+    /// Whether the host may download, stat and list files (`[files] read`).
     public var allowFileRead: Bool
+    /// Whether the host may upload files (`[files] write`).
     public var allowFileWrite: Bool
+    /// Whether the host may power off, reboot or halt the guest (`[power] shutdown`).
     public var allowShutdown: Bool
 
     /// Creates a policy; everything is allowed by default.

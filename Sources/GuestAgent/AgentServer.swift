@@ -4,6 +4,8 @@ import Glibc
 import Logging
 import NIOCore
 import NIOPosix
+import POSIXSupport
+import ServiceLifecycle
 
 /// Builds the agent service from a configuration (the `lqx-agent` executable and tests use it).
 public func buildAgent(configuration: AgentConfiguration) throws -> AgentService {
@@ -11,7 +13,7 @@ public func buildAgent(configuration: AgentConfiguration) throws -> AgentService
 }
 
 /// The guest agent: serves every configured transport at once until cancelled or shut down.
-public final class AgentService: Sendable {
+public final class AgentService: Service, Sendable {
     /// Request dispatch and counters.
     public let core: AgentCore
     private let configuration: AgentConfiguration
@@ -28,7 +30,8 @@ public final class AgentService: Sendable {
         self.core = try AgentCore(configuration: configuration, threadPool: threadPool)
     }
 
-    /// Serves until the task is cancelled.
+    /// Serves until graceful shutdown or cancellation (both close every session and kill the
+    /// process groups of running commands).
     public func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         // The virtio-serial transport asks for SIGIO on one thread (see lqx_vport_wait_host); a
@@ -36,7 +39,7 @@ public final class AgentService: Sendable {
         signal(SIGIO, SIG_IGN)
         threadPool.start()
         do {
-            try await serveAll()
+            try await cancelWhenGracefulShutdown { try await self.serveAll() }
         } catch {
             try? await threadPool.shutdownGracefully()
             throw error

@@ -1,6 +1,6 @@
 import AgentProtocol
-import CLQXSupport
 import Glibc
+import POSIXSupport
 import Synchronization
 
 /// A user the agent can run a command as.
@@ -43,19 +43,7 @@ struct ExecUser: Sendable {
             shell: String(cString: entry.pw_shell), groups: Array(groups.prefix(Int(max(count, 0)))))
     }
 
-    /// The user the agent runs as. The passwd lookup is cached until /etc/passwd or /etc/group
-    /// changes (one stat each per exec instead of parsing them).
-    static func current() -> ExecUser {
-        let key = CurrentUserCache.Key(uid: geteuid(), passwd: fileStamp("/etc/passwd"), group: fileStamp("/etc/group"))
-        if let cached = currentUserCache.withLock({ $0?.key == key ? $0?.user : nil }) { return cached }
-        let user =
-            (try? lookup(String(key.uid)))
-            ?? ExecUser(uid: key.uid, gid: getegid(), name: "\(key.uid)", home: "/", shell: "/bin/sh", groups: [])
-        currentUserCache.withLock { $0 = CurrentUserCache(key: key, user: user) }
-        return user
-    }
-
-    private static func fileStamp(_ path: String) -> [Int] {
+    static func fileStamp(_ path: String) -> [Int] {
         var info = stat()
         guard stat(path, &info) == 0 else { return [] }
         return [
@@ -65,17 +53,28 @@ struct ExecUser: Sendable {
     }
 }
 
-private struct CurrentUserCache {
-    struct Key: Equatable {
+/// The user the agent runs as, with the passwd lookup cached until /etc/passwd or /etc/group
+/// changes (one stat each per exec instead of parsing them). Owned by the agent's core.
+final class UserCache: Sendable {
+    private struct Key: Equatable {
         var uid: uid_t
         var passwd: [Int]
         var group: [Int]
     }
-    var key: Key
-    var user: ExecUser
-}
+    private let cached = Mutex<(key: Key, user: ExecUser)?>(nil)
 
-private let currentUserCache = Mutex<CurrentUserCache?>(nil)
+    /// The current user.
+    func current() -> ExecUser {
+        let key = Key(
+            uid: geteuid(), passwd: ExecUser.fileStamp("/etc/passwd"), group: ExecUser.fileStamp("/etc/group"))
+        if let user = cached.withLock({ $0?.key == key ? $0?.user : nil }) { return user }
+        let user =
+            (try? ExecUser.lookup(String(key.uid)))
+            ?? ExecUser(uid: key.uid, gid: getegid(), name: "\(key.uid)", home: "/", shell: "/bin/sh", groups: [])
+        cached.withLock { $0 = (key, user) }
+        return user
+    }
+}
 
 /// Spawning and reaping child processes.
 enum ChildProcess {
@@ -97,86 +96,18 @@ enum ChildProcess {
         throw AgentError(.notFound, "executable \(name) not found in PATH \(path)")
     }
 
-    struct Spawn {
-        var path: String
-        var argv: [String]
-        var env: [String]
-        var cwd: String?
-        var stdin: Int32 = -1
-        var stdout: Int32 = -1
-        var stderr: Int32 = -1
-        var ptySlave: String?
-        var user: ExecUser?
-    }
-
-    /// Forks and execs; returns the pid. The child leads a new process group (or session with a pty).
-    static func spawn(_ s: Spawn) throws(AgentError) -> pid_t {
-        func cStrings(_ strings: [String]) -> [UnsafeMutablePointer<CChar>?] {
-            strings.map { strdup($0) } + [nil]
-        }
-        let argv = cStrings(s.argv)
-        let envp = cStrings(s.env)
-        defer {
-            for p in argv { free(p) }
-            for p in envp { free(p) }
-        }
-        var childErrno: Int32 = 0
-        var step: UnsafePointer<CChar>?
-        let groups = s.user?.groups ?? []
-        let pid: pid_t = groups.withUnsafeBufferPointer { groupsPointer in
-            s.path.withCString { path in
-                withOptionalCString(s.cwd) { cwd in
-                    withOptionalCString(s.ptySlave) { pty in
-                        argv.withUnsafeBufferPointer { argvPointer in
-                            envp.withUnsafeBufferPointer { envPointer in
-                                var options = lqx_spawn_options()
-                                options.path = path
-                                options.argv = argvPointer.baseAddress
-                                options.envp = envPointer.baseAddress
-                                options.cwd = cwd
-                                options.stdin_fd = s.stdin
-                                options.stdout_fd = s.stdout
-                                options.stderr_fd = s.stderr
-                                options.pty_slave_path = pty
-                                if let user = s.user {
-                                    options.set_ids = 1
-                                    options.uid = user.uid
-                                    options.gid = user.gid
-                                    options.groups = groupsPointer.baseAddress
-                                    options.ngroups = groupsPointer.count
-                                }
-                                return lqx_spawn(&options, &childErrno, &step)
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        guard pid > 0 else {
-            let what = step.map { String(cString: $0) } ?? "spawn"
-            let text = String(cString: strerror(childErrno))
+    /// Starts a child (see `SpawnRequest`); its pid, or the failure as the agent reports it.
+    static func spawn(_ request: SpawnRequest) throws(AgentError) -> pid_t {
+        do {
+            return try request.spawn()
+        } catch {
             let code: AgentError.Code =
-                switch childErrno {
+                switch error.errno {
                 case ENOENT: .notFound
                 case EACCES, EPERM: .denied
                 default: .io
                 }
-            throw AgentError(code, "\(what) failed for \(s.argv.first ?? s.path): \(text)")
+            throw AgentError(code, error.description)
         }
-        return pid
     }
-
-    /// Waits for a child without blocking the cooperative pool.
-    static func wait(pid: pid_t) async -> Int32 {
-        await ChildReaper.wait(pid: pid)
-    }
-}
-
-func withOptionalCString<R>(_ string: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
-    if let string { return string.withCString { body($0) } }
-    return body(nil)
-}
-
-func errnoText(_ code: Int32 = errno) -> String {
-    String(cString: strerror(code))
 }

@@ -3,6 +3,7 @@ import CLQXSupport
 import Glibc
 import NIOCore
 import NIOPosix
+import POSIXSupport
 import Synchronization
 
 /// Runs one command: stdin streamed in, stdout/stderr streamed out with backpressure, signals,
@@ -25,7 +26,7 @@ struct ExecHandler {
         guard let program = request.argv.first, !program.isEmpty else {
             throw AgentError(.invalidArgument, "exec needs a non-empty argv")
         }
-        let current = ExecUser.current()
+        let current = core.users.current()
         var user: ExecUser?
         if !request.user.isEmpty {
             let wanted = try ExecUser.lookup(request.user)
@@ -67,9 +68,9 @@ struct ExecHandler {
         guard (cwdInfo.st_mode & S_IFMT) == S_IFDIR else {
             throw AgentError(.invalidArgument, "working directory \(cwd) is not a directory")
         }
-        var spawn = ChildProcess.Spawn(
-            path: path, argv: request.argv, env: environment, cwd: cwd,
-            user: user)
+        var spawn = SpawnRequest(
+            path: path, argv: request.argv, environment: environment, workingDirectory: cwd,
+            credentials: user.map { SpawnRequest.Credentials(uid: $0.uid, gid: $0.gid, groups: $0.groups) })
 
         // Descriptors: the parent's ends become NIO channels, the child's ends are closed after spawn.
         var childEnds: [Int32] = []
@@ -182,15 +183,17 @@ struct ExecHandler {
         pid: pid_t, sources: [(OutputSource, UInt8)],
         sink: InputSink?, ptyMaster: Int32
     ) async throws -> (status: Int32, timedOut: Bool, bytes: Int) {
-        let context = self.context
+        let context = self.context, reactor = core.reactor
         let timeoutMs = request.timeoutMs
         return try await withThrowingTaskGroup(of: Event.self) { group in
-            group.addTask { .exited(await ChildProcess.wait(pid: pid)) }
+            group.addTask { .exited(await ChildReaper.wait(pid: pid, reactor: reactor)) }
             group.addTask {
                 do {
                     let total = try await withThrowingTaskGroup(of: Int.self) { pumps in
                         for (source, channel) in sources {
-                            pumps.addTask { try await Self.pump(source, channel: channel, context: context) }
+                            pumps.addTask {
+                                try await Self.pump(source, channel: channel, context: context, reactor: reactor)
+                            }
                         }
                         return try await pumps.reduce(0, +)
                     }
@@ -201,7 +204,7 @@ struct ExecHandler {
             }
             group.addTask {
                 do {
-                    try await Self.input(context: context, sink: sink, pid: pid, ptyMaster: ptyMaster)
+                    try await Self.input(context: context, sink: sink, pid: pid, ptyMaster: ptyMaster, reactor: reactor)
                     return .inputDone(nil)
                 } catch {
                     return .inputDone((error as? AgentError) ?? AgentError(.cancelled, "\(error)"))
@@ -279,7 +282,9 @@ struct ExecHandler {
     /// buffer so a trickle of small writes never pins a full read buffer per chunk.
     static let readChunk = 64 * 1024
 
-    private static func pump(_ source: OutputSource, channel: UInt8, context: StreamContext) async throws -> Int {
+    private static func pump(
+        _ source: OutputSource, channel: UInt8, context: StreamContext, reactor: Reactor
+    ) async throws -> Int {
         var total = 0
         switch source {
         case .pipe(let descriptor):
@@ -309,7 +314,7 @@ struct ExecHandler {
                 default:
                     if code == EINTR { continue }
                     guard code == EAGAIN || code == EWOULDBLOCK else { break readLoop }
-                    try await Reactor.shared.wait(fd)
+                    try await reactor.wait(fd)
                 }
             }
         case .stream(let stream):
@@ -336,7 +341,7 @@ struct ExecHandler {
         case pty(NIOAsyncChannelOutboundWriter<ByteBuffer>)
 
         /// Writes every byte; throws when the process closed its end (EPIPE) or on cancellation.
-        func write(_ bytes: ByteBuffer) async throws {
+        func write(_ bytes: ByteBuffer, reactor: Reactor) async throws {
             switch self {
             case .pipe(let descriptor):
                 let fd = descriptor.fd
@@ -351,7 +356,7 @@ struct ExecHandler {
                     if n >= 0 {
                         offset += n
                     } else if code == EAGAIN || code == EWOULDBLOCK {
-                        try await Reactor.shared.wait(fd, writable: true)
+                        try await reactor.wait(fd, writable: true)
                     } else if code != EINTR {
                         throw AgentError(.io, "stdin: \(errnoText(code))")
                     }
@@ -369,13 +374,15 @@ struct ExecHandler {
 
     }
 
-    private static func input(context: StreamContext, sink: InputSink?, pid: pid_t, ptyMaster: Int32) async throws {
+    private static func input(
+        context: StreamContext, sink: InputSink?, pid: pid_t, ptyMaster: Int32, reactor: Reactor
+    ) async throws {
         var sink = sink
         while let event = try await context.next() {
             switch event {
             case .data(let bytes, _, let endOfChannel, _):
                 // A process that closed its stdin (EPIPE) simply stops receiving input.
-                if bytes.readableBytes > 0 { try? await sink?.write(bytes) }
+                if bytes.readableBytes > 0 { try? await sink?.write(bytes, reactor: reactor) }
                 if endOfChannel {
                     await sink?.endOfInput()
                     if ptyMaster < 0 { sink = nil }

@@ -2,6 +2,7 @@ import AgentProtocol
 import FoundationEssentials
 import Glibc
 import NIOCore
+import POSIXSupport
 import Synchronization
 
 /// Upload (atomic: temp file, fsync, rename, directory fsync), download, stat and list.

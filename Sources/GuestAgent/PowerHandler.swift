@@ -1,6 +1,7 @@
 import AgentProtocol
 import CLQXSupport
 import Glibc
+import POSIXSupport
 
 /// poweroff / reboot / halt: acknowledge first, sync, then systemd when present, else reboot(2).
 struct PowerHandler {
@@ -49,9 +50,9 @@ struct PowerHandler {
                     default: "poweroff"
                     }
                 if let pid = try? ChildProcess.spawn(
-                    .init(
-                        path: "/bin/systemctl", argv: ["systemctl", verb], env: ["PATH=\(ExecHandler.defaultPath)"],
-                        cwd: "/"))
+                    SpawnRequest(
+                        path: "/bin/systemctl", argv: ["systemctl", verb],
+                        environment: ["PATH=\(ExecHandler.defaultPath)"], workingDirectory: "/"))
                 {
                     var status: Int32 = 0
                     waitpid(pid, &status, 0)

@@ -36,6 +36,7 @@ public enum AgentAddress: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The address in the form `init(parsing:)` reads.
     public var description: String {
         switch self {
         case .unix(let path): "unix:\(path)"

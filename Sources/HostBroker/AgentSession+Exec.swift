@@ -87,6 +87,7 @@ public enum ExecEvent: Sendable {
 
 /// A process running in the guest.
 public final class ExecProcess: Sendable, AsyncSequence {
+    /// Each element is a chunk of output or, last, the exit status.
     public typealias Element = ExecEvent
     let session: AgentSession
     let stream: UInt32
@@ -160,10 +161,13 @@ public final class ExecProcess: Sendable, AsyncSequence {
         throw AgentError(.protocolViolation, "exec stream ended without an exit status")
     }
 
+    /// Reads the process's output and exit status from its stream.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let process: ExecProcess
         var finished = false
 
+        /// The next chunk of output, then the exit status, then nil; throws when the stream fails
+        /// or the agent reports an error.
         public mutating func next() async throws -> ExecEvent? {
             guard !finished else { return nil }
             let mux = process.session.mux

@@ -19,7 +19,9 @@ public typealias TransferProgress = @Sendable (_ done: UInt64, _ total: UInt64) 
 public struct UploadOptions: Sendable {
     /// Permission bits; nil takes the local file's.
     public var mode: UInt32?
+    /// The owner's user id for the guest file; nil leaves the owner the agent gives it.
     public var uid: UInt32?
+    /// The owner's group id for the guest file; nil leaves the group the agent gives it.
     public var gid: UInt32?
     /// Create missing parent directories.
     public var createParents = false

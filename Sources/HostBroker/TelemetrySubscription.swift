@@ -16,6 +16,7 @@ import Synchronization
 /// The stream opens on the first `next()` and is reset when the subscription is released (the
 /// consumer stops iterating, or the task is cancelled). Iterate once.
 public final class TelemetrySubscription: AsyncSequence, Sendable {
+    /// Each element is one sample.
     public typealias Element = TelemetrySample
     let session: AgentSession
     /// The interval asked of the agent.
@@ -43,11 +44,14 @@ public final class TelemetrySubscription: AsyncSequence, Sendable {
         return id
     }
 
+    /// Reads the subscription's samples, at most two per interval.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let subscription: TelemetrySubscription
         var lastDelivery: ContinuousClock.Instant?
         var finished = false
 
+        /// The next sample, or nil when the agent ends the stream; throws `timeout` when none
+        /// arrives in time.
         public mutating func next() async throws -> TelemetrySample? {
             guard !finished else { return nil }
             let subscription = self.subscription

@@ -4,20 +4,32 @@ public struct VMSpec: Sendable, Equatable, Codable {
     /// Unique per node: 1–64 characters of letters, digits, `-`, `_` and `.`, starting with a
     /// letter or digit (it names files and the libvirt domain).
     public var name: String
+    /// Virtual CPUs, 1 to `maximumVCPUs`.
     public var vcpus: Int
     /// sockets × cores × threads must equal `vcpus`; nil: one socket with `vcpus` cores.
     public var topology: CPUTopology?
+    /// Memory in MiB, at least `minimumMemoryMiB`.
     public var memoryMiB: Int
+    /// The firmware the VM boots with.
     public var firmware: Firmware
+    /// How the VM boots.
     public var boot: Boot
+    /// The VM's disks, at most 26 (vda…vdz).
     public var disks: [DiskSpec]
+    /// The VM's network interfaces, at most 16, each with a distinct MAC.
     public var nics: [NICSpec]
+    /// What the VM's watchdog does when the guest stops feeding it.
     public var watchdog: WatchdogAction
 
+    /// How the vCPUs are arranged: sockets × cores × threads.
     public struct CPUTopology: Sendable, Equatable, Codable {
+        /// CPU sockets.
         public var sockets: Int
+        /// Cores per socket.
         public var cores: Int
+        /// Threads per core.
         public var threads: Int
+        /// Creates a topology.
         public init(sockets: Int, cores: Int, threads: Int) {
             self.sockets = sockets
             self.cores = cores
@@ -25,6 +37,7 @@ public struct VMSpec: Sendable, Equatable, Codable {
         }
     }
 
+    /// The VM's firmware: `bios` (QEMU's default) or `uefi` (OVMF, which the host must have).
     public enum Firmware: String, Sendable, Equatable, Codable {
         case bios, uefi
     }
@@ -35,10 +48,13 @@ public struct VMSpec: Sendable, Equatable, Codable {
         case kernel(path: String, initrd: String?, cmdline: String)
     }
 
+    /// What the watchdog does when the guest stops feeding it: `reset` or `poweroff` the VM, or
+    /// `none` (the VM gets no watchdog device).
     public enum WatchdogAction: String, Sendable, Equatable, Codable {
         case reset, poweroff, none
     }
 
+    /// Creates a spec; it is not checked until `validate()`.
     public init(
         name: String, vcpus: Int = 1, topology: CPUTopology? = nil, memoryMiB: Int = 512,
         firmware: Firmware = .bios, boot: Boot = .disk, disks: [DiskSpec] = [], nics: [NICSpec] = [],
@@ -106,6 +122,7 @@ public struct VMSpec: Sendable, Equatable, Codable {
         }
     }
 
+    /// Checks a name against the rules of `name` (also used for snapshot names).
     public static func validate(name: String) throws(LQXError) {
         let bytes = Array(name.utf8)
         guard (1...64).contains(bytes.count) else {
@@ -123,6 +140,7 @@ public struct VMSpec: Sendable, Equatable, Codable {
         }
     }
 
+    /// Checks that `path` is absolute, has no NUL and is under 4096 bytes; errors name `field`.
     public static func validate(path: String, field: String) throws(LQXError) {
         guard path.hasPrefix("/"), !path.contains("\0"), path.utf8.count < 4096 else {
             throw LQXError(.invalidSpec, "\(field) must be an absolute path (got \(path.debugDescription))")
@@ -132,6 +150,7 @@ public struct VMSpec: Sendable, Equatable, Codable {
 
 /// One disk of a VM.
 public struct DiskSpec: Sendable, Equatable, Codable {
+    /// Where a disk's image comes from.
     public enum Source: Sendable, Equatable, Codable {
         /// A new, empty qcow2 image of this size in the node's storage directory.
         case new(sizeGiB: Int)
@@ -141,20 +160,26 @@ public struct DiskSpec: Sendable, Equatable, Codable {
         case path(String)
     }
 
+    /// The bus a disk is attached to: `virtio` (vda, vdb, …), `sata` or `scsi` (sharing sda, sdb, …).
     public enum Bus: String, Sendable, Equatable, Codable {
         case virtio, sata, scsi
     }
 
+    /// Where the disk's image comes from.
     public var source: Source
+    /// The bus the disk is attached to.
     public var bus: Bus
+    /// Whether the guest may only read the disk (a read-only SATA disk becomes a CD-ROM).
     public var readOnly: Bool
 
+    /// Creates a disk spec (on virtio and writable unless told otherwise).
     public init(source: Source, bus: Bus = .virtio, readOnly: Bool = false) {
         self.source = source
         self.bus = bus
         self.readOnly = readOnly
     }
 
+    /// Checks the disk's source (a size of 1 GiB to 64 TiB, absolute paths); errors name `field`.
     public func validate(field: String) throws(LQXError) {
         switch source {
         case .new(let size):
@@ -168,6 +193,7 @@ public struct DiskSpec: Sendable, Equatable, Codable {
 
 /// One network interface of a VM.
 public struct NICSpec: Sendable, Equatable, Codable {
+    /// What a network interface is connected to.
     public enum Attachment: Sendable, Equatable, Codable {
         /// A libvirt network (`virsh net-list`).
         case network(String)
@@ -175,15 +201,19 @@ public struct NICSpec: Sendable, Equatable, Codable {
         case bridge(String)
     }
 
+    /// What the interface is connected to.
     public var attachment: Attachment
     /// `52:54:00:xx:xx:xx` style; generated when nil.
     public var mac: String?
 
+    /// Creates a NIC spec; with a nil `mac` one is generated when the VM is created.
     public init(_ attachment: Attachment, mac: String? = nil) {
         self.attachment = attachment
         self.mac = mac
     }
 
+    /// Checks the network or bridge name (1 to 64 bytes, no NUL) and the MAC (six hex pairs, not
+    /// multicast); the error names `field`.
     public func validate(field: String) throws(LQXError) {
         let name: String
         switch attachment {

@@ -2,57 +2,91 @@ import Foundation
 
 /// The host's hardware as the scheduler needs it (MODEL.md, Node status), read from /proc and /sys.
 public struct HostInventory: Sendable, Equatable, Codable {
+    /// The host's processors: model, topology and feature flags (from /proc/cpuinfo).
     public struct CPU: Sendable, Equatable, Codable {
+        /// The model name of the first processor listed (`model name`), or empty.
         public var model: String
         /// Logical CPUs (what `nproc` counts when nothing restricts it).
         public var logical: Int
+        /// Physical packages (distinct `physical id`s), at least 1.
         public var sockets: Int
+        /// Cores in the package with the most of them (distinct `core id`s), at least 1.
         public var coresPerSocket: Int
+        /// Logical CPUs per core, at least 1.
         public var threadsPerCore: Int
+        /// Feature flags of the first processor listed (`flags`).
         public var flags: [String]
     }
 
+    /// One NUMA node of the host (from /sys/devices/system/node).
     public struct NUMANode: Sendable, Equatable, Codable {
+        /// The node number (N of `nodeN`).
         public var id: Int
+        /// The logical CPUs of the node (its `cpulist`).
         public var cpus: [Int]
+        /// The node's memory (its MemTotal), in bytes.
         public var memoryBytes: UInt64
     }
 
+    /// The host's memory and huge pages (from /proc/meminfo).
     public struct Memory: Sendable, Equatable, Codable {
+        /// MemTotal, in bytes.
         public var totalBytes: UInt64
+        /// Huge pages in the pool (HugePages_Total).
         public var hugePagesTotal: Int
+        /// The default huge page size (Hugepagesize), in bytes.
         public var hugePageSizeBytes: UInt64
     }
 
+    /// A disk of the host: a block device other than loop, RAM, device-mapper, md, optical or floppy.
     public struct Disk: Sendable, Equatable, Codable {
+        /// What the device is: `hdd` (rotational), `ssd` (not rotational) or `nvme`.
         public enum Kind: String, Sendable, Equatable, Codable { case hdd, ssd, nvme }
+        /// The kernel's name for the device (`sda`, `nvme0n1`).
         public var name: String
+        /// Whether the device is a hard disk, an SSD or an NVMe device.
         public var kind: Kind
+        /// The device's size, in bytes.
         public var sizeBytes: UInt64
+        /// The model the device reports, or empty.
         public var model: String
     }
 
+    /// A network interface with a device behind it (physical or paravirtual; not lo or bridges).
     public struct NIC: Sendable, Equatable, Codable {
+        /// The interface's name (`eth0`, `enp1s0`).
         public var name: String
+        /// The name of the kernel driver bound to the device (`virtio_net`, `ixgbe`).
         public var driver: String
         /// Mb/s; nil when the link reports none (down, or virtual).
         public var speedMbps: Int?
+        /// The interface's MAC address, or empty.
         public var mac: String
         /// Virtual functions the device supports (SR-IOV), 0 without SR-IOV.
         public var sriovTotalVFs: Int
     }
 
+    /// One PCI display controller (PCI class 0x03xxxx).
     public struct GPU: Sendable, Equatable, Codable {
+        /// The device's PCI address (`0000:01:00.0`).
         public var address: String
+        /// The PCI vendor id as sysfs shows it (`0x10de`), or empty.
         public var vendorID: String
+        /// The PCI device id as sysfs shows it, or empty.
         public var deviceID: String
     }
 
+    /// The host's processors.
     public var cpu: CPU
+    /// The host's NUMA nodes.
     public var numa: [NUMANode]
+    /// The host's memory.
     public var memory: Memory
+    /// The host's disks, by name.
     public var disks: [Disk]
+    /// The host's network interfaces, by name.
     public var nics: [NIC]
+    /// The host's GPUs, by PCI address.
     public var gpus: [GPU]
 
     /// Reads the host (roots are parameters so tests can use a prepared tree).

@@ -76,6 +76,7 @@ public final class FakeHypervisor: Hypervisor {
 
     // MARK: Hypervisor
 
+    /// Records the VM, stopped (validating the spec like libvirt's backend).
     public func create(_ spec: VMSpec) async throws(LQXError) -> VMStatus {
         try record("create", spec.name)
         try spec.validate()
@@ -94,6 +95,7 @@ public final class FakeHypervisor: Hypervisor {
         return status
     }
 
+    /// Starts a stopped VM and emits `started`.
     public func start(_ name: String) async throws(LQXError) {
         try record("start", name)
         guard try vm(name).status.state.isActive == false else {
@@ -102,21 +104,25 @@ public final class FakeHypervisor: Hypervisor {
         transition(name, to: .running, event: .started)
     }
 
+    /// Powers the VM off, or does nothing when it ignores ACPI (`setACPI`).
     public func requestShutdown(_ name: String) async throws(LQXError) {
         try record("requestShutdown", name)
         if try vm(name).acpi == .powerOff { transition(name, to: .shutOff, event: .stopped) }
     }
 
+    /// Stops a running VM at once and emits `stopped`.
     public func forceStop(_ name: String) async throws(LQXError) {
         try record("forceStop", name)
         if try vm(name).status.state.isActive { transition(name, to: .shutOff, event: .stopped) }
     }
 
+    /// Records the request (the VM stays running).
     public func reboot(_ name: String) async throws(LQXError) {
         try record("reboot", name)
         _ = try vm(name)
     }
 
+    /// Pauses a running VM.
     public func pause(_ name: String) async throws(LQXError) {
         try record("pause", name)
         guard try vm(name).status.state == .running else {
@@ -125,6 +131,7 @@ public final class FakeHypervisor: Hypervisor {
         transition(name, to: .paused, event: .suspended)
     }
 
+    /// Resumes a paused VM.
     public func resume(_ name: String) async throws(LQXError) {
         try record("resume", name)
         guard try vm(name).status.state == .paused else {
@@ -133,6 +140,7 @@ public final class FakeHypervisor: Hypervisor {
         transition(name, to: .running, event: .resumed)
     }
 
+    /// Forgets the VM (a running one only with `force`) and emits `undefined`.
     public func delete(_ name: String, force: Bool, deleteDisks: Bool) async throws(LQXError) {
         try record("delete", name, "force=\(force)", "deleteDisks=\(deleteDisks)")
         if try vm(name).status.state.isActive {
@@ -144,17 +152,21 @@ public final class FakeHypervisor: Hypervisor {
         emit(DomainEvent(name: name, kind: .undefined))
     }
 
+    /// The VM's record.
     public func status(_ name: String) async throws(LQXError) -> VMStatus { try vm(name).status }
 
+    /// The VM's record, or nil.
     public func managedStatus(_ name: String) async throws(LQXError) -> VMStatus? {
         state.withLock { $0.vms[name]?.status }
     }
 
+    /// Every VM, by name.
     public func list() async throws(LQXError) -> [VMStatus] {
         try record("list")
         return state.withLock { $0.vms.values.map(\.status) }.sorted { $0.name < $1.name }
     }
 
+    /// Records a snapshot.
     public func createSnapshot(_ vm: String, name: String?, description: String) async throws(LQXError)
         -> SnapshotInfo
     {
@@ -166,6 +178,7 @@ public final class FakeHypervisor: Hypervisor {
         return snapshot
     }
 
+    /// Checks that the snapshot exists.
     public func revertSnapshot(_ vm: String, name: String) async throws(LQXError) {
         try record("revertSnapshot", vm, name)
         guard try self.vm(vm).snapshots.contains(where: { $0.name == name }) else {
@@ -173,6 +186,7 @@ public final class FakeHypervisor: Hypervisor {
         }
     }
 
+    /// Forgets a snapshot.
     public func deleteSnapshot(_ vm: String, name: String) async throws(LQXError) {
         try record("deleteSnapshot", vm, name)
         guard try self.vm(vm).snapshots.contains(where: { $0.name == name }) else {
@@ -181,8 +195,10 @@ public final class FakeHypervisor: Hypervisor {
         state.withLock { $0.vms[vm]?.snapshots.removeAll { $0.name == name } }
     }
 
+    /// The VM's snapshots.
     public func snapshots(_ vm: String) async throws(LQXError) -> [SnapshotInfo] { try self.vm(vm).snapshots }
 
+    /// Appends the disk to the VM's spec and returns the next vdX name.
     public func attachDisk(_ vm: String, _ disk: DiskSpec) async throws(LQXError) -> String {
         try record("attachDisk", vm, "\(disk.source)")
         let count = try self.vm(vm).status.spec?.disks.count ?? 0
@@ -190,16 +206,19 @@ public final class FakeHypervisor: Hypervisor {
         return "vd" + String(UnicodeScalar(UInt8(97 + count)))
     }
 
+    /// Records the request.
     public func detachDisk(_ vm: String, target: String, deleteImage: Bool, timeout: Duration) async throws(LQXError) {
         try record("detachDisk", vm, target, "deleteImage=\(deleteImage)", "timeout=\(timeout)")
         _ = try self.vm(vm)
     }
 
+    /// The VM's console log path.
     public func console(_ vm: String) async throws(LQXError) -> ConsoleInfo {
         try record("console", vm)
         return ConsoleInfo(serialLog: try self.vm(vm).status.consoleLog)
     }
 
+    /// Reports progress once and removes the VM, or (`setMigrationHangs`) reports until cancelled and records `abortJob`.
     public func migrate(
         _ vm: String, _ request: MigrationRequest, progress: @escaping @Sendable (JobProgress) -> Void
     ) async throws(LQXError) {
@@ -224,6 +243,7 @@ public final class FakeHypervisor: Hypervisor {
         emit(DomainEvent(name: vm, kind: .undefined))
     }
 
+    /// A fixed description of a TCG hypervisor.
     public func hypervisorInfo() async throws(LQXError) -> HypervisorInfo {
         try record("hypervisorInfo")
         return HypervisorInfo(
@@ -231,8 +251,10 @@ public final class FakeHypervisor: Hypervisor {
             vhostVsock: false, machineTypes: ["pc"], capabilitiesXML: "<capabilities/>")
     }
 
+    /// Whether the fake connection is up (`setAlive`).
     public var isAlive: Bool { state.withLock { $0.alive } }
 
+    /// Events from now on.
     public func events() throws(LQXError) -> AsyncStream<DomainEvent> {
         let (stream, continuation) = AsyncStream.makeStream(of: DomainEvent.self, bufferingPolicy: .unbounded)
         let id = state.withLock { state -> Int in

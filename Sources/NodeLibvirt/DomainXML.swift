@@ -5,11 +5,13 @@ import NodeCore
 /// (identity, files, host-dependent devices). Rendering is a pure function of the plan, so the same
 /// plan always gives the same XML (golden-tested).
 public struct DomainPlan: Sendable, Equatable {
+    /// The spec the domain is rendered from.
     public var spec: VMSpec
     /// The domain's UUID (lowercase, with dashes).
     public var uuid: String
     /// `kvm` when KVM is usable on the host, else `qemu` (TCG).
     public var domainType: DomainType
+    /// Path of the QEMU binary (the `<emulator>` element).
     public var emulator: String
     /// Disks as files, in spec order (vda, vdb, … for virtio).
     public var disks: [PlannedDisk]
@@ -24,15 +26,22 @@ public struct DomainPlan: Sendable, Equatable {
     /// Firmware files for UEFI.
     public var uefi: UEFIFiles?
 
+    /// The libvirt domain type: `kvm` (hardware virtualization) or `qemu` (TCG emulation).
     public enum DomainType: String, Sendable, Equatable {
         case kvm, qemu
     }
 
+    /// One disk of the domain as an image file.
     public struct PlannedDisk: Sendable, Equatable {
+        /// The image file.
         public var path: String
+        /// The image format, `qcow2` or `raw` (the disk driver's type).
         public var format: String
+        /// The bus the disk is attached to.
         public var bus: DiskSpec.Bus
+        /// Whether the guest may only read the disk (a read-only SATA disk becomes a CD-ROM).
         public var readOnly: Bool
+        /// Creates a planned disk.
         public init(path: String, format: String, bus: DiskSpec.Bus, readOnly: Bool) {
             self.path = path
             self.format = format
@@ -41,10 +50,15 @@ public struct DomainPlan: Sendable, Equatable {
         }
     }
 
+    /// The OVMF files of a UEFI domain.
     public struct UEFIFiles: Sendable, Equatable {
+        /// The firmware code (loaded read-only as pflash).
         public var code: String
+        /// The variables template the VM's NVRAM is created from.
         public var varsTemplate: String
+        /// The VM's own NVRAM file (its UEFI variables).
         public var nvram: String
+        /// Creates the set of UEFI files.
         public init(code: String, varsTemplate: String, nvram: String) {
             self.code = code
             self.varsTemplate = varsTemplate
@@ -52,6 +66,7 @@ public struct DomainPlan: Sendable, Equatable {
         }
     }
 
+    /// Creates a plan.
     public init(
         spec: VMSpec, uuid: String, domainType: DomainType, emulator: String, disks: [PlannedDisk], macs: [String],
         agentSocket: String, consoleLog: String, vsockCID: UInt32? = nil, uefi: UEFIFiles? = nil

@@ -9,17 +9,20 @@ public struct HostFacts: Sendable, Equatable {
     public var vhostVsock: Bool
     /// OVMF code and variables template, when installed (UEFI firmware).
     public var ovmf: (code: String, varsTemplate: String)?
+    /// Path of the QEMU binary domains run.
     public var emulator: String
     /// The user libvirt runs QEMU as (Debian: libvirt-qemu); VM run directories belong to it so
     /// QEMU can create the agent socket there.
     public var qemuUser: (uid: uid_t, gid: gid_t)?
 
+    /// Compares every fact (the tuples field by field).
     public static func == (a: HostFacts, b: HostFacts) -> Bool {
         a.kvmUsable == b.kvmUsable && a.vhostVsock == b.vhostVsock && a.ovmf?.code == b.ovmf?.code
             && a.ovmf?.varsTemplate == b.ovmf?.varsTemplate && a.emulator == b.emulator
             && a.qemuUser?.uid == b.qemuUser?.uid && a.qemuUser?.gid == b.qemuUser?.gid
     }
 
+    /// Creates facts from given values (`detect()` reads them from this host).
     public init(
         kvmUsable: Bool, vhostVsock: Bool, ovmf: (code: String, varsTemplate: String)?, emulator: String,
         qemuUser: (uid: uid_t, gid: gid_t)?

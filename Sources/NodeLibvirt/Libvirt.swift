@@ -10,8 +10,10 @@ import NodeCore
 /// `LibvirtHypervisor` runs them on a thread pool, never on the cooperative pool.
 public final class LibvirtConnection: @unchecked Sendable {
     let pointer: virConnectPtr
+    /// The URI the connection was opened with.
     public let uri: String
 
+    /// Connects to libvirtd at `uri` (starting libvirt's event loop first, so events work).
     public init(uri: String) throws(LQXError) {
         Self.installQuietErrorHandler()
         // Events need libvirt's event loop, registered before the first connection opens.
@@ -129,14 +131,17 @@ public final class LibvirtDomain: @unchecked Sendable {
         virDomainFree(pointer)
     }
 
+    /// The domain's name.
     public var name: String { virDomainGetName(pointer).map { String(cString: $0) } ?? "" }
 
+    /// The domain's UUID (lowercase, with dashes), or empty when libvirt cannot give it.
     public var uuid: String {
         var buffer = [CChar](repeating: 0, count: 37)  // VIR_UUID_STRING_BUFLEN
         guard virDomainGetUUIDString(pointer, &buffer) == 0 else { return "" }
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The domain's current state.
     public func state() throws(LQXError) -> DomainState {
         var state: Int32 = 0, reason: Int32 = 0
         guard virDomainGetState(pointer, &state, &reason, 0) == 0 else {
@@ -158,6 +163,7 @@ public final class LibvirtDomain: @unchecked Sendable {
         if rc != 0 { throw LibvirtConnection.lastError("\(what) \(name)", notFound: .notFound) }
     }
 
+    /// Starts (boots) the defined domain.
     public func start() throws(LQXError) { try check(virDomainCreate(pointer), "starting") }
     /// Asks the guest to power off (ACPI power button).
     public func shutdown() throws(LQXError) {
@@ -165,10 +171,13 @@ public final class LibvirtDomain: @unchecked Sendable {
     }
     /// Stops the QEMU process at once.
     public func destroy() throws(LQXError) { try check(virDomainDestroy(pointer), "stopping") }
+    /// Asks the guest to reboot (ACPI power button).
     public func reboot() throws(LQXError) {
         try check(virDomainReboot(pointer, UInt32(VIR_DOMAIN_REBOOT_ACPI_POWER_BTN.rawValue)), "rebooting")
     }
+    /// Pauses the domain's vCPUs.
     public func suspend() throws(LQXError) { try check(virDomainSuspend(pointer), "pausing") }
+    /// Resumes a paused domain.
     public func resume() throws(LQXError) { try check(virDomainResume(pointer), "resuming") }
     /// Removes the definition (and its NVRAM file and snapshot metadata).
     public func undefine() throws(LQXError) {

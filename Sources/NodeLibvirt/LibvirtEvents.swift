@@ -55,6 +55,7 @@ extension LibvirtConnection {
         return id
     }
 
+    /// Stops the handler that `addEventHandler` registered under `id`.
     public func removeEventHandler(_ id: Int32) {
         virConnectDomainEventDeregisterAny(pointer, id)
     }

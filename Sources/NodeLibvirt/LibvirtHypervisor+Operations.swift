@@ -62,6 +62,7 @@ extension LibvirtHypervisor {
         }
     }
 
+    /// Reverts the VM to a snapshot: its disks, and its running state when the snapshot has memory.
     public func revertSnapshot(_ vm: String, name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in
             try domain(vm).revert(toSnapshot: name)
@@ -69,10 +70,12 @@ extension LibvirtHypervisor {
         }
     }
 
+    /// Deletes one of the VM's snapshots.
     public func deleteSnapshot(_ vm: String, name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in try domain(vm).deleteSnapshot(name) }
     }
 
+    /// The VM's snapshots.
     public func snapshots(_ vm: String) async throws(LQXError) -> [SnapshotInfo] {
         try await blocking { [self] () throws(LQXError) in try domain(vm).snapshots() }
     }
@@ -197,6 +200,7 @@ extension LibvirtHypervisor {
 
     // MARK: console, migration, capabilities
 
+    /// Where the VM's console can be read: the serial log, and a pty or VNC display if it has one.
     public func console(_ vm: String) async throws(LQXError) -> ConsoleInfo {
         try await blocking { [self] () throws(LQXError) in
             let domain = try domain(vm)
@@ -264,6 +268,7 @@ extension LibvirtHypervisor {
         logger.info("VM migrated", metadata: ["vm": "\(vm)", "destination": "\(request.destinationURI)"])
     }
 
+    /// What the hypervisor is and can do: versions, domain type, UEFI, vsock and machine types.
     public func hypervisorInfo() async throws(LQXError) -> HypervisorInfo {
         try await blocking { [self] () throws(LQXError) in
             let capabilities = try connection.capabilities()

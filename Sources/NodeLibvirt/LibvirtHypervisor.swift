@@ -3,16 +3,20 @@ import LQXModel
 import Logging
 import NIOPosix
 import NodeCore
-import ProcessSupport
+import POSIXSupport
 
 /// `Hypervisor` over libvirt.
 public final class LibvirtHypervisor: Hypervisor {
+    /// The libvirt connection every call goes through.
     public let connection: LibvirtConnection
+    /// Where the VMs' state and run files are kept.
     public let layout: NodeLayout
+    /// What the host offers the VMs (KVM, vsock, OVMF, the QEMU user).
     public let facts: HostFacts
     let logger: Logger
     let pool: NIOThreadPool
 
+    /// Connects to libvirt at `uri`; `facts` are this host's unless given.
     public init(
         uri: String = "qemu:///system", layout: NodeLayout, facts: HostFacts = .detect(),
         logger: Logger = Logger(label: "lqx-node"), pool: NIOThreadPool = .singleton
@@ -74,6 +78,8 @@ public final class LibvirtHypervisor: Hypervisor {
             && XMLText.element("lqx:console-log", in: xml) == "\(layout.vmState(name))/console.log"
     }
 
+    /// Validates the spec, checks what it refers to, creates the VM's directories and disks and
+    /// defines the domain (stopped); the directories are removed again when a step fails.
     public func create(_ spec: VMSpec) async throws(LQXError) -> VMStatus {
         try spec.validate()
         return try await blocking { [self] () throws(LQXError) in try createBlocking(spec) }
@@ -228,6 +234,7 @@ public final class LibvirtHypervisor: Hypervisor {
         return cid
     }
 
+    /// Starts a defined VM (`failed_precondition` when it runs already).
     public func start(_ name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in
             let domain = try domain(name)
@@ -238,10 +245,12 @@ public final class LibvirtHypervisor: Hypervisor {
         }
     }
 
+    /// Presses the VM's ACPI power button; the guest decides whether and when to power off.
     public func requestShutdown(_ name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in try domain(name).shutdown() }
     }
 
+    /// Stops the VM at once (destroys its QEMU process); nothing happens when it is not running.
     public func forceStop(_ name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in
             let domain = try domain(name)
@@ -250,18 +259,23 @@ public final class LibvirtHypervisor: Hypervisor {
         }
     }
 
+    /// Asks the guest to reboot through ACPI.
     public func reboot(_ name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in try domain(name).reboot() }
     }
 
+    /// Pauses the VM's vCPUs.
     public func pause(_ name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in try domain(name).suspend() }
     }
 
+    /// Resumes a paused VM.
     public func resume(_ name: String) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in try domain(name).resume() }
     }
 
+    /// Undefines the VM (a running one only with `force`, which stops it first) and removes its
+    /// run directory, and its state directory with `deleteDisks` (else all but the qcow2 images).
     public func delete(_ name: String, force: Bool, deleteDisks: Bool) async throws(LQXError) {
         try await blocking { [self] () throws(LQXError) in
             let domain = try domain(name)
@@ -286,6 +300,7 @@ public final class LibvirtHypervisor: Hypervisor {
         }
     }
 
+    /// The status of a VM of this node (`not_found` otherwise).
     public func status(_ name: String) async throws(LQXError) -> VMStatus {
         try await blocking { [self] () throws(LQXError) in try status(of: domain(name)) }
     }
@@ -299,6 +314,7 @@ public final class LibvirtHypervisor: Hypervisor {
         }
     }
 
+    /// Every VM of this node (domains of other nodes or tools are left out), by name.
     public func list() async throws(LQXError) -> [VMStatus] {
         try await blocking { [self] () throws(LQXError) in
             // Only the node's own VMs: other domains on the same libvirtd are not ours to report.

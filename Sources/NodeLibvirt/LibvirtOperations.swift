@@ -61,12 +61,14 @@ extension LibvirtDomain {
         }
     }
 
+    /// Deletes the snapshot of that name.
     public func deleteSnapshot(_ snapshot: String) throws(LQXError) {
         try withSnapshot(snapshot) { pointer throws(LQXError) in
             try check(virDomainSnapshotDelete(pointer, 0), "deleting snapshot \(snapshot) of")
         }
     }
 
+    /// The domain's snapshots, each read from its XML.
     public func snapshots() throws(LQXError) -> [SnapshotInfo] {
         var list: UnsafeMutablePointer<virDomainSnapshotPtr?>?
         let count = virDomainListAllSnapshots(pointer, &list, 0)

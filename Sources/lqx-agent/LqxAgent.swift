@@ -5,7 +5,7 @@ import Glibc
 import GuestAgent
 import Logging
 import NIOCore
-import UnixSignals
+import ServiceLifecycle
 
 @main
 struct LqxAgent: AsyncParsableCommand {
@@ -112,20 +112,12 @@ struct LqxAgent: AsyncParsableCommand {
             session: SessionConfiguration(keepaliveTimeout: .milliseconds(Int64(keepaliveTimeout * 1000))),
             logger: logger, idleTrim: idleTrim > 0 ? .milliseconds(Int64(idleTrim * 1000)) : nil)
         let agent = try buildAgent(configuration: configuration)
-        // SIGTERM/SIGINT end the agent cleanly: the serving task is cancelled, which closes every
+        // SIGTERM/SIGINT end the agent cleanly: its service is cancelled, which closes every
         // session and kills the process groups of running commands.
-        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await agent.run() }
-            group.addTask {
-                for await signal in signals {
-                    logger.info("stopping", metadata: ["signal": "\(signal)"])
-                    return
-                }
-            }
-            try await group.next()
-            group.cancelAll()
-        }
+        let group = ServiceGroup(
+            configuration: .init(services: [agent], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        logger.info("stopped")
     }
 
     static func defaultAuditLog() -> String? {

@@ -1,11 +1,12 @@
 import Foundation
+import LQXModel
 import LQXTestSupport
 import Testing
 
 @testable import NodeCore
 @testable import NodeLibvirt
 
-/// ProcessSupport's `Child`: how the node runs qemu-img and the tests run every command.
+/// POSIXSupport's `Child`: how the node runs qemu-img and the tests run every command.
 @Suite("child processes")
 struct ChildTests {
     @Test("stdin in, stdout and stderr apart, exit code")
@@ -36,7 +37,7 @@ struct ChildTests {
 
     @Test("a missing binary is an error naming it; a signal is 128 + N")
     func failures() throws {
-        let error = #expect(throws: ChildError.self) { try Child.run("/nonexistent/tool", []) }
+        let error = #expect(throws: LQXError.self) { try Child.run("/nonexistent/tool", []) }
         #expect(error?.description.contains("/nonexistent/tool") == true)
         let killed = try Child.run("/bin/sh", ["-c", "kill -TERM $$"])
         #expect(killed.status == 128 + SIGTERM)

@@ -1,10 +1,13 @@
 import Foundation
-@_exported import ProcessSupport
+@_exported import POSIXSupport
 
 /// What a finished command printed and how it exited.
 public struct CommandResult: Sendable {
+    /// The exit code, or 128 + N when killed by signal N.
     public var status: Int32
+    /// What the command wrote to stdout, as text.
     public var stdout: String
+    /// What the command wrote to stderr, as text.
     public var stderr: String
 }
 
@@ -20,7 +23,7 @@ public enum Command {
     }
 
     /// Runs `binary` to completion on the calling thread; `stdin` nil reads /dev/null.
-    /// (ProcessSupport, not Foundation's Process: see `Child`.)
+    /// (POSIXSupport, not Foundation's Process: see `Child`.)
     public static func run(_ binary: String, _ arguments: [String], stdin: String? = nil) throws -> CommandResult {
         let output = try Child.run(binary, arguments, stdin: stdin.map { Array($0.utf8) })
         return CommandResult(status: output.status, stdout: output.stdoutText, stderr: output.stderrText)

@@ -11,14 +11,19 @@ import NodeCore
 /// are escaped, cut to 128 bytes, and at most `maxSeriesPerKind` of each kind are exported per VM,
 /// so a hostile guest cannot break the exposition or flood the scraper.
 public struct MetricsExposition {
+    /// The most filesystems, disks or network interfaces exported per VM (each kind counted apart).
     public static let maxSeriesPerKind = 32
+    /// The most bytes of a label value that are kept; the rest is cut.
     public static let maxLabelBytes = 128
 
     private var families: [String: (help: String, type: String, samples: [String])] = [:]
     private var order: [String] = []
 
+    /// Creates an empty exposition.
     public init() {}
 
+    /// Adds a sample with `labels` and `value` to the metric family `name`; the family's first
+    /// sample sets its `type` (`gauge`, `counter`) and `help`. Label values are escaped and cut.
     public mutating func add(
         _ name: String, _ type: String, _ help: String, _ labels: KeyValuePairs<String, String>, _ value: Double
     ) {
@@ -30,6 +35,8 @@ public struct MetricsExposition {
         families[name]!.samples.append("\(name){\(rendered)} \(Self.format(value))")
     }
 
+    /// The exposition: each family's HELP and TYPE lines, then its samples, in the order the
+    /// families were first added.
     public var text: String {
         var out = ""
         for name in order {

@@ -27,18 +27,21 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
 
     // MARK: VM lifecycle
 
+    /// The `CreateVM` RPC: validates the spec and defines the VM, stopped.
     public func createVM(request: Limiquantix_Node_V1_CreateVMRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.create(VMSpec(request.spec))) }
     }
 
+    /// The `StartVM` RPC.
     public func startVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.start(request.name)) }
     }
 
+    /// The `StopVM` RPC: graceful (agent, then ACPI, then forced after the timeout) or forced.
     public func stopVM(request: Limiquantix_Node_V1_StopVMRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_StopVMResponse
     {
@@ -61,24 +64,28 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `RebootVM` RPC.
     public func rebootVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.reboot(request.name)) }
     }
 
+    /// The `PauseVM` RPC.
     public func pauseVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.pause(request.name)) }
     }
 
+    /// The `ResumeVM` RPC.
     public func resumeVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.resume(request.name)) }
     }
 
+    /// The `DeleteVM` RPC.
     public func deleteVM(request: Limiquantix_Node_V1_DeleteVMRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_DeleteVMResponse
     {
@@ -88,12 +95,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `GetVM` RPC.
     public func getVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.status(request.name)) }
     }
 
+    /// The `ListVMs` RPC.
     public func listVMs(request: Limiquantix_Node_V1_ListVMsRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_ListVMsResponse
     {
@@ -105,6 +114,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
 
     // MARK: snapshots, disks, console, migration
 
+    /// The `CreateSnapshot` RPC.
     public func createSnapshot(request: Limiquantix_Node_V1_CreateSnapshotRequest, context: ServerContext)
         async throws -> Limiquantix_Node_V1_Snapshot
     {
@@ -115,12 +125,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `RevertSnapshot` RPC.
     public func revertSnapshot(request: Limiquantix_Node_V1_SnapshotRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.revertSnapshot(request.vm, name: request.name)) }
     }
 
+    /// The `DeleteSnapshot` RPC.
     public func deleteSnapshot(request: Limiquantix_Node_V1_SnapshotRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_DeleteSnapshotResponse
     {
@@ -130,6 +142,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `ListSnapshots` RPC.
     public func listSnapshots(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_ListSnapshotsResponse
     {
@@ -139,12 +152,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `AttachDisk` RPC.
     public func attachDisk(request: Limiquantix_Node_V1_AttachDiskRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
         try await api { vm(try await controller.attachDisk(request.vm, DiskSpec(request.disk))) }
     }
 
+    /// The `DetachDisk` RPC.
     public func detachDisk(request: Limiquantix_Node_V1_DetachDiskRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
@@ -153,6 +168,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `GetConsole` RPC.
     public func getConsole(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_ConsoleInfo
     {
@@ -166,6 +182,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `MigrateVM` RPC: progress about once a second; cancelling the call aborts the migration.
     public func migrateVM(
         request: Limiquantix_Node_V1_MigrateVMRequest, response: RPCWriter<Limiquantix_Node_V1_MigrationProgress>,
         context: ServerContext
@@ -208,6 +225,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
 
     // MARK: in-guest operations
 
+    /// The `Exec` RPC: `start` first, then stdin, signals and resizes; output and the exit status back.
     public func exec(
         request: RPCAsyncSequence<Limiquantix_Node_V1_ExecInput, any Error>,
         response: RPCWriter<Limiquantix_Node_V1_ExecOutput>, context: ServerContext
@@ -309,6 +327,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         return try await session.exec(options)
     }
 
+    /// The `Upload` RPC: `start`, then data, relayed to the agent with its hash checked.
     public func upload(
         request: RPCAsyncSequence<Limiquantix_Node_V1_UploadInput, any Error>, context: ServerContext
     ) async throws -> Limiquantix_Node_V1_TransferResult {
@@ -338,6 +357,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `Download` RPC: the file's size and mode, its data, then size and hash.
     public func download(
         request: Limiquantix_Node_V1_DownloadRequest, response: RPCWriter<Limiquantix_Node_V1_DownloadOutput>,
         context: ServerContext
@@ -366,12 +386,14 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         }
     }
 
+    /// The `GetTelemetry` RPC: the latest in-guest sample.
     public func getTelemetry(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VMTelemetry
     {
         try await api { try await controller.telemetry(request.name).proto }
     }
 
+    /// The `WatchTelemetry` RPC: the latest sample, then each new one.
     public func watchTelemetry(
         request: Limiquantix_Node_V1_VMRef, response: RPCWriter<Limiquantix_Node_V1_VMTelemetry>,
         context: ServerContext
@@ -383,6 +405,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
 
     // MARK: node
 
+    /// The `GetNodeInfo` RPC: inventory, hypervisor and counts.
     public func getNodeInfo(request: Limiquantix_Node_V1_NodeInfoRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_NodeInfo
     {

@@ -1,36 +1,7 @@
-import AgentProtocol
 import CLQXSupport
 import Glibc
+import LQXModel
 import Synchronization
-
-/// Starts a detached POSIX thread running `body` (the agent avoids Foundation's `Thread`, which
-/// would link Foundation and ICU into the guest binary).
-func startDetachedThread(stackSize: Int = 256 << 10, _ body: @escaping @Sendable () -> Void) {
-    final class Box: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    var attributes = pthread_attr_t()
-    pthread_attr_init(&attributes)
-    defer { pthread_attr_destroy(&attributes) }
-    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-    pthread_attr_setstacksize(&attributes, stackSize)
-    let context = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(
-        &thread, &attributes,
-        { raw in
-            let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
-            box.body()
-            return nil
-        }, context)
-    if rc != 0 {
-        // Out of threads: run inline rather than lose the work (callers only use this for work that
-        // blocks in the kernel, so this is a last resort that keeps behaviour correct).
-        Unmanaged<AnyObject>.fromOpaque(context).release()
-        body()
-    }
-}
 
 /// Readiness of descriptors for async code, without an event loop hop or a thread per wait.
 ///
@@ -38,21 +9,23 @@ func startDetachedThread(stackSize: Int = 256 << 10, _ body: @escaping @Sendable
 /// (EPOLLONESHOT) and is resumed when it is ready. Used for child processes: the pipes of exec
 /// output and input, and pidfds (readable once the process exited). A descriptor has at most one
 /// waiter at a time; its owner closes it only after its wait returned.
-final class Reactor: Sendable {
-    static let shared = Reactor()
-
+///
+/// Owned by the service that needs it (the guest agent's core); its thread starts with the first
+/// wait and lives as long as the process.
+public final class Reactor: Sendable {
     private let epoll: Int32
     private let waiters = Mutex<[Int32: CheckedContinuation<Void, any Error>]>([:])
     private let started = Atomic<Bool>(false)
 
-    private init() {
+    /// Creates a reactor (its epoll descriptor; the thread starts with the first wait).
+    public init() {
         epoll = lqx_reactor_create()
     }
 
     /// Waits until `fd` is readable (or, with `writable`, writable), hung up or in error.
     /// Throws `CancellationError` when the task is cancelled first (unless `cancellable` is false).
-    func wait(_ fd: Int32, writable: Bool = false, cancellable: Bool = true) async throws {
-        guard epoll >= 0 else { throw AgentError(.internal, "epoll is not available: \(errnoText())") }
+    public func wait(_ fd: Int32, writable: Bool = false, cancellable: Bool = true) async throws {
+        guard epoll >= 0 else { throw LQXError(.internal, "epoll is not available: \(errnoText())") }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 waiters.withLock { $0[fd] = continuation }
@@ -60,7 +33,7 @@ final class Reactor: Sendable {
                     startDetachedThread(stackSize: 128 << 10) { [self] in loop() }
                 }
                 if lqx_reactor_add(epoll, fd, writable ? 1 : 0) != 0 {
-                    let error = AgentError(.io, "epoll_ctl: \(errnoText())")
+                    let error = LQXError(.io, "epoll_ctl: \(errnoText())")
                     waiters.withLock { $0.removeValue(forKey: fd) }?.resume(throwing: error)
                     return
                 }
@@ -93,9 +66,10 @@ final class Reactor: Sendable {
 }
 
 /// Waits for child processes without blocking a thread per child.
-enum ChildReaper {
-    /// Waits until `pid` exits and returns its wait status. Not cancellable: a child is always reaped.
-    static func wait(pid: pid_t) async -> Int32 {
+public enum ChildReaper {
+    /// Waits until `pid` exits and returns its wait status (pidfd readiness through `reactor`).
+    /// Not cancellable: a child is always reaped.
+    public static func wait(pid: pid_t, reactor: Reactor) async -> Int32 {
         var status: Int32 = 0
         // Most short commands have exited by now; then no descriptor is needed at all.
         if let done = reap(pid, &status) { return done ? status : 127 << 8 }
@@ -108,7 +82,7 @@ enum ChildReaper {
         }
         defer { close(pidfd) }
         while true {
-            try? await Reactor.shared.wait(pidfd, cancellable: false)
+            try? await reactor.wait(pidfd, cancellable: false)
             if let done = reap(pid, &status) { return done ? status : 127 << 8 }
         }
     }
@@ -124,7 +98,7 @@ enum ChildReaper {
     }
 
     /// `waitpid` retried on EINTR; a child that cannot be waited for reports status 127.
-    static func blockingWait(_ pid: pid_t) -> Int32 {
+    public static func blockingWait(_ pid: pid_t) -> Int32 {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {
             if errno != EINTR { return 127 << 8 }

@@ -1,4 +1,6 @@
 import CLQXSupport
+import LQXModel
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -13,10 +15,11 @@ import CLQXSupport
 /// Swift test runner) can take SIGCHLD on that thread and drop it; `waitUntilExit` then never
 /// returns (a test hung that way, 2026-11-23, with the child a reaped-never zombie). `waitpid` on
 /// the child's own pid cannot miss the exit, whatever other code does with SIGCHLD.
-public final class Child: @unchecked Sendable {
+public final class Child: Sendable {
+    /// The child's process id.
     public let pid: pid_t
-    private let lock = Mutex()
-    private var exitStatus: Int32?
+    /// The exit status once reaped.
+    private let exitStatus = Mutex<Int32?>(nil)
 
     private init(pid: pid_t) { self.pid = pid }
 
@@ -25,68 +28,38 @@ public final class Child: @unchecked Sendable {
     /// process group and inherits no other descriptor.
     public static func spawn(
         _ path: String, _ arguments: [String], stdin: Int32? = nil, stdout: Int32? = nil, stderr: Int32? = nil
-    ) throws(ChildError) -> Child {
+    ) throws(LQXError) -> Child {
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
-        guard null >= 0 else { throw ChildError("cannot open /dev/null: \(String(cString: strerror(errno)))") }
+        guard null >= 0 else { throw LQXError(.io, "cannot open /dev/null: \(errnoText())") }
         defer { close(null) }
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        let envp = environmentStrings()
-        defer {
-            for p in argv { free(p) }
-            for p in envp { free(p) }
+        let request = SpawnRequest(
+            path: path, argv: [path] + arguments, environment: SpawnRequest.inheritedEnvironment, stdin: stdin ?? null,
+            stdout: stdout ?? null, stderr: stderr ?? null)
+        do {
+            return Child(pid: try request.spawn())
+        } catch {
+            throw LQXError(.io, "cannot run \(path): \(error.step) failed: \(errnoText(error.errno))")
         }
-        var childErrno: Int32 = 0
-        var step: UnsafePointer<CChar>?
-        let pid = path.withCString { cPath in
-            argv.withUnsafeBufferPointer { argvPointer in
-                envp.withUnsafeBufferPointer { envPointer in
-                    var options = lqx_spawn_options()
-                    options.path = cPath
-                    options.argv = argvPointer.baseAddress
-                    options.envp = envPointer.baseAddress
-                    options.stdin_fd = stdin ?? null
-                    options.stdout_fd = stdout ?? null
-                    options.stderr_fd = stderr ?? null
-                    return lqx_spawn(&options, &childErrno, &step)
-                }
-            }
-        }
-        guard pid > 0 else {
-            let what = step.map { String(cString: $0) } ?? "spawn"
-            throw ChildError("cannot run \(path): \(what) failed: \(String(cString: strerror(childErrno)))")
-        }
-        return Child(pid: pid)
     }
 
     /// A close-on-exec pipe: (read end, write end).
-    public static func pipe() throws(ChildError) -> (read: Int32, write: Int32) {
+    public static func pipe() throws(LQXError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
         guard lqx_pipe_cloexec(&fds) == 0 else {
-            throw ChildError("cannot create a pipe: \(String(cString: strerror(errno)))")
+            throw LQXError(.io, "cannot create a pipe: \(String(cString: strerror(errno)))")
         }
         return (fds[0], fds[1])
     }
 
-    /// The current environment as `KEY=VALUE` C strings, nil-terminated.
-    private static func environmentStrings() -> [UnsafeMutablePointer<CChar>?] {
-        var result: [UnsafeMutablePointer<CChar>?] = []
-        var entry = environ
-        while let string = entry.pointee {
-            result.append(strdup(string))
-            entry += 1
-        }
-        return result + [nil]
-    }
-
     /// Sends `signal` unless the child has been reaped (its pid may belong to another process).
     public func signal(_ signal: Int32) {
-        lock.withLock { if exitStatus == nil { _ = kill(pid, signal) } }
+        exitStatus.withLock { if $0 == nil { _ = kill(pid, signal) } }
     }
 
     /// The exit status (the exit code, or 128 + N when killed by signal N) once the child has
     /// exited; nil while it runs. Reaps it.
     public func poll() -> Int32? {
-        lock.withLock {
+        exitStatus.withLock { exitStatus in
             if let exitStatus { return exitStatus }
             var status: Int32 = 0
             var rc: pid_t
@@ -106,11 +79,11 @@ public final class Child: @unchecked Sendable {
     /// Blocks the calling thread until the child exits; its exit status. Call it from a thread of
     /// your own, never from the cooperative pool (see `exit(timeout:)`).
     public func wait() -> Int32 {
-        if let done = lock.withLock({ exitStatus }) { return done }
+        if let done = exitStatus.withLock({ $0 }) { return done }
         var status: Int32 = 0
         var rc: pid_t
         repeat { rc = waitpid(pid, &status, 0) } while rc < 0 && errno == EINTR
-        return lock.withLock {
+        return exitStatus.withLock { exitStatus in
             if exitStatus == nil { exitStatus = rc == pid ? Self.decode(status) : 127 }
             return exitStatus!
         }
@@ -136,22 +109,20 @@ public final class Child: @unchecked Sendable {
     }
 }
 
-/// A command that could not be started or read.
-public struct ChildError: Error, CustomStringConvertible, Sendable {
-    public var description: String
-    public init(_ description: String) { self.description = description }
-}
-
 /// What a finished command printed and how it exited.
 public struct ChildOutput: Sendable {
     /// The exit code, or 128 + N when killed by signal N.
     public var status: Int32
+    /// What the command wrote to stdout, up to the output limit.
     public var stdout: [UInt8]
+    /// What the command wrote to stderr, up to the output limit.
     public var stderr: [UInt8]
     /// True when more output came than the limit (the excess was read and dropped).
     public var truncated: Bool
 
+    /// `stdout` decoded as UTF-8 (invalid bytes become U+FFFD).
     public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
+    /// `stderr` decoded as UTF-8 (invalid bytes become U+FFFD).
     public var stderrText: String { String(decoding: stderr, as: UTF8.self) }
 }
 
@@ -161,12 +132,12 @@ extension Child {
     /// child never stalls on a full pipe) and reaps it. Blocking: call it off the cooperative pool.
     public static func run(
         _ path: String, _ arguments: [String], stdin input: [UInt8]? = nil, outputLimit: Int = 16 << 20
-    ) throws(ChildError) -> ChildOutput {
+    ) throws(LQXError) -> ChildOutput {
         var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1], inPipe: [Int32] = [-1, -1]
         defer { for fd in outPipe + errPipe + inPipe where fd >= 0 { close(fd) } }
         guard lqx_pipe_cloexec(&outPipe) == 0, lqx_pipe_cloexec(&errPipe) == 0,
             input == nil || lqx_pipe_cloexec(&inPipe) == 0
-        else { throw ChildError("cannot create a pipe: \(String(cString: strerror(errno)))") }
+        else { throw LQXError(.io, "cannot create a pipe: \(String(cString: strerror(errno)))") }
         let child = try spawn(
             path, arguments, stdin: input == nil ? nil : inPipe[0], stdout: outPipe[1], stderr: errPipe[1])
         // The child has its copies; the read loop sees EOF only once ours are closed.
@@ -226,48 +197,15 @@ extension Child {
     /// `run` on a thread of its own, so an async caller never blocks the cooperative pool.
     public static func output(
         _ path: String, _ arguments: [String], stdin: [UInt8]? = nil, outputLimit: Int = 16 << 20
-    ) async throws(ChildError) -> ChildOutput {
-        let result: Result<ChildOutput, ChildError> = await withCheckedContinuation { continuation in
-            var thread = pthread_t()
-            let box = Unmanaged.passRetained(
-                ThreadWork {
-                    continuation.resume(
-                        returning: Result { () throws(ChildError) in
-                            try run(path, arguments, stdin: stdin, outputLimit: outputLimit)
-                        })
-                })
-            let rc = pthread_create(
-                &thread, nil,
-                { raw in
-                    let work = Unmanaged<ThreadWork>.fromOpaque(raw!).takeRetainedValue()
-                    work.body()
-                    return nil
-                }, box.toOpaque())
-            if rc == 0 {
-                pthread_detach(thread)
-            } else {
-                box.release()
+    ) async throws(LQXError) -> ChildOutput {
+        let result: Result<ChildOutput, LQXError> = await withCheckedContinuation { continuation in
+            startDetachedThread {
                 continuation.resume(
-                    returning: .failure(ChildError("cannot start a thread: \(String(cString: strerror(rc)))")))
+                    returning: Result { () throws(LQXError) in
+                        try run(path, arguments, stdin: stdin, outputLimit: outputLimit)
+                    })
             }
         }
         return try result.get()
-    }
-}
-
-private final class ThreadWork: @unchecked Sendable {
-    let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
-}
-
-/// A pthread mutex (this module has no Foundation).
-final class Mutex: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
     }
 }
