@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "NodeCore",
             dependencies: [
-                "LQXModel", "HostBroker", "AgentProtocol",
+                "LQXModel", "HostBroker", "AgentProtocol", "POSIXSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

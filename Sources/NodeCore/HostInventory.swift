@@ -1,4 +1,5 @@
 import Foundation
+import POSIXSupport
 
 /// The host's hardware as the scheduler needs it (MODEL.md, Node status), read from /proc and /sys.
 public struct HostInventory: Sendable, Equatable, Codable {
@@ -123,12 +124,7 @@ public struct HostInventory: Sendable, Equatable, Codable {
         let threads = max(logical / max(sockets * cores, 1), 1)
 
         // Memory and huge pages.
-        var meminfo: [String: UInt64] = [:]
-        for line in (read("\(procRoot)/meminfo") ?? "").split(separator: "\n") {
-            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard parts.count >= 2, let value = UInt64(parts[1]) else { continue }
-            meminfo[String(parts[0].dropLast())] = parts.count > 2 && parts[2] == "kB" ? value * 1024 : value
-        }
+        let meminfo = ProcMeminfo.parse(read("\(procRoot)/meminfo") ?? "")
 
         // NUMA nodes.
         var numa: [NUMANode] = []

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import POSIXSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -422,23 +423,7 @@ public struct ProcSampler: Sendable {
 
     /// Parses the contents of `/proc/meminfo`; returns `nil` if `MemTotal` is missing.
     static func parseMeminfo(_ text: String) -> MemoryStats? {
-        var values: [Substring: UInt64] = [:]
-        for line in text.split(separator: "\n") {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            let key = line[..<colon]
-            let rest = fields(line[line.index(after: colon)...])
-            guard let number = rest.first, let value = UInt64(number) else { continue }
-            var bytes = value
-            if rest.count > 1 {
-                switch rest[1].lowercased() {
-                case "kb": bytes = saturatingMultiply(value, 1024)
-                case "mb": bytes = saturatingMultiply(value, 1024 * 1024)
-                case "gb": bytes = saturatingMultiply(value, 1024 * 1024 * 1024)
-                default: break
-                }
-            }
-            values[key] = bytes
-        }
+        let values = ProcMeminfo.parse(text)
         guard let total = values["MemTotal"] else { return nil }
         let free = values["MemFree"] ?? 0
         let buffers = values["Buffers"] ?? 0

@@ -3,6 +3,7 @@ import Foundation
 import HostBroker
 import LQXModel
 import NodeCore
+import POSIXSupport
 
 /// Prometheus text exposition (format 0.0.4) of the node and every VM's in-guest telemetry,
 /// rendered at scrape time from the node's current state (VMs come and go; nothing to unregister).
@@ -172,12 +173,9 @@ struct HostMetrics {
             }
         }
         if let meminfo = Self.file("\(procRoot)/meminfo") {
-            for line in meminfo.split(separator: "\n") {
-                let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-                guard parts.count >= 2, let kib = Double(parts[1]) else { continue }
-                if parts[0] == "MemTotal:" { h.memoryTotal = kib * 1024 }
-                if parts[0] == "MemAvailable:" { h.memoryAvailable = kib * 1024 }
-            }
+            let values = ProcMeminfo.parse(meminfo)
+            if let total = values["MemTotal"] { h.memoryTotal = Double(total) }
+            if let available = values["MemAvailable"] { h.memoryAvailable = Double(available) }
         }
         if let load = Self.file("\(procRoot)/loadavg"), let first = load.split(separator: " ").first {
             h.load1 = Double(first) ?? 0
