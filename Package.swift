@@ -209,16 +209,40 @@ let package = Package(
             name: "GuestAgentTests",
             dependencies: ["GuestAgent", "AgentProtocol", "CLQXSupport"]
         ),
+        // Node test helpers shared by the libvirt and daemon tests (test node layouts, guest boot waits).
+        .target(
+            name: "NodeTestSupport",
+            dependencies: ["LQXTestSupport", "NodeCore", "NodeLibvirt", "LQXModel"],
+            path: "Tests/NodeSupport"
+        ),
+        .testTarget(name: "POSIXSupportTests", dependencies: ["POSIXSupport", "LQXModel", "LQXTestSupport"]),
+        .testTarget(
+            name: "NodeCoreTests",
+            dependencies: [
+                "NodeCore", "NodeCoreTesting", "LQXModel", "HostBroker",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "NodeLibvirtTests",
+            dependencies: [
+                "NodeLibvirt", "NodeCore", "NodeTestSupport", "LQXTestSupport", "LQXModel", "HostBroker",
+                "AgentProtocol",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["Golden"]
+        ),
         .testTarget(
             name: "NodeDaemonTests",
             dependencies: [
-                "NodeDaemon", "NodeCore", "NodeLibvirt", "NodeCoreTesting", "HostBroker", "AgentProtocol", "NodeAPI",
-                "LQXTestSupport", "LQXModel", "LQXServer",
+                "NodeDaemon", "NodeCore", "NodeLibvirt", "NodeCoreTesting", "NodeTestSupport", "HostBroker",
+                "AgentProtocol", "NodeAPI", "LQXTestSupport", "LQXModel", "LQXServer",
                 .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
-            ],
-            exclude: ["Golden"]
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "HostBrokerTests",

@@ -260,6 +260,8 @@ public final class AgentService: Service, Sendable {
                 }
                 let relayEnd = pair[0]
                 _ = lqx_set_nonblocking(relayEnd)
+                // The relay blocks a thread of its own; this task only waits for it. It is awaited
+                // below on every path and ends when `relayEnd` is shut down or the port fails.
                 let relay = Task { await runOnThread { lqx_vport_relay(port, relayEnd, stopRead, 256 << 10) } }
                 do {
                     let channel = try await ClientBootstrap(group: group).withConnectedSocket(pair[1]) { channel in

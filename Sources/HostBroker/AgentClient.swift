@@ -241,7 +241,8 @@ public final class AgentClient: Service, Sendable {
         let helloFrame = Frame(type: .hello, session: session, payload: hello.buffer())
         let retry = configuration.session.helloRetry
         let timeout = configuration.session.handshakeTimeout
-        // Repeat HELLO until WELCOME: on virtio-serial the agent may not be reading yet.
+        // Repeat HELLO until WELCOME: on virtio-serial the agent may not be reading yet. Beside the
+        // read loop below; cancelled by the `defer` when the handshake ends, however it ends.
         let retransmit = Task {
             let deadline = NIODeadline.now() + timeout
             while !Task.isCancelled {

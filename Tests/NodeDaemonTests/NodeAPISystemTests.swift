@@ -3,6 +3,7 @@ import HostBroker
 import LQXModel
 import LQXTestSupport
 import NodeDaemon
+import NodeTestSupport
 import Testing
 
 @testable import NodeCore
@@ -16,7 +17,7 @@ struct NodeAPISystemTests {
     )
     func endToEnd() async throws {
         guard LibvirtAvailability.available else { return }
-        let image = NodeLibvirtSystemTests.imageDirectory
+        let image = TestGuest.imageDirectory
         let kernel = image + "/vmlinuz", initrd = image + "/initramfs.cpio"
         try #require(FileManager.default.fileExists(atPath: kernel), "guest image missing")
         let node = try TestNode()
@@ -27,7 +28,7 @@ struct NodeAPISystemTests {
         func lqx(_ arguments: [String], stdin: String? = nil) async throws -> CommandResult {
             try await Command.output(Command.binary("lqx"), ["--node", daemon.api] + arguments, stdin: stdin)
         }
-        let boot = ["--kernel", kernel, "--initrd", initrd, "--cmdline", NodeLibvirtSystemTests.cmdline]
+        let boot = ["--kernel", kernel, "--initrd", initrd, "--cmdline", TestGuest.cmdline]
         let consoleLog = node.layout.vmState(name) + "/console.log"
 
         // Bad specs: a clear error naming the problem, exit status 255, nothing left behind.
@@ -333,7 +334,7 @@ extension NodeAPISystemTests {
     @Test("live migration to another libvirt: the guest keeps running (same boot id) and leaves this node")
     func migration() async throws {
         guard LibvirtAvailability.available else { return }
-        let image = NodeLibvirtSystemTests.imageDirectory
+        let image = TestGuest.imageDirectory
         try #require(FileManager.default.fileExists(atPath: image + "/vmlinuz"), "guest image missing")
         let peer = try LibvirtPeer.start()
         let node = try TestNode()
@@ -362,7 +363,7 @@ extension NodeAPISystemTests {
         }
         let created = try await lqx([
             "vm", "create", name, "--kernel", image + "/vmlinuz", "--initrd", image + "/initramfs.cpio", "--cmdline",
-            NodeLibvirtSystemTests.cmdline, "--memory", "384", "--start",
+            TestGuest.cmdline, "--memory", "384", "--start",
         ])
         try #require(created.status == 0, "\(created.stderr)")
         let bootID = try await waitForBootID(name, daemon.api)

@@ -5,6 +5,7 @@ import GRPCNIOTransportHTTP2Posix
 import LQXModel
 import Logging
 import NodeAPI
+import NodeTestSupport
 import Testing
 
 @testable import NodeCore

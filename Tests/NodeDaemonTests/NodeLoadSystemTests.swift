@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2Posix
 import LQXTestSupport
 import Logging
 import NodeAPI
+import NodeTestSupport
 import Testing
 
 @testable import NodeCore
@@ -30,7 +31,7 @@ struct NodeLoadSystemTests {
     @Test("all normal agents connect and keep answering at normal latency beside a hostile VM")
     func twentyVMs() async throws {
         guard LibvirtAvailability.available else { return }
-        let image = NodeLibvirtSystemTests.imageDirectory
+        let image = TestGuest.imageDirectory
         try #require(FileManager.default.fileExists(atPath: image + "/vmlinuz"), "guest image missing")
         let node = try TestNode()
         defer { node.remove() }

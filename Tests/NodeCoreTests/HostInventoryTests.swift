@@ -2,8 +2,6 @@ import Foundation
 import Testing
 
 @testable import NodeCore
-@testable import NodeDaemon
-@testable import NodeLibvirt
 
 @Suite("host discovery")
 struct HostInventoryTests {

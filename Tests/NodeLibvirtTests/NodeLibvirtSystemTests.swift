@@ -4,7 +4,8 @@ import HostBroker
 import LQXModel
 import LQXTestSupport
 import Logging
-import NodeDaemon
+import NodeCoreTesting
+import NodeTestSupport
 import Testing
 
 @testable import NodeCore
@@ -14,17 +15,8 @@ import Testing
 /// kernel + initramfs, its agent reached on the socket libvirt binds for the virtio-serial channel.
 @Suite("node: a real VM under libvirt", .serialized)
 struct NodeLibvirtSystemTests {
-    static var imageDirectory: String {
-        ProcessInfo.processInfo.environment["LQX_GUEST_IMAGE"]
-            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent(".build-guest/image").path
-    }
-
-    /// Kernel messages up to info level reach the console log, so a boot that stalls shows where.
-    /// `no_timer_check`: under TCG on 2 busy cores the kernel's check that the timer interrupt
-    /// works can fail ("..MP-BIOS bug: 8254 timer not connected to IO-APIC") and the boot hangs
-    /// there; seen once in 20 VMs booting at once. Cloud images set it for the same reason.
-    static let cmdline = "console=ttyS0 loglevel=6 no_timer_check rdinit=/init"
+    static var imageDirectory: String { TestGuest.imageDirectory }
+    static var cmdline: String { TestGuest.cmdline }
 
     @Test(
         "create → start → agent session → exec → pause/resume → running delete refused → ACPI stop → force stop → delete"
@@ -263,27 +255,4 @@ extension LibvirtHypervisor {
         try await forceStop(name)
         try await start(name)
     }
-}
-
-/// After a failed system test: prints what tells why (the domain's state, the guest console, QEMU's
-/// log and, while it runs, where the vCPUs are), then deletes the VM.
-func abandon(_ name: String, _ hypervisor: LibvirtHypervisor, console: String) async {
-    let text = (try? String(contentsOfFile: console, encoding: .utf8)) ?? "(none)"
-    let state = (try? await hypervisor.status(name).state.rawValue) ?? "unknown"
-    print("VM \(name) state: \(state)")
-    print("guest console:\n\(text.suffix(4000))")
-    let qemuLog = (try? String(contentsOfFile: "/var/log/libvirt/qemu/\(name).log", encoding: .utf8)) ?? "(none)"
-    print("QEMU log:\n\(qemuLog.suffix(3000))")
-    if state == "running" {
-        print("vCPU registers:\n\(virsh(["qemu-monitor-command", "--hmp", name, "info registers -a"]).prefix(6000))")
-    }
-    try? await hypervisor.delete(name, force: true, deleteDisks: true)
-}
-
-/// Output of a virsh command on qemu:///system (diagnostics only).
-func virsh(_ arguments: [String]) -> String {
-    guard let result = try? Command.run("/usr/bin/virsh", ["-c", "qemu:///system"] + arguments) else {
-        return "(virsh not runnable)"
-    }
-    return result.stdout + result.stderr
 }

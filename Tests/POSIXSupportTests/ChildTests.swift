@@ -1,10 +1,8 @@
 import Foundation
 import LQXModel
 import LQXTestSupport
+import POSIXSupport
 import Testing
-
-@testable import NodeCore
-@testable import NodeLibvirt
 
 /// POSIXSupport's `Child`: how the node runs qemu-img and the tests run every command.
 @Suite("child processes")

@@ -1,9 +1,9 @@
 import Foundation
 import LQXModel
+import NodeTestSupport
 import Testing
 
 @testable import NodeCore
-@testable import NodeDaemon
 @testable import NodeLibvirt
 
 @Suite("domain XML from VM specs")

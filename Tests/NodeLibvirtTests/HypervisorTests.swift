@@ -1,7 +1,7 @@
 import Foundation
 import LQXModel
 import LQXTestSupport
-import NodeDaemon
+import NodeTestSupport
 import Testing
 
 @testable import NodeCore
