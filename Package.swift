@@ -45,7 +45,6 @@ let package = Package(
         .target(
             name: "NodeAPI",
             dependencies: [
-                "AgentProtocol",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -238,6 +237,7 @@ let package = Package(
                 "NodeDaemon", "NodeCore", "NodeLibvirt", "NodeCoreTesting", "NodeTestSupport", "HostBroker",
                 "AgentProtocol", "NodeAPI", "LQXTestSupport", "LQXModel", "LQXServer",
                 .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -2,7 +2,7 @@
 # Regenerates the committed protobuf and gRPC code from proto/. Run by hand after editing a .proto
 # file and commit the result; CI never runs protoc.
 #   Sources/AgentProtocol/Generated/  limiquantix/agent/v1/agent.proto (messages only)
-#   Sources/NodeAPI/Generated/        limiquantix/node/v1/node.proto (messages + gRPC service)
+#   Sources/NodeAPI/Generated/        limiquantix/node/v1/node.proto (messages + gRPC service; no agent.v1 import)
 # Needs: apt-get install protobuf-compiler; builds protoc-gen-swift (swift-protobuf 1.39.0) and
 # protoc-gen-grpc-swift-2 (grpc-swift-protobuf 2.4.1) from the package sources.
 set -euo pipefail
@@ -26,20 +26,12 @@ protoc --plugin=protoc-gen-swift="$swift_plugin" \
     --swift_out=Sources/AgentProtocol/Generated --swift_opt=Visibility=Public \
     -I proto proto/limiquantix/agent/v1/agent.proto
 
-# node.proto imports agent.proto: its types come from the AgentProtocol module.
-mapping=$(mktemp)
-trap 'rm -f "$mapping"' EXIT
-cat >"$mapping" <<'MAP'
-mapping {
-  module_name: "AgentProtocol"
-  proto_file_path: "limiquantix/agent/v1/agent.proto"
-}
-MAP
+# node.proto has its own messages (no import of agent.proto): the node API is versioned apart.
 mkdir -p Sources/NodeAPI/Generated
 protoc --plugin=protoc-gen-swift="$swift_plugin" --plugin=protoc-gen-grpc-swift-2="$grpc_plugin" \
-    --swift_out=Sources/NodeAPI/Generated --swift_opt=Visibility=Public,ProtoPathModuleMappings="$mapping" \
+    --swift_out=Sources/NodeAPI/Generated --swift_opt=Visibility=Public \
     --grpc-swift-2_out=Sources/NodeAPI/Generated \
-    --grpc-swift-2_opt=Visibility=Public,Server=true,Client=true,ProtoPathModuleMappings="$mapping" \
+    --grpc-swift-2_opt=Visibility=Public,Server=true,Client=true \
     -I proto proto/limiquantix/node/v1/node.proto
 swift format -i -r Sources/AgentProtocol/Generated Sources/NodeAPI/Generated
 echo "generated Sources/AgentProtocol/Generated and Sources/NodeAPI/Generated"

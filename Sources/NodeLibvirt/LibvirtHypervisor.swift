@@ -134,7 +134,7 @@ public final class LibvirtHypervisor: Hypervisor {
                 created.append(dir)
                 if let user = facts.qemuUser { chown(dir, user.uid, user.gid) }
             }
-            let uuid = UUID().uuidString.lowercased()
+            let uuid = VMID.random().rawValue
             var disks: [DomainPlan.PlannedDisk] = []
             for (index, disk) in spec.disks.enumerated() {
                 switch disk.source {

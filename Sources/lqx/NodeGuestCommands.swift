@@ -19,7 +19,7 @@
         /// `lqx --node HOST:PORT exec NAME -- CMD…` through the node's Exec stream.
         func runThroughNode(_ node: String) async throws {
             let target = try nodeTarget()
-            let request = Limiquantix_Agent_V1_ExecRequest.with {
+            let request = Limiquantix_Node_V1_ExecRequest.with {
                 $0.argv = target.argv
                 for pair in env {
                     let eq = pair.firstIndex(of: "=")!
@@ -300,10 +300,13 @@
                 let telemetry = try await NodeConnection.with(node) {
                     try await $0.getTelemetry(.with { $0.name = vm }, options: NodeConnection.callOptions)
                 }
+                // The node API's sample has the agent's fields and numbers (node.proto): shown
+                // exactly as `lqx --agent metrics` shows the agent's own.
+                let sample = try TelemetrySample(serializedBytes: telemetry.sample.serializedBytes() as [UInt8])
                 if output == .json {
-                    print(try JSONOutput.render(telemetry.sample))
+                    print(try JSONOutput.render(sample))
                 } else {
-                    print(render(telemetry.sample), terminator: "")
+                    print(render(sample), terminator: "")
                 }
             }
         }

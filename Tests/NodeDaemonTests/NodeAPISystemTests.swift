@@ -367,6 +367,34 @@ extension NodeAPISystemTests {
         ])
         try #require(created.status == 0, "\(created.stderr)")
         let bootID = try await waitForBootID(name, daemon.api)
+        // A migration whose client goes away (Ctrl-C of lqx) aborts the libvirt job: the VM stays
+        // here, running, and no job is left.
+        let errPath = node.root + "/migrate-cancel.err"
+        let errFD = open(errPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let slow = try Child.spawn(
+            Command.binary("lqx"),
+            [
+                "--node", daemon.api, "vm", "migrate", name, peer.uri, "--migration-address", "127.0.0.1",
+                "--bandwidth", "1",
+            ], stderr: errFD)
+        close(errFD)
+        for _ in 0..<100 {
+            if (try? String(contentsOfFile: errPath, encoding: .utf8))?.contains("migrating") == true { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        slow.signal(SIGINT)
+        #expect(await slow.exit(timeout: .seconds(10)) == 130)
+        var jobGone = false
+        for _ in 0..<100 {
+            if virsh(["domjobinfo", name]).contains("None") {
+                jobGone = true
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(jobGone, "the migration job of \(name) was not aborted: \(virsh(["domjobinfo", name]))")
+        let stayed = try await lqx(["vm", "get", name])
+        #expect(stayed.status == 0 && stayed.stdout.contains("running"), "\(stayed)")
         let migrated = try await lqx([
             "vm", "migrate", name, peer.uri, "--migration-address", "127.0.0.1", "--max-downtime", "500",
         ])

@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCInProcessTransport
 import GRPCNIOTransportHTTP2Posix
+import HostBroker
 import LQXModel
 import LQXServer
 import LQXTestSupport
@@ -9,6 +10,7 @@ import Logging
 import NodeAPI
 import NodeCoreTesting
 import NodeTestSupport
+import SwiftProtobuf
 import Testing
 
 @testable import NodeCore
@@ -164,6 +166,108 @@ struct NodeServiceTCPTests {
         }
     }
 
+}
+
+/// One version source for every binary.
+@Suite("versions")
+struct VersionTests {
+    @Test("lqx, lqx-node and lqx-agent print LimiquantixVersion.current for --version")
+    func versions() throws {
+        for binary in ["lqx", "lqx-node", "lqx-agent"] {
+            let result = try Command.run(Command.binary(binary), ["--version"])
+            #expect(result.status == 0, "\(binary): \(result.stderr)")
+            #expect(
+                result.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == LimiquantixVersion.current, "\(binary)"
+            )
+        }
+    }
+
+    @Test("module names qualify their types (no type named like its module)")
+    func qualifiedNames() {
+        // Before issue 12 `public enum HostBroker` shadowed the module, so `HostBroker.AgentClient`
+        // did not compile; these lines are the test.
+        let client: HostBroker.AgentClient.Type = HostBroker.AgentClient.self
+        let manager: NodeCore.VMManager.Type = NodeCore.VMManager.self
+        #expect("\(client)" == "AgentClient" && "\(manager)" == "VMManager")
+    }
+}
+
+/// The node API's own in-guest messages carry what the agent sent, field for field.
+@Suite("node.v1 in-guest messages")
+struct NodeMessageTests {
+    @Test("a telemetry sample with every field set reaches the node API unchanged")
+    func telemetryRelay() throws {
+        let sample = TelemetrySample.with {
+            $0.timestampMs = 1_700_000_000_123
+            $0.cpu = .with {
+                $0.totalPercent = 12.5
+                $0.perCpuPercent = [10, 15]
+            }
+            $0.memory = .with {
+                $0.totalBytes = 1 << 30
+                $0.availableBytes = 1 << 29
+                $0.freeBytes = 1 << 28
+                $0.buffersBytes = 1 << 20
+                $0.cachedBytes = 1 << 21
+                $0.swapTotalBytes = 1 << 22
+                $0.swapFreeBytes = 1 << 21
+            }
+            $0.load = .with {
+                $0.one = 0.5
+                $0.five = 0.25
+                $0.fifteen = 0.125
+                $0.runnable = 2
+                $0.total = 99
+            }
+            $0.filesystems = [
+                .with {
+                    $0.mountPoint = "/"
+                    $0.device = "/dev/vda1"
+                    $0.type = "ext4"
+                    $0.totalBytes = 10
+                    $0.usedBytes = 4
+                    $0.freeBytes = 6
+                    $0.totalInodes = 100
+                    $0.freeInodes = 50
+                }
+            ]
+            $0.disks = [
+                .with {
+                    $0.name = "vda"
+                    $0.readsCompleted = 1
+                    $0.readBytes = 2
+                    $0.writesCompleted = 3
+                    $0.writtenBytes = 4
+                    $0.ioTimeMs = 5
+                }
+            ]
+            $0.interfaces = [
+                .with {
+                    $0.name = "eth0"
+                    $0.rxBytes = 1
+                    $0.rxPackets = 2
+                    $0.rxErrors = 3
+                    $0.rxDropped = 4
+                    $0.txBytes = 5
+                    $0.txPackets = 6
+                    $0.txErrors = 7
+                    $0.txDropped = 8
+                    $0.addresses = ["10.0.2.15/24"]
+                    $0.macAddress = "52:54:00:12:34:56"
+                    $0.up = true
+                }
+            ]
+            $0.processCount = 42
+            $0.uptimeSeconds = 3600.5
+            $0.cpuCount = 2
+        }
+        let relayed = Limiquantix_Node_V1_TelemetrySample(relaying: sample)
+        var options = JSONEncodingOptions()
+        options.preserveProtoFieldNames = true
+        #expect(try relayed.jsonString(options: options) == sample.jsonString(options: options))
+        #expect(relayed.unknownFields.data.isEmpty)
+        #expect(relayed.interfaces.first?.macAddress == "52:54:00:12:34:56" && relayed.cpuCount == 2)
+    }
 }
 
 /// `lqx vm migrate` against a node daemon whose hypervisor records what it was asked.

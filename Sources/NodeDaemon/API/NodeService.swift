@@ -506,7 +506,21 @@ extension VMTelemetry {
         .with {
             $0.vm = vm
             $0.receivedUnixMs = receivedUnixMilliseconds
-            $0.sample = sample
+            $0.sample = Limiquantix_Node_V1_TelemetrySample(relaying: sample)
+        }
+    }
+}
+
+extension Limiquantix_Node_V1_TelemetrySample {
+    /// The agent's sample as the node API's message. Both schemas have the same fields and numbers
+    /// today (node.proto), so the encoding carries over exactly; `NodeServiceTests` checks every
+    /// field. A field the agent adds later arrives as an unknown field, dropped from JSON.
+    init(relaying sample: TelemetrySample) {
+        do {
+            self = try Self(serializedBytes: sample.serializedBytes() as [UInt8])
+        } catch {
+            // Unreachable while the schemas agree: a message the node just decoded re-encodes.
+            self = Self()
         }
     }
 }

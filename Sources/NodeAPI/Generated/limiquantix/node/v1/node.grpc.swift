@@ -15,7 +15,6 @@
 
 import GRPCCore
 import GRPCProtobuf
-import AgentProtocol
 
 // MARK: - limiquantix.node.v1.Node
 
