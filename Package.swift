@@ -206,7 +206,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GuestAgentTests",
-            dependencies: ["GuestAgent", "AgentProtocol", "CLQXSupport"]
+            dependencies: ["GuestAgent", "AgentProtocol", "CLQXSupport", "LQXModel"]
         ),
         // Node test helpers shared by the libvirt and daemon tests (test node layouts, guest boot waits).
         .target(
@@ -244,10 +244,28 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // An in-process agent and broker for the broker and CLI tests.
+        .target(
+            name: "AgentTestSupport",
+            dependencies: [
+                "GuestAgent", "HostBroker", "AgentProtocol", "LQXTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/AgentSupport"
+        ),
         .testTarget(
             name: "HostBrokerTests",
             dependencies: [
-                "HostBroker", "GuestAgent", "AgentProtocol", "CLQXSupport", "LQXTestSupport",
+                "HostBroker", "GuestAgent", "AgentProtocol", "CLQXSupport", "LQXTestSupport", "AgentTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // The `lqx` binary: command shapes, exit statuses, and its broker against a hostile agent.
+        .testTarget(
+            name: "lqxTests",
+            dependencies: [
+                "HostBroker", "GuestAgent", "AgentProtocol", "LQXTestSupport", "AgentTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -2,23 +2,12 @@ import AgentProtocol
 import Logging
 import NIOCore
 
-/// Telemetry sample as sent by the agent.
-public typealias TelemetrySample = Limiquantix_Agent_V1_TelemetrySample
-/// Agent and guest OS information.
-public typealias AgentInfo = Limiquantix_Agent_V1_Info
-/// A file's metadata in the guest.
-public typealias GuestFileStat = Limiquantix_Agent_V1_FileStat
-/// What a power request will do.
-public typealias PowerAction = Limiquantix_Agent_V1_PowerAction
-/// The agent's acknowledgement of a power request.
-public typealias ShutdownAccepted = Limiquantix_Agent_V1_ShutdownAccepted
-
 /// One established session with an agent. Operations fail with `AgentError` (code `closed`)
 /// once the session ends; `AgentClient` then establishes a new one.
 public final class AgentSession: Sendable {
     let mux: Multiplexer
-    /// What the agent announced.
-    public let welcome: Welcome
+    /// What the agent announced (wire form; `info()` gives the agent's details as Swift values).
+    let welcome: Welcome
     /// How long an operation waits for a reply or for the next piece of progress
     /// (`BrokerConfiguration.operationTimeout`).
     public let operationTimeout: Duration
@@ -86,7 +75,7 @@ public final class AgentSession: Sendable {
     public func info() async throws(AgentError) -> AgentInfo {
         let reply = try await unary(.with { $0.info = .init() }, "info")
         guard case .info(let info) = reply.kind else { throw unexpected(reply, to: "info") }
-        return info
+        return AgentInfo(wire: info)
     }
 
     /// Round trip of a PING through the agent; returns the time it took. Fails with `timeout`
@@ -119,7 +108,7 @@ public final class AgentSession: Sendable {
     public func telemetry() async throws(AgentError) -> TelemetrySample {
         let reply = try await unary(.with { $0.telemetry = .with { $0.intervalMs = 0 } }, "telemetry")
         guard case .telemetry(let sample) = reply.kind else { throw unexpected(reply, to: "telemetry") }
-        return sample
+        return TelemetrySample(wire: sample)
     }
 
     /// A telemetry sample every `interval` (at least 100 ms) until the consumer stops iterating.
@@ -137,7 +126,7 @@ public final class AgentSession: Sendable {
                 }
             }, "stat")
         guard case .stat(let stat) = reply.kind else { throw unexpected(reply, to: "stat") }
-        return stat
+        return GuestFileStat(wire: stat)
     }
 
     /// Entries of a guest directory, sorted by name. Each batch must come within
@@ -150,7 +139,7 @@ public final class AgentSession: Sendable {
                 while let (reply, end) = try await nextReply(stream) {
                     guard case .listing(let listing) = reply.kind else { throw unexpected(reply, to: "list") }
                     progress.note()
-                    entries += listing.entries
+                    entries += listing.entries.map(GuestFileStat.init(wire:))
                     if end { break }
                 }
             }
@@ -170,11 +159,11 @@ public final class AgentSession: Sendable {
         let reply = try await unary(
             .with {
                 $0.shutdown = .with {
-                    $0.action = action; $0.delaySeconds = delay
+                    $0.action = action.wire; $0.delaySeconds = delay
                 }
             }, "shutdown")
         guard case .shutdown(let accepted) = reply.kind else { throw unexpected(reply, to: "shutdown") }
-        return accepted
+        return ShutdownAccepted(wire: accepted)
     }
 
     /// Gives up on a stream the agent may still be working on: RESET makes it stop (kill the

@@ -74,7 +74,7 @@ public final class TelemetrySubscription: AsyncSequence, Sendable {
                 }
                 if end { finished = true }
                 lastDelivery = .now
-                return sample
+                return TelemetrySample(wire: sample)
             } catch {
                 finished = true
                 throw error

@@ -1,5 +1,5 @@
-import AgentProtocol
 import Foundation
+import HostBroker
 
 /// The `-o json` documents of `info` and `metrics`.
 ///
@@ -7,7 +7,7 @@ import Foundation
 /// reading the output would have to know to default); names are the schema's snake_case field
 /// names and 64-bit integers are JSON numbers.
 enum JSONOutput {
-    static func render(_ info: Limiquantix_Agent_V1_Info) throws -> String {
+    static func render(_ info: AgentInfo) throws -> String {
         try encode(
             InfoDocument(
                 agent_version: info.agentVersion, protocol_version: info.protocolVersion,
@@ -19,7 +19,7 @@ enum JSONOutput {
                 capabilities: info.capabilities, agent_instance: info.agentInstance))
     }
 
-    static func render(_ sample: Limiquantix_Agent_V1_TelemetrySample) throws -> String {
+    static func render(_ sample: TelemetrySample) throws -> String {
         let m = sample.memory, l = sample.load
         return try encode(
             SampleDocument(

@@ -300,9 +300,11 @@
                 let telemetry = try await NodeConnection.with(node) {
                     try await $0.getTelemetry(.with { $0.name = vm }, options: NodeConnection.callOptions)
                 }
-                // The node API's sample has the agent's fields and numbers (node.proto): shown
-                // exactly as `lqx --agent metrics` shows the agent's own.
-                let sample = try TelemetrySample(serializedBytes: telemetry.sample.serializedBytes() as [UInt8])
+                // The node API's sample has the agent's fields and numbers (node.proto): read as
+                // the agent's message, it is shown exactly as `lqx --agent metrics` shows it.
+                let sample = TelemetrySample(
+                    wire: try Limiquantix_Agent_V1_TelemetrySample(
+                        serializedBytes: telemetry.sample.serializedBytes() as [UInt8]))
                 if output == .json {
                     print(try JSONOutput.render(sample))
                 } else {

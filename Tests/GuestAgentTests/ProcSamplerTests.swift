@@ -1,4 +1,5 @@
 import Foundation
+import LQXModel
 import Testing
 
 @testable import GuestAgent
@@ -184,7 +185,7 @@ struct ProcSamplerFixtureTests {
     @Test func statWithoutAggregateLineThrows() throws {
         let root = try FakeRoot(files: ["stat": "cpu0 1 2 3 4\nintr 5\n"])
         defer { root.remove() }
-        #expect(throws: ProcReadError.self) {
+        #expect(throws: LQXError.self) {
             try ProcSampler(procRoot: root.path).readCPUTimes()
         }
     }
@@ -220,7 +221,7 @@ struct ProcSamplerFixtureTests {
     @Test func meminfoWithoutTotalThrows() throws {
         let root = try FakeRoot(files: ["meminfo": "MemFree: 100 kB\n"])
         defer { root.remove() }
-        #expect(throws: ProcReadError.self) {
+        #expect(throws: LQXError.self) {
             try ProcSampler(procRoot: root.path).readMemory()
         }
     }
@@ -235,11 +236,11 @@ struct ProcSamplerFixtureTests {
     @Test func malformedLoadAverageThrows() throws {
         let root = try FakeRoot(files: ["loadavg": "0.50 abc 2.00 3/456 7890\n"])
         defer { root.remove() }
-        #expect(throws: ProcReadError.self) {
+        #expect(throws: LQXError.self) {
             try ProcSampler(procRoot: root.path).readLoad()
         }
         try root.write("loadavg", "0.50 1.0 2.00 3456 7890\n")
-        #expect(throws: ProcReadError.self) {
+        #expect(throws: LQXError.self) {
             try ProcSampler(procRoot: root.path).readLoad()
         }
     }
@@ -294,10 +295,10 @@ struct ProcSamplerFixtureTests {
 
     @Test func missingRootDegradesGracefully() throws {
         let sampler = ProcSampler(procRoot: "/nonexistent-\(UUID().uuidString)", sysRoot: "/nonexistent")
-        #expect(throws: ProcReadError.self) { try sampler.readCPUTimes() }
-        #expect(throws: ProcReadError.self) { try sampler.readMemory() }
-        #expect(throws: ProcReadError.self) { try sampler.readLoad() }
-        #expect(throws: ProcReadError.self) { try sampler.snapshot() }
+        #expect(throws: LQXError.self) { try sampler.readCPUTimes() }
+        #expect(throws: LQXError.self) { try sampler.readMemory() }
+        #expect(throws: LQXError.self) { try sampler.readLoad() }
+        #expect(throws: LQXError.self) { try sampler.snapshot() }
         #expect(sampler.readFilesystems().isEmpty)
         #expect(sampler.readDisks().isEmpty)
         #expect(sampler.readInterfaces().isEmpty)

@@ -1,6 +1,8 @@
 import AgentProtocol
+import AgentTestSupport
 import Foundation
 import GuestAgent
+import LQXTestSupport
 import NIOCore
 import Synchronization
 import Testing

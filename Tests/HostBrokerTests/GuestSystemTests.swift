@@ -1,5 +1,7 @@
 import AgentProtocol
+import AgentTestSupport
 import Foundation
+import LQXTestSupport
 import NIOCore
 import Testing
 

@@ -1,7 +1,9 @@
 import AgentProtocol
+import AgentTestSupport
 import CLQXSupport
 import Foundation
 import GuestAgent
+import LQXTestSupport
 import Logging
 import NIOCore
 import Synchronization

@@ -1,7 +1,9 @@
 import AgentProtocol
+import AgentTestSupport
 import CLQXSupport
 import Foundation
 import GuestAgent
+import LQXTestSupport
 import Logging
 import NIOCore
 import Synchronization
@@ -10,30 +12,6 @@ import Testing
 @testable import HostBroker
 
 /// Runs an agent on `socket` until `body` returns.
-func withRunningAgent<T: Sendable>(
-    socket: String, policy: AgentPolicy = AgentPolicy(), _ body: @Sendable @escaping () async throws -> T
-) async throws -> T {
-    let agent = try buildAgent(configuration: Harness.agentConfiguration(socket: socket, policy: policy))
-    return try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask {
-            try await agent.run()
-            return nil
-        }
-        group.addTask {
-            for _ in 0..<100 where access(socket, F_OK) != 0 { try await Task.sleep(for: .milliseconds(20)) }
-            return try await body()
-        }
-        defer { group.cancelAll() }
-        while let result = try await group.next() {
-            if let result { return result }
-        }
-        throw AgentError(.internal, "agent ended")
-    }
-}
-
-func execRequest(_ argv: [String]) -> ByteBuffer {
-    Request.with { $0.exec = .with { $0.argv = argv } }.buffer()
-}
 
 @Suite("resynchronisation: restarts, stale sessions, garbage")
 struct ResyncTests {

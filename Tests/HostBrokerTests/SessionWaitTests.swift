@@ -1,6 +1,8 @@
 import AgentProtocol
+import AgentTestSupport
 import Foundation
 import HostBroker
+import LQXTestSupport
 import Testing
 
 /// `AgentClient.session(timeout:)` with no agent: every wait ends by its timeout, however short.

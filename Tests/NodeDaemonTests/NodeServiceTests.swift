@@ -1,3 +1,4 @@
+import AgentProtocol
 import Foundation
 import GRPCCore
 import GRPCInProcessTransport
@@ -195,9 +196,9 @@ struct VersionTests {
 /// The node API's own in-guest messages carry what the agent sent, field for field.
 @Suite("node.v1 in-guest messages")
 struct NodeMessageTests {
-    @Test("a telemetry sample with every field set reaches the node API unchanged")
+    @Test("a telemetry sample with every field set reaches the node API unchanged (agent → broker → node.v1)")
     func telemetryRelay() throws {
-        let sample = TelemetrySample.with {
+        let wire = Limiquantix_Agent_V1_TelemetrySample.with {
             $0.timestampMs = 1_700_000_000_123
             $0.cpu = .with {
                 $0.totalPercent = 12.5
@@ -261,10 +262,10 @@ struct NodeMessageTests {
             $0.uptimeSeconds = 3600.5
             $0.cpuCount = 2
         }
-        let relayed = Limiquantix_Node_V1_TelemetrySample(relaying: sample)
+        let relayed = Limiquantix_Node_V1_TelemetrySample(TelemetrySample(wire: wire))
         var options = JSONEncodingOptions()
         options.preserveProtoFieldNames = true
-        #expect(try relayed.jsonString(options: options) == sample.jsonString(options: options))
+        #expect(try relayed.jsonString(options: options) == wire.jsonString(options: options))
         #expect(relayed.unknownFields.data.isEmpty)
         #expect(relayed.interfaces.first?.macAddress == "52:54:00:12:34:56" && relayed.cpuCount == 2)
     }

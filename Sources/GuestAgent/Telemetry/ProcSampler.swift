@@ -1,31 +1,11 @@
 import FoundationEssentials
 import Glibc
+import LQXModel
 import POSIXSupport
 
 #if canImport(Glibc)
     import Glibc
 #endif
-
-// MARK: - Errors
-
-/// An error raised when a kernel statistics file cannot be read or does not contain the expected data.
-public struct ProcReadError: Error, Sendable, CustomStringConvertible {
-    /// The path of the file that could not be read or parsed.
-    public let path: String
-    /// A human-readable explanation of what went wrong.
-    public let reason: String
-
-    /// Creates an error for `path` with the given `reason`.
-    public init(path: String, reason: String) {
-        self.path = path
-        self.reason = reason
-    }
-
-    /// A description of the form `"<path>: <reason>"`.
-    public var description: String {
-        "\(path): \(reason)"
-    }
-}
 
 // MARK: - Value types
 
@@ -352,7 +332,7 @@ public struct ProcSampler: Sendable {
         let path = procRoot + "/stat"
         let text = try Self.readFile(path)
         guard let parsed = Self.parseStat(text) else {
-            throw ProcReadError(path: path, reason: "no aggregate cpu line")
+            throw LQXError(.io, "\(path): no aggregate cpu line")
         }
         return parsed
     }
@@ -416,7 +396,7 @@ public struct ProcSampler: Sendable {
         let path = procRoot + "/meminfo"
         let text = try Self.readFile(path)
         guard let stats = Self.parseMeminfo(text) else {
-            throw ProcReadError(path: path, reason: "no MemTotal line")
+            throw LQXError(.io, "\(path): no MemTotal line")
         }
         return stats
     }
@@ -448,7 +428,7 @@ public struct ProcSampler: Sendable {
         let path = procRoot + "/loadavg"
         let text = try Self.readFile(path)
         guard let load = Self.parseLoadavg(text) else {
-            throw ProcReadError(path: path, reason: "malformed contents")
+            throw LQXError(.io, "\(path): malformed contents")
         }
         return load
     }
@@ -758,7 +738,7 @@ public struct ProcSampler: Sendable {
     static func readFile(_ path: String) throws -> String {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
-            throw ProcReadError(path: path, reason: errorText(errno))
+            throw LQXError(.io, "\(path): \(errorText(errno))")
         }
         defer { close(descriptor) }
         var data: [UInt8] = []
@@ -769,7 +749,7 @@ public struct ProcSampler: Sendable {
             if count < 0 {
                 let code = errno
                 if code == EINTR { continue }
-                throw ProcReadError(path: path, reason: errorText(code))
+                throw LQXError(.io, "\(path): \(errorText(code))")
             }
             if count == 0 { break }
             data.append(contentsOf: chunk[0..<count])

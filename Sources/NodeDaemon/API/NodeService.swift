@@ -506,21 +506,78 @@ extension VMTelemetry {
         .with {
             $0.vm = vm
             $0.receivedUnixMs = receivedUnixMilliseconds
-            $0.sample = Limiquantix_Node_V1_TelemetrySample(relaying: sample)
+            $0.sample = Limiquantix_Node_V1_TelemetrySample(sample)
         }
     }
 }
 
 extension Limiquantix_Node_V1_TelemetrySample {
-    /// The agent's sample as the node API's message. Both schemas have the same fields and numbers
-    /// today (node.proto), so the encoding carries over exactly; `NodeServiceTests` checks every
-    /// field. A field the agent adds later arrives as an unknown field, dropped from JSON.
-    init(relaying sample: TelemetrySample) {
-        do {
-            self = try Self(serializedBytes: sample.serializedBytes() as [UInt8])
-        } catch {
-            // Unreachable while the schemas agree: a message the node just decoded re-encodes.
-            self = Self()
+    /// A guest's sample as the node API's message (node.proto: the agent protocol's fields and
+    /// numbers today; `NodeMessageTests` checks that every field arrives).
+    init(_ s: TelemetrySample) {
+        self = .with { m in
+            m.timestampMs = s.timestampMs
+            m.cpu = .with {
+                $0.totalPercent = s.cpu.totalPercent
+                $0.perCpuPercent = s.cpu.perCpuPercent
+            }
+            m.memory = .with {
+                $0.totalBytes = s.memory.totalBytes
+                $0.availableBytes = s.memory.availableBytes
+                $0.freeBytes = s.memory.freeBytes
+                $0.buffersBytes = s.memory.buffersBytes
+                $0.cachedBytes = s.memory.cachedBytes
+                $0.swapTotalBytes = s.memory.swapTotalBytes
+                $0.swapFreeBytes = s.memory.swapFreeBytes
+            }
+            m.load = .with {
+                $0.one = s.load.one
+                $0.five = s.load.five
+                $0.fifteen = s.load.fifteen
+                $0.runnable = s.load.runnable
+                $0.total = s.load.total
+            }
+            m.filesystems = s.filesystems.map { f in
+                .with {
+                    $0.mountPoint = f.mountPoint
+                    $0.device = f.device
+                    $0.type = f.type
+                    $0.totalBytes = f.totalBytes
+                    $0.usedBytes = f.usedBytes
+                    $0.freeBytes = f.freeBytes
+                    $0.totalInodes = f.totalInodes
+                    $0.freeInodes = f.freeInodes
+                }
+            }
+            m.disks = s.disks.map { d in
+                .with {
+                    $0.name = d.name
+                    $0.readsCompleted = d.readsCompleted
+                    $0.readBytes = d.readBytes
+                    $0.writesCompleted = d.writesCompleted
+                    $0.writtenBytes = d.writtenBytes
+                    $0.ioTimeMs = d.ioTimeMs
+                }
+            }
+            m.interfaces = s.interfaces.map { i in
+                .with {
+                    $0.name = i.name
+                    $0.rxBytes = i.rxBytes
+                    $0.rxPackets = i.rxPackets
+                    $0.rxErrors = i.rxErrors
+                    $0.rxDropped = i.rxDropped
+                    $0.txBytes = i.txBytes
+                    $0.txPackets = i.txPackets
+                    $0.txErrors = i.txErrors
+                    $0.txDropped = i.txDropped
+                    $0.addresses = i.addresses
+                    $0.macAddress = i.macAddress
+                    $0.up = i.up
+                }
+            }
+            m.processCount = s.processCount
+            m.uptimeSeconds = s.uptimeSeconds
+            m.cpuCount = s.cpuCount
         }
     }
 }

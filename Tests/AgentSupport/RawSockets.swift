@@ -4,8 +4,9 @@ import NIOCore
 import Synchronization
 
 /// Blocking unix-socket helpers for tests that must write raw bytes (garbage, stale frames).
-enum RawSocket {
-    static func address(_ path: String) -> sockaddr_un {
+public enum RawSocket {
+    /// A unix socket address for `path`.
+    public static func address(_ path: String) -> sockaddr_un {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
@@ -16,7 +17,8 @@ enum RawSocket {
         return addr
     }
 
-    static func connect(_ path: String) throws -> Int32 {
+    /// A connected, blocking unix socket.
+    public static func connect(_ path: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var addr = address(path)
         let rc = withUnsafePointer(to: &addr) {
@@ -31,7 +33,8 @@ enum RawSocket {
         return fd
     }
 
-    static func listen(_ path: String) throws -> Int32 {
+    /// A listening unix socket at `path`.
+    public static func listen(_ path: String) throws -> Int32 {
         unlink(path)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var addr = address(path)
@@ -47,7 +50,8 @@ enum RawSocket {
         return fd
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    /// Writes every byte; false when the peer is gone.
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var offset = 0
         while offset < bytes.count {
             let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, bytes.count - offset) }
@@ -58,32 +62,38 @@ enum RawSocket {
         return true
     }
 
-    static func writeAll(_ fd: Int32, _ buffer: ByteBuffer) -> Bool {
+    /// Writes a buffer's readable bytes; false when the peer is gone.
+    public static func writeAll(_ fd: Int32, _ buffer: ByteBuffer) -> Bool {
         writeAll(fd, Array(buffer.readableBytesView))
     }
 
-    static func setReceiveTimeout(_ fd: Int32, milliseconds: Int) {
+    /// Bounds each blocking read.
+    public static func setReceiveTimeout(_ fd: Int32, milliseconds: Int) {
         var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: Int((milliseconds % 1000) * 1000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 }
 
-/// A framed peer over a blocking socket: writes frames or raw bytes, reads and decodes frames.
 // @unchecked Sendable: test helper; each peer is used by one thread at a time.
-final class RawPeer: @unchecked Sendable {
-    let fd: Int32
+/// A framed peer over a blocking socket: writes frames or raw bytes, reads and decodes frames.
+public final class RawPeer: @unchecked Sendable {
+    /// The socket.
+    public let fd: Int32
     private var buffer = ByteBuffer()
 
-    init(fd: Int32) { self.fd = fd }
+    /// A peer on a connected socket.
+    public init(fd: Int32) { self.fd = fd }
 
     deinit { close(fd) }
 
-    func send(_ frame: Frame) { _ = RawSocket.writeAll(fd, frame.encoded()) }
+    /// Writes a frame.
+    public func send(_ frame: Frame) { _ = RawSocket.writeAll(fd, frame.encoded()) }
 
-    func send(raw bytes: [UInt8]) { _ = RawSocket.writeAll(fd, bytes) }
+    /// Writes raw bytes.
+    public func send(raw bytes: [UInt8]) { _ = RawSocket.writeAll(fd, bytes) }
 
     /// The next frame whose session is `session` (others are skipped), or nil on timeout / EOF.
-    func next(session: UInt64? = nil, timeoutMs: Int = 5000) -> Frame? {
+    public func next(session: UInt64? = nil, timeoutMs: Int = 5000) -> Frame? {
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
         while Date() < deadline {
             while true {
@@ -107,10 +117,10 @@ final class RawPeer: @unchecked Sendable {
     }
 
     /// The session of the last successful handshake.
-    private(set) var lastSession: UInt64 = 0
+    public private(set) var lastSession: UInt64 = 0
 
     /// Sends HELLO and waits for WELCOME of that session.
-    func handshake(session: UInt64, timeoutMs: Int = 5000) -> Welcome? {
+    public func handshake(session: UInt64, timeoutMs: Int = 5000) -> Welcome? {
         let hello = Hello.with {
             $0.minVersion = 1
             $0.maxVersion = 1
@@ -129,7 +139,7 @@ final class RawPeer: @unchecked Sendable {
     }
 
     /// Opens an exec stream and returns the guest pid once the agent reports it started.
-    func startExec(session: UInt64, stream: UInt32, argv: [String]) -> Int32? {
+    public func startExec(session: UInt64, stream: UInt32, argv: [String]) -> Int32? {
         send(Frame(type: .open, session: session, stream: stream, payload: execRequest(argv)))
         let started = reply(session: session, stream: stream) {
             if case .execStarted = $0.kind { true } else { false }
@@ -139,7 +149,7 @@ final class RawPeer: @unchecked Sendable {
     }
 
     /// Reads replies on a stream until a message satisfying `match`.
-    func reply(session: UInt64, stream: UInt32, timeoutMs: Int = 5000, _ match: (Reply) -> Bool) -> Reply? {
+    public func reply(session: UInt64, stream: UInt32, timeoutMs: Int = 5000, _ match: (Reply) -> Bool) -> Reply? {
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
         while Date() < deadline, let frame = next(session: session, timeoutMs: timeoutMs) {
             guard frame.stream == stream, frame.type == .message, let reply = try? Reply(payload: frame.payload)
@@ -150,24 +160,7 @@ final class RawPeer: @unchecked Sendable {
     }
 }
 
-/// Runs blocking test code on its own thread so it never occupies the cooperative pool (which
-/// has only as many threads as cores, and the agent under test needs them).
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread.detachNewThread {
-            continuation.resume(with: Result { try body() })
-        }
-    }
-}
-
-/// Collects failed checks made on a plain thread; the test asserts on them afterwards (swift-testing
-/// expectations must be made from the test's own task).
-final class Checks: Sendable {
-    private let failed = Mutex<[String]>([])
-
-    func check(_ condition: Bool, _ message: String, line: Int = #line) {
-        if !condition { failed.withLock { $0.append("line \(line): \(message)") } }
-    }
-
-    var failures: [String] { failed.withLock { $0 } }
+/// An OPEN payload that starts `argv` in the guest.
+public func execRequest(_ argv: [String]) -> ByteBuffer {
+    Request.with { $0.exec = .with { $0.argv = argv } }.buffer()
 }

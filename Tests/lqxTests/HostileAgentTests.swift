@@ -1,4 +1,5 @@
 import AgentProtocol
+import AgentTestSupport
 import Foundation
 import LQXTestSupport
 import NIOCore
@@ -142,7 +143,7 @@ struct HostileAgentTests {
 
     @Test("a telemetry flood (5,000 interfaces a sample, as fast as credit allows) is paced and bounded")
     func telemetryFloodIsBounded() async throws {
-        let sample = TelemetrySample.with {
+        let sample = Limiquantix_Agent_V1_TelemetrySample.with {
             $0.cpuCount = 2
             $0.interfaces = (0..<5000).map { i in
                 .with {
@@ -415,7 +416,7 @@ struct HostileAgentTests {
     func oversizedReplyFailsTheCall() async throws {
         let (run, status, _) = try await Self.play(["metrics"]) { agent in
             let (stream, _) = try agent.open()
-            let sample = TelemetrySample.with {
+            let sample = Limiquantix_Agent_V1_TelemetrySample.with {
                 $0.interfaces = (0..<20_000).map { i in
                     .with {
                         $0.name = "eth\(i)"; $0.rxBytes = UInt64(i)

@@ -1,4 +1,5 @@
 import AgentProtocol
+import AgentTestSupport
 import Foundation
 import LQXTestSupport
 import NIOCore
