@@ -3,7 +3,7 @@ import Glibc
 import NIOCore
 
 extension AgentCore {
-    func info() -> Limiquantix_Agent_V1_Info {
+    func info() -> AgentInfo {
         var uts = utsname()
         uname(&uts)
         func field<T>(_ value: T) -> String {
@@ -58,7 +58,7 @@ extension AgentCore {
     func telemetry(_ request: Limiquantix_Agent_V1_TelemetryRequest, context: StreamContext) async throws {
         if request.intervalMs == 0 {
             let sample = try await sample(previous: nil)
-            try await context.reply(.with { $0.telemetry = sample.message }, end: true)
+            try await context.reply(.with { $0.telemetry = sample.message.wire }, end: true)
             return
         }
         let interval = UInt64(max(request.intervalMs, 100)) * 1_000_000
@@ -66,7 +66,7 @@ extension AgentCore {
         while !Task.isCancelled {
             let sample = try await sample(previous: previous)
             previous = (sample.snapshot.cpuTotal, sample.snapshot.cpuPerCPU)
-            try await context.reply(.with { $0.telemetry = sample.message })
+            try await context.reply(.with { $0.telemetry = sample.message.wire })
             try await Task.sleep(nanoseconds: interval)
         }
         throw AgentError(.cancelled, "telemetry subscription ended")
@@ -75,7 +75,7 @@ extension AgentCore {
     /// Reads one sample. CPU percentages are deltas against `previous`, else against the last
     /// one-shot sample when it is at least 100 ms old, else over a fresh 200 ms window.
     func sample(previous: (CPUTimes, [CPUTimes])?) async throws -> (
-        snapshot: ProcSampler.Snapshot, message: Limiquantix_Agent_V1_TelemetrySample
+        snapshot: ProcSampler.Snapshot, message: TelemetrySample
     ) {
         let sampler = self.sampler
         var baseline = previous
@@ -92,7 +92,7 @@ extension AgentCore {
         let snapshot = try await blocking { try sampler.snapshot() }
         cpuBaseline.withLock { $0 = (snapshot.cpuTotal, snapshot.cpuPerCPU, .now()) }
         let (baseTotal, basePer) = baseline!
-        let message = Limiquantix_Agent_V1_TelemetrySample.with { m in
+        let message = TelemetrySample.with { m in
             m.timestampMs = Int64(snapshot.timestamp.timeIntervalSince1970 * 1000)
             m.cpuCount = UInt32(snapshot.cpuPerCPU.count)
             m.cpu = .with {

@@ -94,7 +94,7 @@ public final class AgentCore: Sendable {
     private func dispatch(_ request: Request, context: StreamContext) async throws {
         switch request.kind {
         case .info:
-            try await context.reply(.with { $0.info = info() }, end: true)
+            try await context.reply(.with { $0.info = info().wire }, end: true)
         case .telemetry(let r):
             try await telemetry(r, context: context)
         case .exec(let r):

@@ -1,5 +1,5 @@
+import AgentProtocol
 import Foundation
-import HostBroker
 
 /// The `-o json` documents of `info` and `metrics`.
 ///

@@ -512,72 +512,16 @@ extension VMTelemetry {
 }
 
 extension Limiquantix_Node_V1_TelemetrySample {
-    /// A guest's sample as the node API's message (node.proto: the agent protocol's fields and
-    /// numbers today; `NodeMessageTests` checks that every field arrives).
-    init(_ s: TelemetrySample) {
-        self = .with { m in
-            m.timestampMs = s.timestampMs
-            m.cpu = .with {
-                $0.totalPercent = s.cpu.totalPercent
-                $0.perCpuPercent = s.cpu.perCpuPercent
-            }
-            m.memory = .with {
-                $0.totalBytes = s.memory.totalBytes
-                $0.availableBytes = s.memory.availableBytes
-                $0.freeBytes = s.memory.freeBytes
-                $0.buffersBytes = s.memory.buffersBytes
-                $0.cachedBytes = s.memory.cachedBytes
-                $0.swapTotalBytes = s.memory.swapTotalBytes
-                $0.swapFreeBytes = s.memory.swapFreeBytes
-            }
-            m.load = .with {
-                $0.one = s.load.one
-                $0.five = s.load.five
-                $0.fifteen = s.load.fifteen
-                $0.runnable = s.load.runnable
-                $0.total = s.load.total
-            }
-            m.filesystems = s.filesystems.map { f in
-                .with {
-                    $0.mountPoint = f.mountPoint
-                    $0.device = f.device
-                    $0.type = f.type
-                    $0.totalBytes = f.totalBytes
-                    $0.usedBytes = f.usedBytes
-                    $0.freeBytes = f.freeBytes
-                    $0.totalInodes = f.totalInodes
-                    $0.freeInodes = f.freeInodes
-                }
-            }
-            m.disks = s.disks.map { d in
-                .with {
-                    $0.name = d.name
-                    $0.readsCompleted = d.readsCompleted
-                    $0.readBytes = d.readBytes
-                    $0.writesCompleted = d.writesCompleted
-                    $0.writtenBytes = d.writtenBytes
-                    $0.ioTimeMs = d.ioTimeMs
-                }
-            }
-            m.interfaces = s.interfaces.map { i in
-                .with {
-                    $0.name = i.name
-                    $0.rxBytes = i.rxBytes
-                    $0.rxPackets = i.rxPackets
-                    $0.rxErrors = i.rxErrors
-                    $0.rxDropped = i.rxDropped
-                    $0.txBytes = i.txBytes
-                    $0.txPackets = i.txPackets
-                    $0.txErrors = i.txErrors
-                    $0.txDropped = i.txDropped
-                    $0.addresses = i.addresses
-                    $0.macAddress = i.macAddress
-                    $0.up = i.up
-                }
-            }
-            m.processCount = s.processCount
-            m.uptimeSeconds = s.uptimeSeconds
-            m.cpuCount = s.cpuCount
+    /// A guest's sample as the node API's message. node.v1 keeps the agent protocol's field names
+    /// and numbers for it (node.proto), so the agent message's encoding is this message's;
+    /// `NodeMessageTests` checks every field, and fails first should the schemas ever diverge.
+    init(_ sample: TelemetrySample) {
+        do {
+            self = try Self(serializedBytes: sample.wire.serializedBytes() as [UInt8])
+        } catch {
+            // Unreachable: encoding a message built in memory and decoding it under the same
+            // numbering cannot fail.
+            self = Self()
         }
     }
 }

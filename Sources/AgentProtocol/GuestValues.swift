@@ -1,5 +1,3 @@
-import AgentProtocol
-
 /// A value with an empty state, built in place: `TelemetrySample.with { $0.cpuCount = 2 }`.
 public protocol GuestValue: Sendable, Equatable {
     /// The empty value.
@@ -15,8 +13,9 @@ extension GuestValue {
     }
 }
 
-/// One in-guest telemetry sample (docs/protocol.md §8.2), as the broker hands it on. The names
-/// follow the schema; the broker's users never see the wire types.
+/// One in-guest telemetry sample (docs/protocol.md §8.2) as a Swift value: what the agent builds
+/// and the broker hands on. The names follow the schema; `wire` and `init(wire:)` are the one
+/// mapping to and from the message, so neither end nor the node repeats it.
 public struct TelemetrySample: GuestValue {
     /// Guest wall clock, Unix milliseconds.
     public var timestampMs: Int64 = 0
@@ -339,7 +338,100 @@ extension TelemetrySample {
     }
 }
 
+extension TelemetrySample {
+    /// The agent protocol's message for this sample.
+    public var wire: Limiquantix_Agent_V1_TelemetrySample {
+        .with { m in
+            m.timestampMs = timestampMs
+            m.cpu = .with {
+                $0.totalPercent = cpu.totalPercent
+                $0.perCpuPercent = cpu.perCpuPercent
+            }
+            m.memory = .with {
+                $0.totalBytes = memory.totalBytes
+                $0.availableBytes = memory.availableBytes
+                $0.freeBytes = memory.freeBytes
+                $0.buffersBytes = memory.buffersBytes
+                $0.cachedBytes = memory.cachedBytes
+                $0.swapTotalBytes = memory.swapTotalBytes
+                $0.swapFreeBytes = memory.swapFreeBytes
+            }
+            m.load = .with {
+                $0.one = load.one
+                $0.five = load.five
+                $0.fifteen = load.fifteen
+                $0.runnable = load.runnable
+                $0.total = load.total
+            }
+            m.filesystems = filesystems.map { f in
+                .with {
+                    $0.mountPoint = f.mountPoint
+                    $0.device = f.device
+                    $0.type = f.type
+                    $0.totalBytes = f.totalBytes
+                    $0.usedBytes = f.usedBytes
+                    $0.freeBytes = f.freeBytes
+                    $0.totalInodes = f.totalInodes
+                    $0.freeInodes = f.freeInodes
+                }
+            }
+            m.disks = disks.map { d in
+                .with {
+                    $0.name = d.name
+                    $0.readsCompleted = d.readsCompleted
+                    $0.readBytes = d.readBytes
+                    $0.writesCompleted = d.writesCompleted
+                    $0.writtenBytes = d.writtenBytes
+                    $0.ioTimeMs = d.ioTimeMs
+                }
+            }
+            m.interfaces = interfaces.map { i in
+                .with {
+                    $0.name = i.name
+                    $0.rxBytes = i.rxBytes
+                    $0.rxPackets = i.rxPackets
+                    $0.rxErrors = i.rxErrors
+                    $0.rxDropped = i.rxDropped
+                    $0.txBytes = i.txBytes
+                    $0.txPackets = i.txPackets
+                    $0.txErrors = i.txErrors
+                    $0.txDropped = i.txDropped
+                    $0.addresses = i.addresses
+                    $0.macAddress = i.macAddress
+                    $0.up = i.up
+                }
+            }
+            m.processCount = processCount
+            m.uptimeSeconds = uptimeSeconds
+            m.cpuCount = cpuCount
+        }
+    }
+}
+
 extension AgentInfo {
+    /// The agent protocol's message for this information.
+    public var wire: Limiquantix_Agent_V1_Info {
+        .with { m in
+            m.agentVersion = agentVersion
+            m.protocolVersion = protocolVersion
+            m.os = .with {
+                $0.id = os.id
+                $0.name = os.name
+                $0.version = os.version
+                $0.versionID = os.versionID
+                $0.prettyName = os.prettyName
+            }
+            m.kernelRelease = kernelRelease
+            m.kernelVersion = kernelVersion
+            m.machine = machine
+            m.hostname = hostname
+            m.bootID = bootID
+            m.uptimeSeconds = uptimeSeconds
+            m.capabilities = capabilities
+            m.agentInstance = agentInstance
+        }
+    }
+
     /// The information in an agent's message.
     public init(wire m: Limiquantix_Agent_V1_Info) {
         agentVersion = m.agentVersion
@@ -388,7 +480,7 @@ extension GuestFileStat {
 
 extension PowerAction {
     /// The wire form.
-    var wire: Limiquantix_Agent_V1_PowerAction {
+    public var wire: Limiquantix_Agent_V1_PowerAction {
         switch self {
         case .poweroff: .poweroff
         case .reboot: .reboot
@@ -397,7 +489,7 @@ extension PowerAction {
     }
 
     /// From the wire (an unknown value reads as `poweroff`, the agent's default).
-    init(wire: Limiquantix_Agent_V1_PowerAction) {
+    public init(wire: Limiquantix_Agent_V1_PowerAction) {
         switch wire {
         case .reboot: self = .reboot
         case .halt: self = .halt
