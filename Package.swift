@@ -225,8 +225,8 @@ let package = Package(
         .testTarget(
             name: "NodeLibvirtTests",
             dependencies: [
-                "NodeLibvirt", "NodeCore", "NodeTestSupport", "LQXTestSupport", "LQXModel", "HostBroker",
-                "AgentProtocol",
+                "NodeLibvirt", "NodeCore", "NodeCoreTesting", "NodeTestSupport", "LQXTestSupport", "LQXModel",
+                "HostBroker", "AgentProtocol",
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Golden"]
