@@ -182,11 +182,11 @@ let package = Package(
             dependencies: ["AgentProtocol", .product(name: "NIOCore", package: "swift-nio")],
             path: "Tests/HostileGuestAgent"
         ),
-        .target(name: "LQXTestSupport", dependencies: ["POSIXSupport"], path: "Tests/Support"),
+        .target(name: "LQXTestSupport", dependencies: ["POSIXSupport", "AgentProtocol"], path: "Tests/Support"),
         .testTarget(
             name: "AgentProtocolTests",
             dependencies: [
-                "AgentProtocol", "CLQXSupport",
+                "AgentProtocol", "CLQXSupport", "LQXTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -101,59 +101,14 @@ extension AgentCore {
                     index < basePer.count ? ProcSampler.cpuPercent(from: basePer[index], to: now) : 0
                 }
             }
-            m.memory = .with {
-                $0.totalBytes = snapshot.memory.totalBytes
-                $0.availableBytes = snapshot.memory.availableBytes
-                $0.freeBytes = snapshot.memory.freeBytes
-                $0.buffersBytes = snapshot.memory.buffersBytes
-                $0.cachedBytes = snapshot.memory.cachedBytes
-                $0.swapTotalBytes = snapshot.memory.swapTotalBytes
-                $0.swapFreeBytes = snapshot.memory.swapFreeBytes
-            }
-            m.load = .with {
-                $0.one = snapshot.load.one
-                $0.five = snapshot.load.five
-                $0.fifteen = snapshot.load.fifteen
-                $0.runnable = snapshot.load.runnable
-                $0.total = snapshot.load.total
-            }
-            m.filesystems = snapshot.filesystems.prefix(64).map { fs in
-                .with {
-                    $0.mountPoint = fs.mountPoint
-                    $0.device = fs.device
-                    $0.type = fs.type
-                    $0.totalBytes = fs.totalBytes
-                    $0.usedBytes = fs.usedBytes
-                    $0.freeBytes = fs.freeBytes
-                    $0.totalInodes = fs.totalInodes
-                    $0.freeInodes = fs.freeInodes
-                }
-            }
-            m.disks = snapshot.disks.prefix(64).map { d in
-                .with {
-                    $0.name = d.name
-                    $0.readsCompleted = d.readsCompleted
-                    $0.readBytes = d.readBytes
-                    $0.writesCompleted = d.writesCompleted
-                    $0.writtenBytes = d.writtenBytes
-                    $0.ioTimeMs = d.ioTimeMs
-                }
-            }
-            m.interfaces = snapshot.interfaces.prefix(64).map { n in
-                .with {
-                    $0.name = n.name
-                    $0.rxBytes = n.rxBytes
-                    $0.rxPackets = n.rxPackets
-                    $0.rxErrors = n.rxErrors
-                    $0.rxDropped = n.rxDropped
-                    $0.txBytes = n.txBytes
-                    $0.txPackets = n.txPackets
-                    $0.txErrors = n.txErrors
-                    $0.txDropped = n.txDropped
-                    $0.addresses = Array(n.addresses.prefix(16))
-                    $0.macAddress = n.macAddress ?? ""
-                    $0.up = n.up
-                }
+            m.memory = snapshot.memory
+            m.load = snapshot.load
+            m.filesystems = Array(snapshot.filesystems.prefix(64))
+            m.disks = Array(snapshot.disks.prefix(64))
+            m.interfaces = snapshot.interfaces.prefix(64).map { interface in
+                var bounded = interface
+                bounded.addresses = Array(interface.addresses.prefix(16))
+                return bounded
             }
             m.processCount = snapshot.processCount
             m.uptimeSeconds = snapshot.uptimeSeconds

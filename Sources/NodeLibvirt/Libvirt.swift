@@ -16,19 +16,27 @@ public final class LibvirtConnection: @unchecked Sendable {
     /// Connects to libvirtd at `uri` (starting libvirt's event loop first, so events work).
     public init(uri: String) throws(LQXError) {
         Self.installQuietErrorHandler()
-        // Events need libvirt's event loop, registered before the first connection opens.
-        let events = LibvirtEventLoop.ensureStarted()
+        // Events need libvirt's event loop, registered before the first connection opens; it
+        // runs while any connection is open.
+        let events = LibvirtEventLoop.retain()
         guard let pointer = virConnectOpen(uri) else {
-            throw Self.lastError("cannot connect to libvirt at \(uri)", notFound: .hypervisor)
+            let error = Self.lastError("cannot connect to libvirt at \(uri)", notFound: .hypervisor)
+            if events { LibvirtEventLoop.release() }
+            throw error
         }
         self.pointer = pointer
         self.uri = uri
         // A libvirtd that stops answering is noticed within 15 s (needs the event loop).
+        self.events = events
         if events { virConnectSetKeepAlive(pointer, 5, 3) }
     }
 
+    /// Whether this connection holds libvirt's event loop (released when it closes).
+    private let events: Bool
+
     deinit {
         virConnectClose(pointer)
+        if events { LibvirtEventLoop.release() }
     }
 
     /// libvirt prints every error to stderr unless a handler is set; errors are reported through

@@ -1,3 +1,4 @@
+import AgentProtocol
 import Foundation
 import LQXModel
 import Testing
@@ -196,15 +197,15 @@ struct ProcSamplerFixtureTests {
         let memory = try ProcSampler(procRoot: root.path).readMemory()
         #expect(
             memory
-                == MemoryStats(
-                    totalBytes: 2_048_000 * 1024,
-                    availableBytes: 1_024_000 * 1024,
-                    freeBytes: 512_000 * 1024,
-                    buffersBytes: 10_000 * 1024,
-                    cachedBytes: 200_000 * 1024,
-                    swapTotalBytes: 1_000_000 * 1024,
-                    swapFreeBytes: 900_000 * 1024
-                ))
+                == .with {
+                    $0.totalBytes = 2_048_000 * 1024
+                    $0.availableBytes = 1_024_000 * 1024
+                    $0.freeBytes = 512_000 * 1024
+                    $0.buffersBytes = 10_000 * 1024
+                    $0.cachedBytes = 200_000 * 1024
+                    $0.swapTotalBytes = 1_000_000 * 1024
+                    $0.swapFreeBytes = 900_000 * 1024
+                })
     }
 
     @Test func memoryAvailableFallsBackWhenMissing() throws {
@@ -230,7 +231,8 @@ struct ProcSamplerFixtureTests {
         let root = try FakeRoot(files: fixtureFiles())
         defer { root.remove() }
         let load = try ProcSampler(procRoot: root.path).readLoad()
-        #expect(load == LoadAverage(one: 0.5, five: 1.25, fifteen: 2.0, runnable: 3, total: 456))
+        #expect([load.one, load.five, load.fifteen] == [0.5, 1.25, 2.0])
+        #expect([load.runnable, load.total] == [3, 456])
     }
 
     @Test func malformedLoadAverageThrows() throws {
@@ -249,17 +251,12 @@ struct ProcSamplerFixtureTests {
         let root = try FakeRoot(files: fixtureFiles())
         defer { root.remove() }
         let disks = ProcSampler(procRoot: root.path).readDisks()
-        #expect(
-            disks == [
-                DiskIOStats(
-                    name: "vda", readsCompleted: 1000, readBytes: 20000 * 512,
-                    writesCompleted: 500, writtenBytes: 8000 * 512, ioTimeMs: 400
-                ),
-                DiskIOStats(
-                    name: "vda1", readsCompleted: 900, readBytes: 18000 * 512,
-                    writesCompleted: 400, writtenBytes: 6000 * 512, ioTimeMs: 350
-                ),
-            ])
+        #expect(disks.map(\.name) == ["vda", "vda1"])
+        let counters: [[UInt64]] = disks.map {
+            [$0.readsCompleted, $0.readBytes, $0.writesCompleted, $0.writtenBytes, $0.ioTimeMs]
+        }
+        let expected: [[UInt64]] = [[1000, 10_240_000, 500, 4_096_000, 400], [900, 9_216_000, 400, 3_072_000, 350]]
+        #expect(counters == expected)
     }
 
     @Test func parsesNetworkInterfaces() throws {
@@ -268,21 +265,14 @@ struct ProcSamplerFixtureTests {
         let sys = try fakeSys()
         defer { sys.remove() }
         let interfaces = ProcSampler(procRoot: root.path, sysRoot: sys.path).readInterfaces()
-        #expect(
-            interfaces == [
-                NetworkInterfaceStats(
-                    name: "tstfake0",
-                    rxBytes: 1000, rxPackets: 10, rxErrors: 1, rxDropped: 2,
-                    txBytes: 2000, txPackets: 20, txErrors: 3, txDropped: 4,
-                    addresses: [], macAddress: "52:54:00:ab:cd:ef", up: true
-                ),
-                NetworkInterfaceStats(
-                    name: "tstfake1",
-                    rxBytes: 5, rxPackets: 1, rxErrors: 0, rxDropped: 0,
-                    txBytes: 6, txPackets: 1, txErrors: 0, txDropped: 0,
-                    addresses: [], macAddress: nil, up: false
-                ),
-            ])
+        #expect(interfaces.map(\.name) == ["tstfake0", "tstfake1"])
+        let received: [[UInt64]] = interfaces.map { [$0.rxBytes, $0.rxPackets, $0.rxErrors, $0.rxDropped] }
+        let sent: [[UInt64]] = interfaces.map { [$0.txBytes, $0.txPackets, $0.txErrors, $0.txDropped] }
+        #expect(received == [[1000, 10, 1, 2], [5, 1, 0, 0]])
+        #expect(sent == [[2000, 20, 3, 4], [6, 1, 0, 0]])
+        #expect(interfaces.map(\.addresses) == [[], []])
+        #expect(interfaces.map(\.macAddress) == ["52:54:00:ab:cd:ef", ""])
+        #expect(interfaces.map(\.up) == [true, false])
     }
 
     @Test func countsProcessesAndReadsUptime() throws {

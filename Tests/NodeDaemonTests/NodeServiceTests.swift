@@ -198,70 +198,7 @@ struct VersionTests {
 struct NodeMessageTests {
     @Test("a telemetry sample with every field set reaches the node API unchanged (agent → broker → node.v1)")
     func telemetryRelay() throws {
-        let wire = Limiquantix_Agent_V1_TelemetrySample.with {
-            $0.timestampMs = 1_700_000_000_123
-            $0.cpu = .with {
-                $0.totalPercent = 12.5
-                $0.perCpuPercent = [10, 15]
-            }
-            $0.memory = .with {
-                $0.totalBytes = 1 << 30
-                $0.availableBytes = 1 << 29
-                $0.freeBytes = 1 << 28
-                $0.buffersBytes = 1 << 20
-                $0.cachedBytes = 1 << 21
-                $0.swapTotalBytes = 1 << 22
-                $0.swapFreeBytes = 1 << 21
-            }
-            $0.load = .with {
-                $0.one = 0.5
-                $0.five = 0.25
-                $0.fifteen = 0.125
-                $0.runnable = 2
-                $0.total = 99
-            }
-            $0.filesystems = [
-                .with {
-                    $0.mountPoint = "/"
-                    $0.device = "/dev/vda1"
-                    $0.type = "ext4"
-                    $0.totalBytes = 10
-                    $0.usedBytes = 4
-                    $0.freeBytes = 6
-                    $0.totalInodes = 100
-                    $0.freeInodes = 50
-                }
-            ]
-            $0.disks = [
-                .with {
-                    $0.name = "vda"
-                    $0.readsCompleted = 1
-                    $0.readBytes = 2
-                    $0.writesCompleted = 3
-                    $0.writtenBytes = 4
-                    $0.ioTimeMs = 5
-                }
-            ]
-            $0.interfaces = [
-                .with {
-                    $0.name = "eth0"
-                    $0.rxBytes = 1
-                    $0.rxPackets = 2
-                    $0.rxErrors = 3
-                    $0.rxDropped = 4
-                    $0.txBytes = 5
-                    $0.txPackets = 6
-                    $0.txErrors = 7
-                    $0.txDropped = 8
-                    $0.addresses = ["10.0.2.15/24"]
-                    $0.macAddress = "52:54:00:12:34:56"
-                    $0.up = true
-                }
-            ]
-            $0.processCount = 42
-            $0.uptimeSeconds = 3600.5
-            $0.cpuCount = 2
-        }
+        let wire = GuestFixtures.telemetry
         let relayed = Limiquantix_Node_V1_TelemetrySample(TelemetrySample(wire: wire))
         var options = JSONEncodingOptions()
         options.preserveProtoFieldNames = true

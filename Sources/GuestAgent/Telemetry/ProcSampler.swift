@@ -1,3 +1,4 @@
+import AgentProtocol
 import FoundationEssentials
 import Glibc
 import LQXModel
@@ -54,175 +55,8 @@ public struct CPUTimes: Sendable, Equatable {
     }
 }
 
-/// System memory figures from `/proc/meminfo`, in bytes.
-public struct MemoryStats: Sendable, Equatable {
-    /// Total usable RAM (`MemTotal`).
-    public var totalBytes: UInt64
-    /// Memory available for new workloads without swapping (`MemAvailable`).
-    public var availableBytes: UInt64
-    /// Completely unused memory (`MemFree`).
-    public var freeBytes: UInt64
-    /// Memory used by block device buffers (`Buffers`).
-    public var buffersBytes: UInt64
-    /// Memory used by the page cache (`Cached`).
-    public var cachedBytes: UInt64
-    /// Total swap space (`SwapTotal`).
-    public var swapTotalBytes: UInt64
-    /// Unused swap space (`SwapFree`).
-    public var swapFreeBytes: UInt64
-
-    /// Creates a memory statistics value; omitted figures default to zero.
-    public init(
-        totalBytes: UInt64 = 0, availableBytes: UInt64 = 0, freeBytes: UInt64 = 0,
-        buffersBytes: UInt64 = 0, cachedBytes: UInt64 = 0,
-        swapTotalBytes: UInt64 = 0, swapFreeBytes: UInt64 = 0
-    ) {
-        self.totalBytes = totalBytes
-        self.availableBytes = availableBytes
-        self.freeBytes = freeBytes
-        self.buffersBytes = buffersBytes
-        self.cachedBytes = cachedBytes
-        self.swapTotalBytes = swapTotalBytes
-        self.swapFreeBytes = swapFreeBytes
-    }
-}
-
-/// Load averages and scheduling entity counts from `/proc/loadavg`.
-public struct LoadAverage: Sendable, Equatable {
-    /// Load average over the last minute.
-    public var one: Double
-    /// Load average over the last five minutes.
-    public var five: Double
-    /// Load average over the last fifteen minutes.
-    public var fifteen: Double
-    /// Number of currently runnable scheduling entities.
-    public var runnable: UInt32
-    /// Total number of scheduling entities (processes and threads).
-    public var total: UInt32
-
-    /// Creates a load average value; omitted figures default to zero.
-    public init(one: Double = 0, five: Double = 0, fifteen: Double = 0, runnable: UInt32 = 0, total: UInt32 = 0) {
-        self.one = one
-        self.five = five
-        self.fifteen = fifteen
-        self.runnable = runnable
-        self.total = total
-    }
-}
-
-/// Capacity and usage of one mounted file system.
-public struct FilesystemStats: Sendable, Equatable {
-    /// Where the file system is mounted.
-    public var mountPoint: String
-    /// The mounted device or source (for example `/dev/vda1` or `tmpfs`).
-    public var device: String
-    /// The file system type (for example `ext4`).
-    public var type: String
-    /// Total size in bytes.
-    public var totalBytes: UInt64
-    /// Bytes in use (total minus all free blocks, including reserved ones).
-    public var usedBytes: UInt64
-    /// Bytes available to unprivileged users.
-    public var freeBytes: UInt64
-    /// Total number of inodes.
-    public var totalInodes: UInt64
-    /// Number of free inodes.
-    public var freeInodes: UInt64
-
-    /// Creates a file system statistics value.
-    public init(
-        mountPoint: String, device: String, type: String,
-        totalBytes: UInt64, usedBytes: UInt64, freeBytes: UInt64,
-        totalInodes: UInt64, freeInodes: UInt64
-    ) {
-        self.mountPoint = mountPoint
-        self.device = device
-        self.type = type
-        self.totalBytes = totalBytes
-        self.usedBytes = usedBytes
-        self.freeBytes = freeBytes
-        self.totalInodes = totalInodes
-        self.freeInodes = freeInodes
-    }
-}
-
-/// Cumulative I/O counters of one block device from `/proc/diskstats`.
-public struct DiskIOStats: Sendable, Equatable {
-    /// Kernel device name (for example `vda` or `vda1`).
-    public var name: String
-    /// Number of reads completed.
-    public var readsCompleted: UInt64
-    /// Bytes read (sectors read × 512).
-    public var readBytes: UInt64
-    /// Number of writes completed.
-    public var writesCompleted: UInt64
-    /// Bytes written (sectors written × 512).
-    public var writtenBytes: UInt64
-    /// Milliseconds spent doing I/O.
-    public var ioTimeMs: UInt64
-
-    /// Creates a disk I/O statistics value.
-    public init(
-        name: String, readsCompleted: UInt64, readBytes: UInt64,
-        writesCompleted: UInt64, writtenBytes: UInt64, ioTimeMs: UInt64
-    ) {
-        self.name = name
-        self.readsCompleted = readsCompleted
-        self.readBytes = readBytes
-        self.writesCompleted = writesCompleted
-        self.writtenBytes = writtenBytes
-        self.ioTimeMs = ioTimeMs
-    }
-}
-
-/// Counters, addresses and state of one network interface.
-public struct NetworkInterfaceStats: Sendable, Equatable {
-    /// Interface name (for example `eth0`).
-    public var name: String
-    /// Bytes received.
-    public var rxBytes: UInt64
-    /// Packets received.
-    public var rxPackets: UInt64
-    /// Receive errors.
-    public var rxErrors: UInt64
-    /// Received packets dropped.
-    public var rxDropped: UInt64
-    /// Bytes transmitted.
-    public var txBytes: UInt64
-    /// Packets transmitted.
-    public var txPackets: UInt64
-    /// Transmit errors.
-    public var txErrors: UInt64
-    /// Transmitted packets dropped.
-    public var txDropped: UInt64
-    /// IPv4 and IPv6 addresses in CIDR notation (for example `10.0.2.15/24` or `fe80::1/64`).
-    public var addresses: [String]
-    /// Hardware address in lowercase colon notation, or `nil` when unknown or all zero.
-    public var macAddress: String?
-    /// Whether the interface is administratively up.
-    public var up: Bool
-
-    /// Creates a network interface statistics value.
-    public init(
-        name: String,
-        rxBytes: UInt64 = 0, rxPackets: UInt64 = 0, rxErrors: UInt64 = 0, rxDropped: UInt64 = 0,
-        txBytes: UInt64 = 0, txPackets: UInt64 = 0, txErrors: UInt64 = 0, txDropped: UInt64 = 0,
-        addresses: [String] = [], macAddress: String? = nil, up: Bool = false
-    ) {
-        self.name = name
-        self.rxBytes = rxBytes
-        self.rxPackets = rxPackets
-        self.rxErrors = rxErrors
-        self.rxDropped = rxDropped
-        self.txBytes = txBytes
-        self.txPackets = txPackets
-        self.txErrors = txErrors
-        self.txDropped = txDropped
-        self.addresses = addresses
-        self.macAddress = macAddress
-        self.up = up
-    }
-}
+// The other figures are AgentProtocol's `TelemetrySample` parts: the sampler fills them directly, so
+// the agent has no second copy of the sample's shape.
 
 // MARK: - Sampler
 
@@ -257,15 +91,15 @@ public struct ProcSampler: Sendable {
         /// CPU counters per online CPU, in the order listed by the kernel.
         public var cpuPerCPU: [CPUTimes]
         /// Memory figures.
-        public var memory: MemoryStats
+        public var memory: TelemetrySample.Memory
         /// Load averages (all zero if `/proc/loadavg` could not be read).
-        public var load: LoadAverage
+        public var load: TelemetrySample.Load
         /// Real mounted file systems.
-        public var filesystems: [FilesystemStats]
+        public var filesystems: [TelemetrySample.Filesystem]
         /// Block device I/O counters.
-        public var disks: [DiskIOStats]
+        public var disks: [TelemetrySample.Disk]
         /// Network interface counters and addresses.
-        public var interfaces: [NetworkInterfaceStats]
+        public var interfaces: [TelemetrySample.NetworkInterface]
         /// Number of processes.
         public var processCount: UInt32
         /// Seconds since boot.
@@ -273,9 +107,9 @@ public struct ProcSampler: Sendable {
 
         /// Creates a snapshot from its parts.
         public init(
-            timestamp: Date, cpuTotal: CPUTimes, cpuPerCPU: [CPUTimes], memory: MemoryStats,
-            load: LoadAverage, filesystems: [FilesystemStats], disks: [DiskIOStats],
-            interfaces: [NetworkInterfaceStats], processCount: UInt32, uptimeSeconds: Double
+            timestamp: Date, cpuTotal: CPUTimes, cpuPerCPU: [CPUTimes], memory: TelemetrySample.Memory,
+            load: TelemetrySample.Load, filesystems: [TelemetrySample.Filesystem], disks: [TelemetrySample.Disk],
+            interfaces: [TelemetrySample.NetworkInterface], processCount: UInt32, uptimeSeconds: Double
         ) {
             self.timestamp = timestamp
             self.cpuTotal = cpuTotal
@@ -314,7 +148,7 @@ public struct ProcSampler: Sendable {
             cpuTotal: cpu.total,
             cpuPerCPU: cpu.perCPU,
             memory: memory,
-            load: (try? readLoad()) ?? LoadAverage(),
+            load: (try? readLoad()) ?? TelemetrySample.Load(),
             filesystems: readFilesystems(),
             disks: readDisks(),
             interfaces: readInterfaces(),
@@ -392,7 +226,7 @@ public struct ProcSampler: Sendable {
     ///
     /// If `MemAvailable` is missing (very old kernels) it is estimated as free + buffers + cached.
     /// Throws if the file cannot be read or lacks `MemTotal`.
-    public func readMemory() throws -> MemoryStats {
+    public func readMemory() throws -> TelemetrySample.Memory {
         let path = procRoot + "/meminfo"
         let text = try Self.readFile(path)
         guard let stats = Self.parseMeminfo(text) else {
@@ -402,21 +236,21 @@ public struct ProcSampler: Sendable {
     }
 
     /// Parses the contents of `/proc/meminfo`; returns `nil` if `MemTotal` is missing.
-    static func parseMeminfo(_ text: String) -> MemoryStats? {
+    static func parseMeminfo(_ text: String) -> TelemetrySample.Memory? {
         let values = ProcMeminfo.parse(text)
         guard let total = values["MemTotal"] else { return nil }
         let free = values["MemFree"] ?? 0
         let buffers = values["Buffers"] ?? 0
         let cached = values["Cached"] ?? 0
-        return MemoryStats(
-            totalBytes: total,
-            availableBytes: values["MemAvailable"] ?? saturatingSum([free, buffers, cached]),
-            freeBytes: free,
-            buffersBytes: buffers,
-            cachedBytes: cached,
-            swapTotalBytes: values["SwapTotal"] ?? 0,
-            swapFreeBytes: values["SwapFree"] ?? 0
-        )
+        return .with {
+            $0.totalBytes = total
+            $0.availableBytes = values["MemAvailable"] ?? saturatingSum([free, buffers, cached])
+            $0.freeBytes = free
+            $0.buffersBytes = buffers
+            $0.cachedBytes = cached
+            $0.swapTotalBytes = values["SwapTotal"] ?? 0
+            $0.swapFreeBytes = values["SwapFree"] ?? 0
+        }
     }
 
     // MARK: Load
@@ -424,7 +258,7 @@ public struct ProcSampler: Sendable {
     /// Reads load averages and entity counts from `/proc/loadavg`.
     ///
     /// Throws if the file cannot be read or is malformed.
-    public func readLoad() throws -> LoadAverage {
+    public func readLoad() throws -> TelemetrySample.Load {
         let path = procRoot + "/loadavg"
         let text = try Self.readFile(path)
         guard let load = Self.parseLoadavg(text) else {
@@ -434,7 +268,7 @@ public struct ProcSampler: Sendable {
     }
 
     /// Parses the contents of `/proc/loadavg` (`"0.10 0.20 0.30 1/123 4567"`).
-    static func parseLoadavg(_ text: String) -> LoadAverage? {
+    static func parseLoadavg(_ text: String) -> TelemetrySample.Load? {
         let tokens = fields(Substring(text))
         guard tokens.count >= 4,
             let one = Double(tokens[0]), let five = Double(tokens[1]), let fifteen = Double(tokens[2])
@@ -443,7 +277,13 @@ public struct ProcSampler: Sendable {
         guard counts.count == 2, let runnable = UInt32(counts[0]), let total = UInt32(counts[1]) else {
             return nil
         }
-        return LoadAverage(one: one, five: five, fifteen: fifteen, runnable: runnable, total: total)
+        return .with {
+            $0.one = one
+            $0.five = five
+            $0.fifteen = fifteen
+            $0.runnable = runnable
+            $0.total = total
+        }
     }
 
     // MARK: File systems
@@ -452,9 +292,9 @@ public struct ProcSampler: Sendable {
     ///
     /// Pseudo file systems are skipped, duplicate mount points keep the last entry, and mounts whose
     /// `statvfs` fails or reports zero blocks are left out. Returns an empty list if the table is unreadable.
-    public func readFilesystems() -> [FilesystemStats] {
+    public func readFilesystems() -> [TelemetrySample.Filesystem] {
         guard let text = try? Self.readFile(mountsPath) else { return [] }
-        var result: [FilesystemStats] = []
+        var result: [TelemetrySample.Filesystem] = []
         for mount in Self.parseMounts(text) {
             var info = statvfs()
             guard statvfs(mount.mountPoint, &info) == 0, info.f_blocks > 0 else { continue }
@@ -464,16 +304,16 @@ public struct ProcSampler: Sendable {
             let availableBlocks = UInt64(info.f_bavail)
             let usedBlocks = blocks >= freeBlocks ? blocks - freeBlocks : 0
             result.append(
-                FilesystemStats(
-                    mountPoint: mount.mountPoint,
-                    device: mount.device,
-                    type: mount.type,
-                    totalBytes: saturatingMultiply(blocks, blockSize),
-                    usedBytes: saturatingMultiply(usedBlocks, blockSize),
-                    freeBytes: saturatingMultiply(availableBlocks, blockSize),
-                    totalInodes: UInt64(info.f_files),
-                    freeInodes: UInt64(info.f_ffree)
-                ))
+                .with {
+                    $0.mountPoint = mount.mountPoint
+                    $0.device = mount.device
+                    $0.type = mount.type
+                    $0.totalBytes = saturatingMultiply(blocks, blockSize)
+                    $0.usedBytes = saturatingMultiply(usedBlocks, blockSize)
+                    $0.freeBytes = saturatingMultiply(availableBlocks, blockSize)
+                    $0.totalInodes = UInt64(info.f_files)
+                    $0.freeInodes = UInt64(info.f_ffree)
+                })
         }
         return result
     }
@@ -535,15 +375,15 @@ public struct ProcSampler: Sendable {
     ///
     /// Loop, RAM and zram devices and devices whose counters are all zero are skipped; whole disks and
     /// partitions are both reported. Returns an empty list if the file is unreadable.
-    public func readDisks() -> [DiskIOStats] {
+    public func readDisks() -> [TelemetrySample.Disk] {
         guard let text = try? Self.readFile(procRoot + "/diskstats") else { return [] }
         return Self.parseDiskstats(text)
     }
 
     /// Parses the contents of `/proc/diskstats`.
-    static func parseDiskstats(_ text: String) -> [DiskIOStats] {
+    static func parseDiskstats(_ text: String) -> [TelemetrySample.Disk] {
         let sectorSize: UInt64 = 512
-        var result: [DiskIOStats] = []
+        var result: [TelemetrySample.Disk] = []
         for line in text.split(separator: "\n") {
             let tokens = fields(line)
             // major minor name + 11 classic counters.
@@ -559,14 +399,14 @@ public struct ProcSampler: Sendable {
             }
             guard counters.count == 11, counters.contains(where: { $0 != 0 }) else { continue }
             result.append(
-                DiskIOStats(
-                    name: name,
-                    readsCompleted: counters[0],
-                    readBytes: saturatingMultiply(counters[2], sectorSize),
-                    writesCompleted: counters[4],
-                    writtenBytes: saturatingMultiply(counters[6], sectorSize),
-                    ioTimeMs: counters[9]
-                ))
+                .with {
+                    $0.name = name
+                    $0.readsCompleted = counters[0]
+                    $0.readBytes = saturatingMultiply(counters[2], sectorSize)
+                    $0.writesCompleted = counters[4]
+                    $0.writtenBytes = saturatingMultiply(counters[6], sectorSize)
+                    $0.ioTimeMs = counters[9]
+                })
         }
         return result
     }
@@ -577,7 +417,7 @@ public struct ProcSampler: Sendable {
     /// and the MAC address (plus `operstate` as the fallback for the up state) from `sysRoot/class/net`.
     ///
     /// Returns an empty list if `/proc/net/dev` is unreadable.
-    public func readInterfaces() -> [NetworkInterfaceStats] {
+    public func readInterfaces() -> [TelemetrySample.NetworkInterface] {
         guard let text = try? Self.readFile(procRoot + "/net/dev") else { return [] }
         var interfaces = Self.parseNetDev(text)
         let system = Self.systemInterfaceAddresses()
@@ -601,8 +441,8 @@ public struct ProcSampler: Sendable {
     }
 
     /// Parses the counters in `/proc/net/dev`; addresses, MAC and state are left at their defaults.
-    static func parseNetDev(_ text: String) -> [NetworkInterfaceStats] {
-        var result: [NetworkInterfaceStats] = []
+    static func parseNetDev(_ text: String) -> [TelemetrySample.NetworkInterface] {
+        var result: [TelemetrySample.NetworkInterface] = []
         for line in text.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
             let name = line[..<colon].trimmingSpaces()
@@ -616,11 +456,15 @@ public struct ProcSampler: Sendable {
             }
             guard counters.count == 16 else { continue }
             result.append(
-                NetworkInterfaceStats(
-                    name: name,
-                    rxBytes: counters[0], rxPackets: counters[1], rxErrors: counters[2], rxDropped: counters[3],
-                    txBytes: counters[8], txPackets: counters[9], txErrors: counters[10], txDropped: counters[11]
-                ))
+                .with {
+                    $0.name = name
+                    ($0.rxBytes, $0.rxPackets, $0.rxErrors, $0.rxDropped) = (
+                        counters[0], counters[1], counters[2], counters[3]
+                    )
+                    ($0.txBytes, $0.txPackets, $0.txErrors, $0.txDropped) = (
+                        counters[8], counters[9], counters[10], counters[11]
+                    )
+                })
         }
         return result
     }
