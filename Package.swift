@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "NodeCore", targets: ["NodeCore"]),
         .library(name: "NodeLibvirt", targets: ["NodeLibvirt"]),
         .library(name: "NodeDaemon", targets: ["NodeDaemon"]),
+        .library(name: "ControlPlane", targets: ["ControlPlane"]),
         .executable(name: "lqx-agent", targets: ["lqx-agent"]),
         .executable(name: "lqx", targets: ["lqx"]),
         .executable(name: "lqx-node", targets: ["lqx-node"]),
@@ -34,6 +35,9 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         .target(name: "CLQXSupport"),
@@ -103,6 +107,19 @@ let package = Package(
             dependencies: [
                 "NodeDaemon", "NodeCore", "HostBroker", "LQXModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The cluster's core: store, scheduler, reconciler, auth — no transport.
+        .target(
+            name: "ControlPlane",
+            dependencies: [
+                "LQXModel",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -194,6 +211,14 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LQXModelTests", dependencies: ["LQXModel"]),
+        .testTarget(
+            name: "ControlPlaneTests",
+            dependencies: [
+                "ControlPlane", "LQXModel", "LQXTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "LQXServerTests",
             dependencies: [

@@ -19,6 +19,8 @@ echo "== guest image"
 echo "== libvirtd"
 ./scripts/libvirt-up.sh
 export LQX_REQUIRE_LIBVIRT=1
+# The store contract tests start their own PostgreSQL (initdb + pg_ctl in a temp dir); here it must exist.
+export LQX_REQUIRE_POSTGRES=1
 # A test runner that dies must not leave guests or test domains behind. Tests record what they
 # start (LQXTestSupport.TestRun): QEMU and daemon pids, libvirt domain names. Only those are
 # stopped; other VMs on this host, limiquantix or not, are left alone.
@@ -29,7 +31,7 @@ cleanup() {
     if [ -f "$LQX_TEST_RUN_DIR/pids" ]; then
         while read -r pid; do
             # A pid the kernel has since given to another program is left alone.
-            if grep -qa -e qemu-system -e lqx-node "/proc/$pid/cmdline" 2>/dev/null; then
+            if grep -qa -e qemu-system -e lqx-node -e postgres "/proc/$pid/cmdline" 2>/dev/null; then
                 kill -9 "$pid" 2>/dev/null || true
             fi
         done <"$LQX_TEST_RUN_DIR/pids"

@@ -1,0 +1,96 @@
+import LQXModel
+
+/// A VM as the cluster stores it: what its user wants (`spec`) and what the system observed
+/// (`status`). Applying the same spec twice changes nothing.
+public struct VirtualMachine: Sendable, Equatable, Codable {
+    /// Identity, project, labels, version.
+    public var meta: ObjectMeta
+    /// Owned by the user.
+    public var spec: Spec
+    /// Owned by the control plane.
+    public var status: Status
+
+    /// A VM not yet stored.
+    public init(meta: ObjectMeta, spec: Spec, status: Status = Status()) {
+        self.meta = meta
+        self.spec = spec
+        self.status = status
+    }
+
+    /// The desired power state.
+    public enum RunState: String, Sendable, Equatable, Codable, CaseIterable {
+        /// The VM should run.
+        case running
+        /// The VM should be stopped (its definition stays on its node).
+        case stopped
+        /// The VM should run, paused.
+        case paused
+    }
+
+    /// What the user asks for.
+    public struct Spec: Sendable, Equatable, Codable {
+        /// Desired power state.
+        public var runState: RunState
+        /// CPU, memory, firmware, boot, disks, NICs (its `name` is the VM's name).
+        public var machine: VMSpec
+        /// Where it may run.
+        public var placement: Placement
+
+        /// Creates a spec.
+        public init(runState: RunState = .running, machine: VMSpec, placement: Placement = Placement()) {
+            self.runState = runState
+            self.machine = machine
+            self.placement = placement
+        }
+
+        /// Checks every field (a clear error naming it).
+        public func validate() throws(LQXError) {
+            try machine.validate()
+            try placement.validate()
+        }
+    }
+
+    /// Where the VM is in its life (MODEL.md).
+    public enum Phase: String, Sendable, Equatable, Codable, CaseIterable {
+        /// Waiting for a node (see the `Scheduled` condition).
+        case pending = "PENDING"
+        /// A node is chosen; it is being defined there.
+        case scheduled = "SCHEDULED"
+        /// Being started on its node.
+        case starting = "STARTING"
+        /// Running.
+        case running = "RUNNING"
+        /// Paused.
+        case paused = "PAUSED"
+        /// Being stopped.
+        case stopping = "STOPPING"
+        /// Defined on its node, not running.
+        case stopped = "STOPPED"
+        /// Moving to another node.
+        case migrating = "MIGRATING"
+        /// An operation failed (see the conditions).
+        case failed = "FAILED"
+        /// Its node does not report it.
+        case unknown = "UNKNOWN"
+    }
+
+    /// What the control plane observed.
+    public struct Status: Sendable, Equatable, Codable {
+        /// Where the VM is in its life.
+        public var phase: Phase
+        /// The id of the node it is placed on, or empty.
+        public var nodeID: String
+        /// The placement epoch: grows with every new placement; commands carry it.
+        public var epoch: Int64
+        /// Conditions with reasons.
+        public var conditions: [Condition]
+
+        /// A new VM's status: pending, nowhere.
+        public init(phase: Phase = .pending, nodeID: String = "", epoch: Int64 = 0, conditions: [Condition] = []) {
+            self.phase = phase
+            self.nodeID = nodeID
+            self.epoch = epoch
+            self.conditions = conditions
+        }
+    }
+}

@@ -1,0 +1,244 @@
+import LQXModel
+import Logging
+import NIOSSL
+import PostgresNIO
+import ServiceLifecycle
+import Synchronization
+
+/// The store on a PostgreSQL server (postgres-nio), for several control-plane replicas later.
+/// Same contract as `SQLiteStore`: commits run at READ COMMITTED, every conditional write is a
+/// single `UPDATE … WHERE version = …` (the row lock makes it atomic), and all commits are
+/// ordered by the revision row they increment.
+///
+/// A `Service`: `run()` keeps the connection pool and applies migrations first; calls made before
+/// that wait for it.
+public final class PostgresStore: Store {
+    private let client: PostgresClient
+    private let logger: Logger
+    private let gate = ReadyGate()
+    /// Where it connects.
+    public let settings: StoreLocation.Postgres
+
+    /// A store on that server (nothing is connected until `run()`).
+    public init(_ settings: StoreLocation.Postgres, logger: Logger) {
+        let configuration: PostgresClient.Configuration
+        if let host = settings.host {
+            configuration = PostgresClient.Configuration(
+                host: host, port: settings.port, username: settings.user, password: settings.password,
+                database: settings.database,
+                tls: settings.requireTLS ? .require(.makeClientConfiguration()) : .disable)
+        } else {
+            configuration = PostgresClient.Configuration(
+                unixSocketPath: "\(settings.socketDirectory ?? "/run/postgresql")/.s.PGSQL.\(settings.port)",
+                username: settings.user, password: settings.password, database: settings.database)
+        }
+        self.settings = settings
+        self.logger = logger
+        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+    }
+
+    /// Runs the connection pool, applies migrations, serves until graceful shutdown.
+    public func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await self.client.run() }
+            do {
+                try await migrate()
+                gate.open(.success(()))
+            } catch {
+                let failure = LQXError(.unavailable, "cannot prepare the PostgreSQL store", cause: error)
+                gate.open(.failure(failure))
+                group.cancelAll()
+                throw failure
+            }
+            try? await gracefulShutdown()
+            gate.open(.failure(LQXError(.unavailable, "the store has shut down")))
+            group.cancelAll()
+        }
+    }
+
+    private func migrate() async throws {
+        try await client.query("CREATE TABLE IF NOT EXISTS lqx_schema (name TEXT PRIMARY KEY)", logger: logger)
+        try await client.withTransaction(logger: logger) { connection in
+            // One replica migrates at a time; the others wait here and then find nothing to do.
+            try await connection.query("LOCK TABLE lqx_schema IN EXCLUSIVE MODE", logger: logger)
+            var applied = Set<String>()
+            for try await name in try await connection.query("SELECT name FROM lqx_schema", logger: logger)
+                .decode(String.self)
+            {
+                applied.insert(name)
+            }
+            for migration in Schema.migrations(integer: "BIGINT", serial: "BIGSERIAL PRIMARY KEY")
+            where !applied.contains(migration.name) {
+                for statement in migration.statements {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await connection.query("INSERT INTO lqx_schema (name) VALUES (\(migration.name))", logger: logger)
+            }
+        }
+    }
+
+    /// See `Store.commit`.
+    public func commit(_ writes: [StoreWrite], events: [EventRecord], audit: [AuditRecord]) async throws(LQXError)
+        -> Int64
+    {
+        try await gate.wait()
+        let plan = SQLPlan(writes: writes, events: events, audit: audit)
+        let logger = self.logger
+        do {
+            return try await client.withTransaction(logger: logger) { connection in
+                var revision: Int64 = 0
+                for step in plan.steps {
+                    let rows = try await connection.query(
+                        Self.query(step.sql, step.arguments, revision: revision), logger: logger)
+                    var values: [Int64] = []
+                    for try await value in rows.decode(Int64.self) { values.append(value) }
+                    if let value = try SQLPlan.check(step, values) { revision = value }
+                }
+                return revision
+            }
+        } catch {
+            // postgres-nio wraps what the transaction's body threw (and what COMMIT threw).
+            var underlying: any Error = error
+            if let wrapped = error as? PostgresTransactionError {
+                underlying = wrapped.closureError ?? wrapped.commitError ?? wrapped.beginError ?? error
+            }
+            switch underlying {
+            case let failure as SQLPlan.Failure:
+                var current: Int64?
+                if let (kind, id) = SQLPlan.staleObject(failure) { current = try await object(kind, id: id)?.version }
+                throw SQLPlan.error(for: failure, current: current)
+            case let database as PSQLError where database.serverInfo?[.sqlState] == "23505":
+                throw LQXError(.alreadyExists, "an object of that name exists already in its project", cause: database)
+            case let error as LQXError:
+                throw error
+            default:
+                throw LQXError(.unavailable, "the PostgreSQL store could not commit", cause: underlying)
+            }
+        }
+    }
+
+    /// See `Store.object(_:id:)`.
+    public func object(_ kind: ObjectKind, id: String) async throws(LQXError) -> StoredObject? {
+        try await objects(SQLPlan.Reads.byID, [.text(kind.rawValue), .text(id)]).first
+    }
+
+    /// See `Store.object(_:project:name:)`.
+    public func object(_ kind: ObjectKind, project: String, name: String) async throws(LQXError) -> StoredObject? {
+        try await objects(SQLPlan.Reads.byName, [.text(kind.rawValue), .text(project), .text(name)]).first
+    }
+
+    /// See `Store.objects(_:project:)`.
+    public func objects(_ kind: ObjectKind, project: String?) async throws(LQXError) -> [StoredObject] {
+        if let project {
+            return try await objects(SQLPlan.Reads.inProject, [.text(kind.rawValue), .text(project)])
+        }
+        return try await objects(SQLPlan.Reads.all, [.text(kind.rawValue)])
+    }
+
+    /// See `Store.events(_:)`.
+    public func events(_ query: LogQuery) async throws(LQXError) -> [EventRecord] {
+        let (sql, arguments) = SQLPlan.Reads.events(query)
+        return try await read(sql, arguments) { row in
+            let c = try row.decode((Int64, Int64, String, String, String, String, String, String, String).self)
+            return EventRecord(
+                sequence: c.0, timeUnixMs: c.1, kind: ObjectKind(rawValue: c.2), objectID: c.3, objectName: c.4,
+                project: c.5, type: c.6, reason: c.7, message: c.8)
+        }
+    }
+
+    /// See `Store.audit(_:)`.
+    public func audit(_ query: LogQuery) async throws(LQXError) -> [AuditRecord] {
+        let (sql, arguments) = SQLPlan.Reads.audit(query)
+        return try await read(sql, arguments) { row in
+            let c = try row.decode((Int64, Int64, String, String, String, String, String, String).self)
+            return AuditRecord(
+                sequence: c.0, timeUnixMs: c.1, user: c.2, project: c.3, vm: c.4, action: c.5, detail: c.6,
+                result: c.7)
+        }
+    }
+
+    private func objects(_ sql: String, _ arguments: [SQLValue]) async throws(LQXError) -> [StoredObject] {
+        try await read(sql, arguments) { row in
+            let c = try row.decode((String, String, String, String, Int64, String, Int, Int, String).self)
+            return StoredObject(
+                kind: ObjectKind(rawValue: c.0), id: c.1, project: c.2, name: c.3, version: c.4, node: c.5, cpus: c.6,
+                memoryMiB: c.7, body: c.8)
+        }
+    }
+
+    private func read<T>(_ sql: String, _ arguments: [SQLValue], _ decode: (PostgresRow) throws -> T)
+        async throws(LQXError) -> [T]
+    {
+        try await gate.wait()
+        do {
+            var result: [T] = []
+            for try await row in try await client.query(Self.query(sql, arguments, revision: 0), logger: logger) {
+                result.append(try decode(row))
+            }
+            return result
+        } catch {
+            throw LQXError(.unavailable, "the PostgreSQL store could not be read", cause: error)
+        }
+    }
+
+    /// The statement with `?` numbered as `$1`, `$2`, … and its values bound.
+    static func query(_ sql: String, _ arguments: [SQLValue], revision: Int64) -> PostgresQuery {
+        var text = ""
+        var index = 0
+        for character in sql {
+            if character == "?" {
+                index += 1
+                text += "$\(index)"
+            } else {
+                text.append(character)
+            }
+        }
+        var binds = PostgresBindings(capacity: arguments.count)
+        for argument in arguments {
+            switch argument {
+            case .text(let value): binds.append(value)
+            case .integer(let value): binds.append(value)
+            case .revision: binds.append(revision)
+            }
+        }
+        return PostgresQuery(unsafeSQL: text, binds: binds)
+    }
+}
+
+/// Lets calls wait until a service is ready (or has failed to become so).
+final class ReadyGate: Sendable {
+    private struct State {
+        var result: Result<Void, LQXError>?
+        var waiters: [CheckedContinuation<Void, any Error>] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// Returns once the gate opened successfully; throws its failure otherwise.
+    func wait() async throws(LQXError) {
+        do {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let result = state.withLock { state -> Result<Void, LQXError>? in
+                    if state.result == nil { state.waiters.append(continuation) }
+                    return state.result
+                }
+                if let result { continuation.resume(with: result.mapError { $0 as any Error }) }
+            }
+        } catch let error as LQXError {
+            throw error
+        } catch {
+            throw LQXError(.internal, "unexpected error while waiting for the store", cause: error)
+        }
+    }
+
+    /// Opens the gate (the first result wins).
+    func open(_ result: Result<Void, LQXError>) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
+            guard state.result == nil else { return [] }
+            state.result = result
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(with: result.mapError { $0 as any Error }) }
+    }
+}
