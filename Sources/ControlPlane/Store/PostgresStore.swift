@@ -12,7 +12,7 @@ import Synchronization
 ///
 /// A `Service`: `run()` keeps the connection pool and applies migrations first; calls made before
 /// that wait for it.
-public final class PostgresStore: Store {
+public final class PostgresStore: SQLStore {
     private let client: PostgresClient
     private let logger: Logger
     private let gate = ReadyGate()
@@ -104,9 +104,7 @@ public final class PostgresStore: Store {
             }
             switch underlying {
             case let failure as SQLPlan.Failure:
-                var current: Int64?
-                if let (kind, id) = SQLPlan.staleObject(failure) { current = try await object(kind, id: id)?.version }
-                throw SQLPlan.error(for: failure, current: current)
+                throw try await refusal(failure)
             case let database as PSQLError where database.serverInfo?[.sqlState] == "23505":
                 throw LQXError(.alreadyExists, "an object of that name exists already in its project", cause: database)
             case let error as LQXError:
@@ -117,63 +115,20 @@ public final class PostgresStore: Store {
         }
     }
 
-    /// See `Store.object(_:id:)`.
-    public func object(_ kind: ObjectKind, id: String) async throws(LQXError) -> StoredObject? {
-        try await objects(SQLPlan.Reads.byID, [.text(kind.rawValue), .text(id)]).first
-    }
-
-    /// See `Store.object(_:project:name:)`.
-    public func object(_ kind: ObjectKind, project: String, name: String) async throws(LQXError) -> StoredObject? {
-        try await objects(SQLPlan.Reads.byName, [.text(kind.rawValue), .text(project), .text(name)]).first
-    }
-
-    /// See `Store.objects(_:project:)`.
-    public func objects(_ kind: ObjectKind, project: String?) async throws(LQXError) -> [StoredObject] {
-        if let project {
-            return try await objects(SQLPlan.Reads.inProject, [.text(kind.rawValue), .text(project)])
-        }
-        return try await objects(SQLPlan.Reads.all, [.text(kind.rawValue)])
-    }
-
-    /// See `Store.events(_:)`.
-    public func events(_ query: LogQuery) async throws(LQXError) -> [EventRecord] {
-        let (sql, arguments) = SQLPlan.Reads.events(query)
-        return try await read(sql, arguments) { row in
-            let c = try row.decode((Int64, Int64, String, String, String, String, String, String, String).self)
-            return EventRecord(
-                sequence: c.0, timeUnixMs: c.1, kind: ObjectKind(rawValue: c.2), objectID: c.3, objectName: c.4,
-                project: c.5, type: c.6, reason: c.7, message: c.8)
-        }
-    }
-
-    /// See `Store.audit(_:)`.
-    public func audit(_ query: LogQuery) async throws(LQXError) -> [AuditRecord] {
-        let (sql, arguments) = SQLPlan.Reads.audit(query)
-        return try await read(sql, arguments) { row in
-            let c = try row.decode((Int64, Int64, String, String, String, String, String, String).self)
-            return AuditRecord(
-                sequence: c.0, timeUnixMs: c.1, user: c.2, project: c.3, vm: c.4, action: c.5, detail: c.6,
-                result: c.7)
-        }
-    }
-
-    private func objects(_ sql: String, _ arguments: [SQLValue]) async throws(LQXError) -> [StoredObject] {
-        try await read(sql, arguments) { row in
-            let c = try row.decode((String, String, String, String, Int64, String, Int, Int, String).self)
-            return StoredObject(
-                kind: ObjectKind(rawValue: c.0), id: c.1, project: c.2, name: c.3, version: c.4, node: c.5, cpus: c.6,
-                memoryMiB: c.7, body: c.8)
-        }
-    }
-
-    private func read<T>(_ sql: String, _ arguments: [SQLValue], _ decode: (PostgresRow) throws -> T)
-        async throws(LQXError) -> [T]
-    {
+    /// See `SQLStore.rows`.
+    func rows(_ sql: String, _ arguments: [SQLValue], columns: [SQLColumn]) async throws(LQXError) -> [[SQLValue]] {
         try await gate.wait()
         do {
-            var result: [T] = []
+            var result: [[SQLValue]] = []
             for try await row in try await client.query(Self.query(sql, arguments, revision: 0), logger: logger) {
-                result.append(try decode(row))
+                var values: [SQLValue] = []
+                for (cell, column) in zip(row, columns) {
+                    switch column {
+                    case .text: values.append(.text(try cell.decode(String.self)))
+                    case .integer: values.append(.integer(try cell.decode(Int64.self)))
+                    }
+                }
+                result.append(values)
             }
             return result
         } catch {

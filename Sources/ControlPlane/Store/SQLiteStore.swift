@@ -4,7 +4,7 @@ import ServiceLifecycle
 
 /// The default store: one SQLite file (WAL, `synchronous = FULL`, so a commit that returned
 /// survives a crash of the process or the machine). Nothing to set up.
-public final class SQLiteStore: Store {
+public final class SQLiteStore: SQLStore {
     private let pool: DatabasePool
     /// The database file.
     public let path: String
@@ -53,9 +53,7 @@ public final class SQLiteStore: Store {
                 return revision
             }
         } catch let failure as SQLPlan.Failure {
-            var current: Int64?
-            if let (kind, id) = SQLPlan.staleObject(failure) { current = try await object(kind, id: id)?.version }
-            throw SQLPlan.error(for: failure, current: current)
+            throw try await refusal(failure)
         } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
             throw LQXError(.alreadyExists, "an object of that name exists already in its project", cause: error)
         } catch {
@@ -63,58 +61,18 @@ public final class SQLiteStore: Store {
         }
     }
 
-    /// See `Store.object(_:id:)`.
-    public func object(_ kind: ObjectKind, id: String) async throws(LQXError) -> StoredObject? {
-        try await objects(SQLPlan.Reads.byID, [.text(kind.rawValue), .text(id)]).first
-    }
-
-    /// See `Store.object(_:project:name:)`.
-    public func object(_ kind: ObjectKind, project: String, name: String) async throws(LQXError) -> StoredObject? {
-        try await objects(SQLPlan.Reads.byName, [.text(kind.rawValue), .text(project), .text(name)]).first
-    }
-
-    /// See `Store.objects(_:project:)`.
-    public func objects(_ kind: ObjectKind, project: String?) async throws(LQXError) -> [StoredObject] {
-        if let project {
-            return try await objects(SQLPlan.Reads.inProject, [.text(kind.rawValue), .text(project)])
-        }
-        return try await objects(SQLPlan.Reads.all, [.text(kind.rawValue)])
-    }
-
-    /// See `Store.events(_:)`.
-    public func events(_ query: LogQuery) async throws(LQXError) -> [EventRecord] {
-        let (sql, arguments) = SQLPlan.Reads.events(query)
-        return try await read(sql, arguments) { row in
-            EventRecord(
-                sequence: row[0], timeUnixMs: row[1], kind: ObjectKind(rawValue: row[2]), objectID: row[3],
-                objectName: row[4], project: row[5], type: row[6], reason: row[7], message: row[8])
-        }
-    }
-
-    /// See `Store.audit(_:)`.
-    public func audit(_ query: LogQuery) async throws(LQXError) -> [AuditRecord] {
-        let (sql, arguments) = SQLPlan.Reads.audit(query)
-        return try await read(sql, arguments) { row in
-            AuditRecord(
-                sequence: row[0], timeUnixMs: row[1], user: row[2], project: row[3], vm: row[4], action: row[5],
-                detail: row[6], result: row[7])
-        }
-    }
-
-    private func objects(_ sql: String, _ arguments: [SQLValue]) async throws(LQXError) -> [StoredObject] {
-        try await read(sql, arguments) { row in
-            StoredObject(
-                kind: ObjectKind(rawValue: row[0]), id: row[1], project: row[2], name: row[3], version: row[4],
-                node: row[5], cpus: row[6], memoryMiB: row[7], body: row[8])
-        }
-    }
-
-    private func read<T: Sendable>(
-        _ sql: String, _ arguments: [SQLValue], _ decode: @escaping @Sendable (Row) -> T
-    ) async throws(LQXError) -> [T] {
+    /// See `SQLStore.rows`.
+    func rows(_ sql: String, _ arguments: [SQLValue], columns: [SQLColumn]) async throws(LQXError) -> [[SQLValue]] {
         do {
             return try await pool.read { db in
-                try Row.fetchAll(db, sql: sql, arguments: Self.arguments(arguments, revision: 0)).map(decode)
+                try Row.fetchAll(db, sql: sql, arguments: Self.arguments(arguments, revision: 0)).map { row in
+                    columns.enumerated().map { index, column in
+                        switch column {
+                        case .text: .text(row[index])
+                        case .integer: .integer(row[index])
+                        }
+                    }
+                }
             }
         } catch {
             throw LQXError(.io, "the store could not be read", cause: error)
