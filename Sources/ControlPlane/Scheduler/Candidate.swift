@@ -1,0 +1,109 @@
+import LQXModel
+
+/// A node as the scheduler sees it: its rules, its room and the groups of the VMs on it.
+public struct NodeCandidate: Sendable, Equatable {
+    /// The node's id.
+    public var id: String
+    /// The node's name.
+    public var name: String
+    /// Its phase (only READY nodes take VMs).
+    public var phase: Node.Phase
+    /// Labels, taints, schedulable, overcommit, reserved.
+    public var spec: NodeSpec
+    /// What VMs may take in all.
+    public var allocatable: Node.Resources
+    /// What the VMs placed on it take.
+    public var allocated: Node.Resources
+    /// Affinity and anti-affinity groups of the VMs placed on it, with how many of each.
+    public var groups: [String: Int]
+
+    /// Creates a candidate.
+    public init(
+        id: String, name: String, phase: Node.Phase = .ready, spec: NodeSpec = NodeSpec(),
+        allocatable: Node.Resources, allocated: Node.Resources = Node.Resources(), groups: [String: Int] = [:]
+    ) {
+        self.id = id
+        self.name = name
+        self.phase = phase
+        self.spec = spec
+        self.allocatable = allocatable
+        self.allocated = allocated
+        self.groups = groups
+    }
+
+    /// Room left.
+    public var free: Node.Resources {
+        Node.Resources(cpus: allocatable.cpus - allocated.cpus, memoryMiB: allocatable.memoryMiB - allocated.memoryMiB)
+    }
+
+    /// Counts a VM placed here.
+    public mutating func place(_ request: SchedulingRequest) {
+        allocated.cpus += request.cpus
+        allocated.memoryMiB += request.memoryMiB
+        for group in request.groups { groups[group, default: 0] += 1 }
+    }
+}
+
+/// What is to be placed: a VM's size and placement rules.
+public struct SchedulingRequest: Sendable, Equatable {
+    /// vCPUs.
+    public var cpus: Int
+    /// Memory, MiB.
+    public var memoryMiB: Int
+    /// Selector, tolerations, groups, strategy.
+    public var placement: Placement
+
+    /// Creates a request.
+    public init(cpus: Int, memoryMiB: Int, placement: Placement = Placement()) {
+        self.cpus = cpus
+        self.memoryMiB = memoryMiB
+        self.placement = placement
+    }
+
+    /// The request for a VM's spec.
+    public init(_ spec: VirtualMachine.Spec) {
+        self.init(cpus: spec.machine.vcpus, memoryMiB: spec.machine.memoryMiB, placement: spec.placement)
+    }
+
+    /// Every group the VM is a member of (affinity and anti-affinity alike).
+    public var groups: [String] { placement.affinity.map(\.group) + placement.antiAffinity.map(\.group) }
+}
+
+/// The cluster as the scheduler sees it at one moment.
+public struct ClusterSnapshot: Sendable {
+    /// Every node.
+    public var nodes: [NodeCandidate]
+    /// Groups with at least one placed member anywhere (a hard affinity to such a group must
+    /// follow it; to a group with no member yet, any node will do).
+    public var placedGroups: [String: Int]
+
+    /// A snapshot of nodes (their `allocated` and `groups` already counted).
+    public init(nodes: [NodeCandidate]) {
+        self.nodes = nodes
+        placedGroups = [:]
+        for node in nodes { placedGroups.merge(node.groups, uniquingKeysWith: +) }
+    }
+
+    /// The snapshot of stored nodes and VMs: each VM placed on a node takes its size there,
+    /// whether it runs or not (its definition is there and it may start at any time); `excluding`
+    /// leaves one VM out (the one being placed again).
+    public init(nodes: [Node], vms: [VirtualMachine], excluding: String? = nil) {
+        var candidates: [String: NodeCandidate] = [:]
+        for node in nodes {
+            candidates[node.meta.id] = NodeCandidate(
+                id: node.meta.id, name: node.meta.name, phase: node.status.phase, spec: node.spec,
+                allocatable: node.allocatable)
+        }
+        for vm in vms where !vm.status.nodeID.isEmpty && vm.meta.id != excluding {
+            candidates[vm.status.nodeID]?.place(SchedulingRequest(vm.spec))
+        }
+        self.init(nodes: candidates.values.sorted { $0.name < $1.name })
+    }
+
+    /// Counts a placement (so the next decision sees it).
+    public mutating func place(_ request: SchedulingRequest, on nodeID: String) {
+        guard let index = nodes.firstIndex(where: { $0.id == nodeID }) else { return }
+        nodes[index].place(request)
+        for group in request.groups { placedGroups[group, default: 0] += 1 }
+    }
+}

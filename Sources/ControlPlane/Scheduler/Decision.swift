@@ -1,0 +1,127 @@
+import LQXModel
+
+/// Why a node cannot take a VM: the first filter it failed.
+public enum Rejection: Sendable, Equatable {
+    /// The node is not READY.
+    case notReady(Node.Phase)
+    /// The node is cordoned (unschedulable) or in maintenance.
+    case cordoned
+    /// The node has a NoSchedule or NoExecute taint the VM does not tolerate.
+    case taint(NodeSpec.Taint)
+    /// The node lacks labels the VM's node selector asks for.
+    case nodeSelector(missing: [String])
+    /// A VM of a hard anti-affinity group runs there.
+    case antiAffinity(group: String)
+    /// No VM of a hard affinity group runs there (while some run elsewhere).
+    case affinity(group: String)
+    /// Not enough vCPUs left.
+    case insufficientCPU(need: Int, free: Int)
+    /// Not enough memory left.
+    case insufficientMemory(need: Int, free: Int)
+
+    /// A CamelCase reason for conditions and the API.
+    public var reason: String {
+        switch self {
+        case .notReady: "NodeNotReady"
+        case .cordoned: "NodeUnschedulable"
+        case .taint: "TaintNotTolerated"
+        case .nodeSelector: "NodeSelectorMismatch"
+        case .antiAffinity: "AntiAffinity"
+        case .affinity: "Affinity"
+        case .insufficientCPU: "InsufficientCPU"
+        case .insufficientMemory: "InsufficientMemory"
+        }
+    }
+
+    /// What happened at this node, for people.
+    public var message: String {
+        switch self {
+        case .notReady(let phase): "node is \(phase.rawValue)"
+        case .cordoned: "node is cordoned"
+        case .taint(let taint): "taint \(taint.display) not tolerated"
+        case .nodeSelector(let missing): "node selector: no label \(missing.joined(separator: ", "))"
+        case .antiAffinity(let group): "anti-affinity: a VM of group \(group) runs there"
+        case .affinity(let group): "affinity: no VM of group \(group) runs there"
+        case .insufficientCPU(let need, let free): "insufficient vCPUs (need \(need), free \(free))"
+        case .insufficientMemory(let need, let free): "insufficient memory (need \(need) MiB, free \(free))"
+        }
+    }
+
+    /// The summary's bucket: rejections with the same key are counted together.
+    var bucket: String {
+        switch self {
+        case .notReady(let phase): "not ready (\(phase.rawValue))"
+        case .cordoned: "cordoned"
+        case .taint(let taint): "taint \(taint.display)"
+        case .nodeSelector: "node selector mismatch"
+        case .antiAffinity(let group): "anti-affinity \(group)"
+        case .affinity(let group): "affinity \(group)"
+        case .insufficientCPU: "insufficient vCPUs"
+        case .insufficientMemory: "insufficient memory"
+        }
+    }
+}
+
+extension NodeSpec.Taint {
+    /// `key=value:Effect` (`key:Effect` without a value).
+    public var display: String { (value.isEmpty ? key : "\(key)=\(value)") + ":" + effect.displayName }
+}
+
+/// The scheduler's answer for one node.
+public struct Verdict: Sendable, Equatable {
+    /// The node's id.
+    public var nodeID: String
+    /// The node's name.
+    public var node: String
+    /// Its score when it fits (higher is better), nil when rejected.
+    public var score: Int?
+    /// Why it does not fit, nil when it fits.
+    public var rejection: Rejection?
+}
+
+/// A decision with its reasons: the chosen node (if any), a verdict for every node, and a one-line
+/// summary such as `0/12 nodes fit: 7 insufficient memory (need 4096 MiB, largest free 2048), …`.
+public struct Decision: Sendable, Equatable {
+    /// The chosen node's id, nil when none fits.
+    public var nodeID: String?
+    /// Every node: fitting ones by score (best first), then rejected ones by name.
+    public var verdicts: [Verdict]
+    /// One line for people.
+    public var summary: String
+
+    /// The chosen node's verdict.
+    public var chosen: Verdict? { verdicts.first { $0.nodeID == nodeID && nodeID != nil } }
+
+    init(verdicts unsorted: [Verdict], request: SchedulingRequest) {
+        let fitting = unsorted.filter { $0.score != nil }.sorted {
+            ($0.score!, $1.node) > ($1.score!, $0.node)
+        }
+        let rejected = unsorted.filter { $0.score == nil }.sorted { $0.node < $1.node }
+        verdicts = fitting + rejected
+        nodeID = fitting.first?.nodeID
+        var counts: [String: (count: Int, largestFree: Int)] = [:]
+        for verdict in rejected {
+            guard let rejection = verdict.rejection else { continue }
+            var free = 0
+            switch rejection {
+            case .insufficientCPU(_, let f), .insufficientMemory(_, let f): free = f
+            default: break
+            }
+            let entry = counts[rejection.bucket, default: (0, Int.min)]
+            counts[rejection.bucket] = (entry.count + 1, max(entry.largestFree, free))
+        }
+        let parts = counts.sorted { ($0.value.count, $1.key) > ($1.value.count, $0.key) }.map { bucket, entry in
+            switch bucket {
+            case "insufficient memory":
+                "\(entry.count) \(bucket) (need \(request.memoryMiB) MiB, largest free \(entry.largestFree))"
+            case "insufficient vCPUs":
+                "\(entry.count) \(bucket) (need \(request.cpus), largest free \(entry.largestFree))"
+            default: "\(entry.count) \(bucket)"
+            }
+        }
+        var summary = "\(fitting.count)/\(unsorted.count) nodes fit"
+        if let best = fitting.first { summary += "; chose \(best.node) (score \(best.score!))" }
+        if !parts.isEmpty { summary += ": " + parts.joined(separator: ", ") }
+        self.summary = summary
+    }
+}
