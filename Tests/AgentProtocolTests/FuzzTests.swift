@@ -1,4 +1,5 @@
 import Foundation
+import LQXTestSupport
 import NIOCore
 import Testing
 

@@ -1,3 +1,4 @@
+import LQXTestSupport
 import NIOCore
 import Synchronization
 import Testing

@@ -1,4 +1,5 @@
 import LQXModel
+import LQXTestSupport
 import Testing
 
 @testable import ControlPlane
@@ -164,25 +165,13 @@ struct SchedulerFilterTests {
     }
 }
 
-/// A small deterministic generator (SplitMix64) so a failing seed can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 @Suite("scheduler: properties over random clusters and request streams")
 struct SchedulerPropertyTests {
     @Test(
         "never over capacity, never a hard rule broken, every rejection explained, the best score chosen",
         arguments: 0..<40)
     func randomStreams(seed: UInt64) {
-        var random = SeededGenerator(state: seed)
+        var random = SplitMix64(seed: seed)
         let zones = ["a", "b", "c"]
         let taints = [
             NodeSpec.Taint(key: "gpu", value: "true", effect: .noSchedule),

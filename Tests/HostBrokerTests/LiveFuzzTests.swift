@@ -11,19 +11,8 @@ import Testing
 
 @Suite("hostile input against a live agent")
 struct LiveFuzzTests {
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// One hostile frame: random type, flags, stream, payload, usually of the live session.
-    static func hostileFrame(session: UInt64, rng: inout SplitMix) -> [UInt8] {
+    static func hostileFrame(session: UInt64, rng: inout SplitMix64) -> [UInt8] {
         let types: [UInt8] = [0x03, 0x04, 0x05, 0x10, 0x11, 0x12, 0x13, 0x14, 0x01, 0x02, 0x7F, 0x00]
         let type = types[Int(rng.next() % UInt64(types.count))]
         let payloadLength = Int(rng.next() % 3) == 0 ? Int(rng.next() % 2048) : Int(rng.next() % 40)
@@ -82,7 +71,7 @@ struct LiveFuzzTests {
                     }
                 }
                 drain(peer.fd)
-                var rng = SplitMix(state: seed)
+                var rng = SplitMix64(seed: seed)
                 var batch: [UInt8] = []
                 var sentFrames = 0
                 var connectionAlive = true
