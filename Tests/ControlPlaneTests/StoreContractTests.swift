@@ -190,6 +190,30 @@ struct StoreContractTests {
         }
     }
 
+    @Test("a project's quota is checked in the same transaction as the create", arguments: StoreKind.allCases)
+    func quota(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            try await store.commit([.create(StoredObject(kind: .project, id: "p1", name: "team", body: "{}"))])
+            let limit = StoreWrite.quota(projectID: "p1", project: "team", vcpus: 3, memoryMiB: 4096, vms: 2)
+            try await store.commit([.create(vmObject("a", project: "team", cpus: 2)), limit])
+            await expectError(.resourceExhausted) {
+                try await store.commit([.create(vmObject("b", project: "team", cpus: 2)), limit])
+            }
+            try await store.commit([.create(vmObject("b", project: "team", cpus: 1)), limit])
+            await expectError(.resourceExhausted) {
+                try await store.commit([.create(vmObject("c", project: "team", cpus: 0)), limit])
+            }
+            // Other projects' VMs do not count.
+            try await store.commit([.create(vmObject("c", project: "other", cpus: 8)), limit])
+            await expectError(.notFound) {
+                try await store.commit([
+                    .create(vmObject("d", project: "x")),
+                    .quota(projectID: "nope", project: "x", vcpus: 1, memoryMiB: 1, vms: 1),
+                ])
+            }
+        }
+    }
+
     @Test("concurrent writers: of many updates from one version exactly one wins", arguments: StoreKind.allCases)
     func concurrentUpdates(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in

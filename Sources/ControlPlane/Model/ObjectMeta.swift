@@ -15,6 +15,8 @@ public struct ObjectMeta: Sendable, Equatable, Codable {
     public var resourceVersion: Int64
     /// When it was created, Unix milliseconds.
     public var createdUnixMs: Int64
+    /// When its deletion was asked for (it is removed once its node let it go), or nil.
+    public var deletionRequestedUnixMs: Int64?
 
     /// Metadata of an object not yet stored (id, version and creation time are assigned then).
     public init(

@@ -37,6 +37,8 @@ struct SQLPlan: Sendable {
         case stale(ObjectKind, id: String, name: String, expected: Int64)
         case missingNode(String)
         case noCapacity(node: String, cpus: Int, memoryMiB: Int)
+        case missingProject(String)
+        case overQuota(String)
     }
 
     var steps: [SQLStep] = []
@@ -47,6 +49,7 @@ struct SQLPlan: Sendable {
         steps.append(
             SQLStep(sql: "UPDATE lqx_revision SET value = value + 1 RETURNING value", arguments: [], expect: .revision))
         var capacity: [(node: String, cpus: Int, memoryMiB: Int)] = []
+        var quotas: [(id: String, project: String, vcpus: Int, memoryMiB: Int, vms: Int)] = []
         for write in writes {
             switch write {
             case .create(let o):
@@ -79,6 +82,8 @@ struct SQLPlan: Sendable {
                         expect: .oneRow(.stale(kind, id: id, name: id, expected: expected))))
             case .capacity(let node, let cpus, let memory):
                 capacity.append((node, cpus, memory))
+            case .quota(let id, let project, let vcpus, let memory, let vms):
+                quotas.append((id, project, vcpus, memory, vms))
             }
         }
         // After the writes, so their placements count; nodes in one order, so two commits cannot
@@ -94,6 +99,22 @@ struct SQLPlan: Sendable {
                         + "THEN 1 ELSE 0 END FROM lqx_objects WHERE kind = 'vm' AND node = ?",
                     arguments: [.integer(Int64(check.cpus)), .integer(Int64(check.memoryMiB)), .text(check.node)],
                     expect: .isTrue(.noCapacity(node: check.node, cpus: check.cpus, memoryMiB: check.memoryMiB))))
+        }
+        for quota in quotas.sorted(by: { $0.id < $1.id }) {
+            steps.append(
+                SQLStep(
+                    sql: "UPDATE lqx_objects SET version = version WHERE kind = 'project' AND id = ? RETURNING 1",
+                    arguments: [.text(quota.id)], expect: .oneRow(.missingProject(quota.project))))
+            steps.append(
+                SQLStep(
+                    sql: "SELECT CASE WHEN COUNT(*) <= ? AND COALESCE(SUM(cpus), 0) <= ? "
+                        + "AND COALESCE(SUM(memory_mib), 0) <= ? THEN 1 ELSE 0 END FROM lqx_objects "
+                        + "WHERE kind = 'vm' AND project = ?",
+                    arguments: [
+                        .integer(Int64(quota.vms)), .integer(Int64(quota.vcpus)), .integer(Int64(quota.memoryMiB)),
+                        .text(quota.project),
+                    ],
+                    expect: .isTrue(.overQuota(quota.project))))
         }
         for e in events {
             steps.append(
@@ -147,6 +168,10 @@ struct SQLPlan: Sendable {
                 cause: StaleVersion(current: current ?? 0))
         case .missingNode(let node):
             return LQXError(.notFound, "node \(node) does not exist")
+        case .missingProject(let project):
+            return LQXError(.notFound, "project \(project) does not exist")
+        case .overQuota(let project):
+            return LQXError(.resourceExhausted, "project \(project) would be over its quota")
         case .noCapacity(let node, let cpus, let memory):
             return LQXError(
                 .resourceExhausted,

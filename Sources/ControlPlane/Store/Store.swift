@@ -37,9 +37,9 @@ public struct StoredObject: Sendable, Equatable {
     public var version: Int64
     /// The node it takes resources from, or "".
     public var node: String
-    /// vCPUs it takes from `node`.
+    /// vCPUs it takes (from `node` when placed; from its project's quota always).
     public var cpus: Int
-    /// Memory it takes from `node`, MiB.
+    /// Memory it takes, MiB.
     public var memoryMiB: Int
     /// The object, encoded.
     public var body: String
@@ -74,6 +74,9 @@ public enum StoreWrite: Sendable, Equatable {
     /// Requires that the objects placed on `node` take at most these resources after the other
     /// steps (the node's row is locked, so concurrent placements on it are serialised).
     case capacity(node: String, cpus: Int, memoryMiB: Int)
+    /// Requires that the VMs of `project` take at most these resources and count after the other
+    /// steps (the project's row, id `projectID`, is locked, so concurrent creates are serialised).
+    case quota(projectID: String, project: String, vcpus: Int, memoryMiB: Int, vms: Int)
 }
 
 /// An entry of the append-only event log of a VM or node.

@@ -1,0 +1,222 @@
+import LQXModel
+
+/// What a node reports when it joins.
+public struct NodeRegistration: Sendable, Equatable {
+    /// The host's name (unique in the cluster).
+    public var name: String
+    /// Where its node API listens.
+    public var address: String
+    /// CPUs and memory.
+    public var capacity: Node.Resources
+    /// Hardware and hypervisor.
+    public var inventory: Node.Inventory
+    /// The daemon's version.
+    public var version: String
+
+    /// Creates a registration.
+    public init(
+        name: String, address: String, capacity: Node.Resources, inventory: Node.Inventory = Node.Inventory(),
+        version: String = LimiquantixVersion.current
+    ) {
+        self.name = name
+        self.address = address
+        self.capacity = capacity
+        self.inventory = inventory
+        self.version = version
+    }
+}
+
+extension Cluster {
+    /// The prefix of join tokens (`lqxjoin_<id>_<secret>`), distinct from API tokens.
+    public static let joinTokenPrefix = "lqxjoin"
+
+    /// A single-use token a node joins with (admins); `ttl` bounds how long it is valid.
+    public func createJoinToken(ttl: Duration, by principal: Principal) async throws(LQXError) -> String {
+        try principal.require(.admin, to: "create join tokens")
+        guard ttl > .zero, ttl <= .seconds(7 * 86_400) else {
+            throw LQXError(.invalidSpec, "--ttl must be more than 0 and at most 7 days")
+        }
+        let milliseconds = ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000
+        let (plaintext, record) = TokenSecret.issue(
+            user: principal.user, role: .viewer, project: "", now: now(), ttlMilliseconds: milliseconds,
+            prefix: Self.joinTokenPrefix)
+        try await store.commit([.create(try Repository.stored(record, kind: .joinToken))])
+        return plaintext
+    }
+
+    /// Registers a node with a join token: the token is consumed in the same transaction that
+    /// creates the node, so it works once. The node starts PENDING until its first heartbeat.
+    public func registerNode(joinToken: String, _ registration: NodeRegistration) async throws(LQXError) -> Node {
+        guard let (id, secret) = TokenSecret.parse(joinToken, prefix: Self.joinTokenPrefix) else {
+            throw LQXError(.unauthenticated, "the join token is malformed (expected \(Self.joinTokenPrefix)_…)")
+        }
+        guard let (record, version) = try await repository.token(id: id, kind: .joinToken) else {
+            throw LQXError(.unauthenticated, "the join token was already used or never existed")
+        }
+        try TokenSecret.verify(secret, record, now: now())
+        try VMSpec.validate(name: registration.name)
+        let address = try HostPort(parsing: registration.address, for: .connect, field: "address")
+        guard registration.capacity.cpus > 0, registration.capacity.memoryMiB > 0 else {
+            throw LQXError(.invalidSpec, "a node must report its CPUs and memory")
+        }
+        let node = Node(
+            meta: ObjectMeta(id: VMID.random().rawValue, name: registration.name, createdUnixMs: now()),
+            status: Node.Status(
+                address: address.description, capacity: registration.capacity, inventory: registration.inventory,
+                version: registration.version))
+        do {
+            var joined = node
+            joined.meta.resourceVersion = try await store.commit(
+                [.delete(.joinToken, id: id, expected: version), .create(try Repository.stored(node))],
+                events: [
+                    event(
+                        .node, node.meta, "Joined",
+                        "joined from \(address) with \(registration.capacity.cpus) CPUs and \(registration.capacity.memoryMiB) MiB"
+                    )
+                ], audit: [])
+            return joined
+        } catch  where error.code == .conflict {
+            throw LQXError(.unauthenticated, "the join token was already used")
+        } catch  where error.code == .alreadyExists {
+            throw LQXError(.alreadyExists, "a node named \(registration.name) has joined already")
+        }
+    }
+
+    /// A node's heartbeat: it is READY from now on until `heartbeatGrace` passes without one.
+    /// Only changes of phase or capacity are written (and place VMs that waited for room).
+    public func heartbeat(nodeID: String, capacity: Node.Resources? = nil) async throws(LQXError) {
+        let time = now()
+        heartbeats.withLock { $0[nodeID] = time }
+        let changed = try await retrying { () async throws(LQXError) -> Bool in
+            guard var node = try await repository.node(id: nodeID) else {
+                throw LQXError(.notFound, "node \(nodeID) has not joined this cluster")
+            }
+            var reasons: [String] = []
+            if [.pending, .notReady].contains(node.status.phase) {
+                reasons.append("node is READY")
+                node.status.phase = .ready
+            }
+            if let capacity, capacity != node.status.capacity {
+                reasons.append("capacity \(capacity.cpus) CPUs, \(capacity.memoryMiB) MiB")
+                node.status.capacity = capacity
+            }
+            guard !reasons.isEmpty else { return false }
+            try await store.commit(
+                [.update(try Repository.stored(node), expected: node.meta.resourceVersion)],
+                events: [event(.node, node.meta, "NodeReady", reasons.joined(separator: "; "))], audit: [])
+            return true
+        }
+        if changed { try await schedulePending() }
+    }
+
+    /// Marks READY nodes whose last heartbeat is older than the grace period NOT_READY (one
+    /// that never sent one since this control plane started is judged from its start).
+    public func checkHeartbeats(startedUnixMs: Int64) async throws(LQXError) {
+        let time = now()
+        let grace = heartbeatGrace.components.seconds * 1000
+        let seen = heartbeats.withLock { $0 }
+        for node in try await repository.nodes() where node.status.phase == .ready {
+            let last = seen[node.meta.id] ?? startedUnixMs
+            guard time - last > grace else { continue }
+            _ = try? await updateNode(node.meta.name, by: .system, reason: "NodeNotReady") { node in
+                node.status.phase = .notReady
+                return "no heartbeat for \((time - last) / 1000) s"
+            }
+        }
+    }
+
+    /// Every node (viewers).
+    public func nodes(by principal: Principal) async throws(LQXError) -> [Node] {
+        try principal.require(.viewer, project: principal.project, to: "list nodes")
+        return try await repository.nodes()
+    }
+
+    /// The node of that name (viewers).
+    public func node(_ name: String, by principal: Principal) async throws(LQXError) -> Node {
+        try principal.require(.viewer, project: principal.project, to: "read nodes")
+        guard let node = try await repository.node(name: name) else {
+            throw LQXError(.notFound, "node \(name) does not exist")
+        }
+        return node
+    }
+
+    /// Cordons (no new VMs) or uncordons a node (admins).
+    public func setSchedulable(_ name: String, _ schedulable: Bool, by principal: Principal) async throws(LQXError)
+        -> Node
+    {
+        let node = try await updateNode(name, by: principal, reason: schedulable ? "Uncordoned" : "Cordoned") { node in
+            node.spec.schedulable = schedulable
+            return schedulable ? "node takes new VMs" : "node takes no new VMs"
+        }
+        if schedulable { try await schedulePending() }
+        return node
+    }
+
+    /// Sets (value non-nil) or removes a node label (admins).
+    public func setLabel(_ name: String, key: String, value: String?, by principal: Principal) async throws(LQXError)
+        -> Node
+    {
+        let node = try await updateNode(name, by: principal, reason: "Labelled") {
+            (node: inout Node) throws(LQXError) -> String in
+            var values = node.spec.labels.values
+            values[key] = value
+            node.spec.labels = try Labels(values)
+            return value.map { "label \(key)=\($0)" } ?? "label \(key) removed"
+        }
+        try await schedulePending()
+        return node
+    }
+
+    /// Adds a taint, or removes every taint of that key when `taint.effect` is nil (admins).
+    public func setTaint(
+        _ name: String, key: String, value: String, effect: NodeSpec.Taint.Effect?, by principal: Principal
+    ) async throws(LQXError) -> Node {
+        let node = try await updateNode(name, by: principal, reason: "Tainted") { node in
+            node.spec.taints.removeAll { $0.key == key }
+            guard let effect else { return "taints \(key) removed" }
+            let taint = NodeSpec.Taint(key: key, value: value, effect: effect)
+            node.spec.taints.append(taint)
+            return "taint \(taint.display)"
+        }
+        try await schedulePending()
+        return node
+    }
+
+    /// Sets a node's overcommit ratios and reserved resources (admins; nil keeps a value).
+    public func setResources(
+        _ name: String, cpuOvercommit: Double? = nil, memoryOvercommit: Double? = nil, reservedCPUs: Int? = nil,
+        reservedMemoryMiB: Int? = nil, by principal: Principal
+    ) async throws(LQXError) -> Node {
+        let node = try await updateNode(name, by: principal, reason: "ResourcesChanged") { node in
+            node.spec.cpuOvercommit = cpuOvercommit ?? node.spec.cpuOvercommit
+            node.spec.memoryOvercommit = memoryOvercommit ?? node.spec.memoryOvercommit
+            node.spec.reservedCPUs = reservedCPUs ?? node.spec.reservedCPUs
+            node.spec.reservedMemoryMiB = reservedMemoryMiB ?? node.spec.reservedMemoryMiB
+            let room = node.allocatable
+            return "allocatable \(room.cpus) vCPUs, \(room.memoryMiB) MiB"
+        }
+        try await schedulePending()
+        return node
+    }
+
+    /// Changes a node's record with `change` (which returns the event's message), validating its
+    /// spec, retrying on a lost race.
+    func updateNode(
+        _ name: String, by principal: Principal, reason: String,
+        _ change: @Sendable (inout Node) throws(LQXError) -> String
+    ) async throws(LQXError) -> Node {
+        try principal.require(.admin, to: "change nodes")
+        return try await retrying { () async throws(LQXError) -> Node in
+            guard var node = try await repository.node(name: name) else {
+                throw LQXError(.notFound, "node \(name) does not exist")
+            }
+            let expected = node.meta.resourceVersion
+            let message = try change(&node)
+            try node.spec.validate()
+            node.meta.resourceVersion = try await store.commit(
+                [.update(try Repository.stored(node), expected: expected)],
+                events: [event(.node, node.meta, reason, message)], audit: [])
+            return node
+        }
+    }
+}

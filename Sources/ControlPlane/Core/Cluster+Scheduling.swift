@@ -1,0 +1,86 @@
+import LQXModel
+
+extension Cluster {
+    /// The scheduler's decision for a VM, without placing it (`lqx vm explain`).
+    public func explain(_ project: String, _ name: String, by principal: Principal) async throws(LQXError) -> Decision {
+        let vm = try await vm(project, name, by: principal)
+        let snapshot = ClusterSnapshot(
+            nodes: try await repository.nodes(), vms: try await repository.vms(), excluding: vm.meta.id)
+        return scheduler.schedule(SchedulingRequest(vm.spec), on: snapshot)
+    }
+
+    /// Places a VM that is on no node: writes the chosen node, a new epoch and a `Scheduled`
+    /// condition in one transaction with the store's capacity check, retrying when another
+    /// placement won the race. When nothing fits the VM stays PENDING with `Scheduled=false`,
+    /// reason `Unschedulable` and the summary; it is tried again when nodes or VMs change.
+    @discardableResult
+    public func schedule(vmID: String) async throws(LQXError) -> Decision? {
+        var attempt = 0
+        while true {
+            guard var vm = try await repository.vm(id: vmID), vm.status.nodeID.isEmpty,
+                vm.meta.deletionRequestedUnixMs == nil
+            else { return nil }
+            let nodes = try await repository.nodes()
+            let snapshot = ClusterSnapshot(nodes: nodes, vms: try await repository.vms(), excluding: vm.meta.id)
+            let decision = scheduler.schedule(SchedulingRequest(vm.spec), on: snapshot)
+            let expected = vm.meta.resourceVersion
+            guard let nodeID = decision.nodeID, let node = nodes.first(where: { $0.meta.id == nodeID }) else {
+                let condition = Condition(
+                    type: "Scheduled", status: false, reason: "Unschedulable", message: decision.summary,
+                    lastTransitionUnixMs: now())
+                guard vm.status.conditions["Scheduled"]?.message != decision.summary else { return decision }
+                vm.status.conditions.set(condition)
+                vm.status.phase = .pending
+                do {
+                    try await store.commit(
+                        [.update(try Repository.stored(vm), expected: expected)],
+                        events: [event(.vm, vm.meta, "FailedScheduling", decision.summary, warning: true)], audit: [])
+                } catch  where error.code == .conflict && attempt < Self.attempts {
+                    attempt += 1
+                    continue
+                }
+                return decision
+            }
+            vm.status.nodeID = nodeID
+            vm.status.epoch += 1
+            vm.status.phase = .scheduled
+            vm.status.conditions.set(
+                Condition(
+                    type: "Scheduled", status: true, reason: "Scheduled", message: decision.summary,
+                    lastTransitionUnixMs: now()))
+            let room = node.allocatable
+            do {
+                try await store.commit(
+                    [
+                        .update(try Repository.stored(vm), expected: expected),
+                        .capacity(node: nodeID, cpus: room.cpus, memoryMiB: room.memoryMiB),
+                    ],
+                    events: [
+                        event(
+                            .vm, vm.meta, "Scheduled",
+                            "placed on \(node.meta.name) (epoch \(vm.status.epoch)): \(decision.summary)")
+                    ], audit: [])
+                logger.info(
+                    "scheduled",
+                    metadata: ["vm.id": "\(vm.meta.id)", "vm.name": "\(vm.meta.name)", "node": "\(node.meta.name)"])
+                return decision
+            } catch  where (error.code == .conflict || error.code == .resourceExhausted) && attempt < Self.attempts {
+                attempt += 1
+            }
+        }
+    }
+
+    /// Tries to place every VM that waits for a node (after a node joined or became READY, a VM
+    /// was deleted or shrank). Returns how many were placed.
+    @discardableResult
+    public func schedulePending() async throws(LQXError) -> Int {
+        var placed = 0
+        let waiting = try await repository.vms().filter {
+            $0.status.nodeID.isEmpty && $0.meta.deletionRequestedUnixMs == nil && $0.spec.runState != .stopped
+        }
+        for vm in waiting {
+            if let decision = try await schedule(vmID: vm.meta.id), decision.nodeID != nil { placed += 1 }
+        }
+        return placed
+    }
+}
