@@ -49,9 +49,34 @@ let package = Package(
         .target(
             name: "NodeAPI",
             dependencies: [
+                "LQXTypes",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
+        ),
+        // limiquantix.types.v1 (generated) and its one mapping to the model: what node.v1 and
+        // compute.v1 share.
+        .target(
+            name: "LQXTypes",
+            dependencies: ["LQXModel", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        // The cluster API (generated compute.v1).
+        .target(
+            name: "ControlPlaneAPI",
+            dependencies: [
+                "LQXTypes",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
+        ),
+        // The cluster API's layer: compute.v1 requests decoded into `Cluster` calls.
+        .target(
+            name: "ControlPlaneServer",
+            dependencies: [
+                "ControlPlane", "ControlPlaneAPI", "LQXTypes", "LQXModel", "LQXServer",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
             ]
         ),
         // One server foundation for the node daemon and the control plane: gRPC as a Service, TLS,
@@ -93,6 +118,7 @@ let package = Package(
             name: "NodeDaemon",
             dependencies: [
                 "NodeCore", "NodeLibvirt", "LQXServer", "CLQXSupport", "HostBroker", "AgentProtocol", "NodeAPI",
+                "LQXTypes",
                 "LQXModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -173,6 +199,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .target(name: "NodeAPI", condition: .when(traits: ["NodeClient"])),
+                .target(name: "LQXTypes", condition: .when(traits: ["NodeClient"])),
                 .product(name: "GRPCCore", package: "grpc-swift-2", condition: .when(traits: ["NodeClient"])),
                 .product(
                     name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport",
@@ -211,10 +238,22 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LQXModelTests", dependencies: ["LQXModel"]),
+        // Commits to a store and prints each acknowledgement; the durability test kills it with -9.
+        .executableTarget(
+            name: "lqx-store-writer",
+            dependencies: [
+                "ControlPlane", "LQXModel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Tests/StoreWriter"
+        ),
         .testTarget(
             name: "ControlPlaneTests",
             dependencies: [
-                "ControlPlane", "LQXModel", "LQXTestSupport",
+                "ControlPlane", "ControlPlaneServer", "ControlPlaneAPI", "LQXModel", "LQXTestSupport",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -260,7 +299,7 @@ let package = Package(
             name: "NodeDaemonTests",
             dependencies: [
                 "NodeDaemon", "NodeCore", "NodeLibvirt", "NodeCoreTesting", "NodeTestSupport", "HostBroker",
-                "AgentProtocol", "NodeAPI", "LQXTestSupport", "LQXModel", "LQXServer",
+                "AgentProtocol", "NodeAPI", "LQXTypes", "LQXTestSupport", "LQXModel", "LQXServer",
                 .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),

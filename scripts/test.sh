@@ -47,7 +47,11 @@ cleanup() {
 trap cleanup EXIT
 echo "== tests"
 LIBVIRT_SYSTEM_TESTS="NodeLibvirtSystemTests|NodeManagerSystemTests|NodeAPISystemTests"
-swift test --skip-build --parallel --num-workers 2 --skip "GuestSystemTests|NodeLoadSystemTests|HostileAgentTests|$LIBVIRT_SYSTEM_TESTS"
+swift test --skip-build --parallel --num-workers 2 \
+    --skip "GuestSystemTests|NodeLoadSystemTests|HostileAgentTests|ControlPlaneTests|$LIBVIRT_SYSTEM_TESTS"
+# Apart: PostgreSQL and the concurrent-writer tests would take the CPU from the timing-sensitive tests above.
+echo "== control plane: store contract (SQLite, PostgreSQL), durability, scheduler, cluster core, API"
+swift test --skip-build --parallel --num-workers 2 --filter "ControlPlaneTests"
 # Apart: its floods would take the CPU from the timing-sensitive tests above.
 echo "== hostile agent against lqx's broker"
 swift test --skip-build --parallel --num-workers 2 --filter "HostileAgentTests"

@@ -3,6 +3,7 @@
     import ArgumentParser
     import Foundation
     import GRPCCore
+    import LQXTypes
     import NodeAPI
 
     extension AgentOptions {
@@ -63,7 +64,7 @@
 
         func run() async throws {
             try await runReportingErrors {
-                let spec = Limiquantix_Node_V1_VMSpec.with {
+                let spec = Limiquantix_Types_V1_VMSpec.with {
                     $0.name = name
                     $0.vcpus = cpus
                     $0.memoryMib = memory

@@ -4,6 +4,7 @@
     import CLQXSupport
     import Foundation
     import GRPCCore
+    import LQXTypes
     import HostBroker
     import NIOCore
     import NodeAPI
@@ -19,7 +20,7 @@
         /// `lqx --node HOST:PORT exec NAME -- CMD…` through the node's Exec stream.
         func runThroughNode(_ node: String) async throws {
             let target = try nodeTarget()
-            let request = Limiquantix_Node_V1_ExecRequest.with {
+            let request = Limiquantix_Types_V1_ExecRequest.with {
                 $0.argv = target.argv
                 for pair in env {
                     let eq = pair.firstIndex(of: "=")!
@@ -153,7 +154,7 @@
             try await runReportingErrors {
                 let bar = (!noProgress && isatty(2) == 1) ? ProgressBar() : nil
                 let began = ContinuousClock.now
-                let result: Limiquantix_Node_V1_TransferResult
+                let result: Limiquantix_Types_V1_TransferResult
                 if let (vm, path) = guestPath(source) {
                     var local = destination
                     var isDirectory: ObjCBool = false
@@ -174,7 +175,7 @@
         }
 
         private func upload(node: String, vm: String, path: String, bar: ProgressBar?) async throws
-            -> Limiquantix_Node_V1_TransferResult
+            -> Limiquantix_Types_V1_TransferResult
         {
             let fd = open(source, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw CLIError("cannot open \(source): \(String(cString: strerror(errno)))") }
@@ -235,7 +236,7 @@
         /// Writes to a temp file beside `local`, checks the size and SHA-256 the node reports, then
         /// renames: the destination is the complete file or untouched.
         static func download(node: String, vm: String, path: String, to local: String, bar: ProgressBar?) async throws
-            -> Limiquantix_Node_V1_TransferResult
+            -> Limiquantix_Types_V1_TransferResult
         {
             let url = URL(fileURLWithPath: local)
             let temp =

@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import LQXModel
+import LQXTypes
 import Logging
 import NodeAPI
 import NodeTestSupport
@@ -43,10 +44,10 @@ struct NodeAPIUnitTests {
             disks: [.init(source: .new(sizeGiB: 8)), .init(source: .path("/iso"), bus: .sata, readOnly: true)],
             nics: [.init(.network("default"), mac: "52:54:00:00:00:01"), .init(.bridge("br0"))], watchdog: .poweroff)
         #expect(VMSpec(spec.proto) == spec)
-        let unset = VMSpec(Limiquantix_Node_V1_VMSpec.with { $0.name = "a" })
+        let unset = VMSpec(Limiquantix_Types_V1_VMSpec.with { $0.name = "a" })
         #expect(unset.vcpus == 1 && unset.memoryMiB == 512)
         let zero = VMSpec(
-            Limiquantix_Node_V1_VMSpec.with {
+            Limiquantix_Types_V1_VMSpec.with {
                 $0.name = "a"
                 $0.vcpus = 0
             })

@@ -7,6 +7,7 @@ import HostBroker
 import LQXModel
 import LQXServer
 import LQXTestSupport
+import LQXTypes
 import Logging
 import NodeAPI
 import NodeCoreTesting
@@ -199,7 +200,7 @@ struct NodeMessageTests {
     @Test("a telemetry sample with every field set reaches the node API unchanged (agent → broker → node.v1)")
     func telemetryRelay() throws {
         let wire = GuestFixtures.telemetry
-        let relayed = Limiquantix_Node_V1_TelemetrySample(TelemetrySample(wire: wire))
+        let relayed = Limiquantix_Types_V1_TelemetrySample(TelemetrySample(wire: wire))
         var options = JSONEncodingOptions()
         options.preserveProtoFieldNames = true
         #expect(try relayed.jsonString(options: options) == wire.jsonString(options: options))

@@ -9,6 +9,8 @@ import Synchronization
 public final class Cluster: Sendable {
     /// Typed store access.
     public let repository: Repository
+    /// Every commit of this cluster's store, announced.
+    public let feed = ChangeFeed()
     /// The scheduler (with the cluster's strategy).
     public let scheduler: Scheduler
     /// How long a node may go without a heartbeat before it is NOT_READY.
@@ -27,7 +29,7 @@ public final class Cluster: Sendable {
         store: any Store, scheduler: Scheduler = Scheduler(), heartbeatGrace: Duration = .seconds(15),
         logger: Logger, now: @escaping @Sendable () -> Int64 = Cluster.wallClock
     ) {
-        repository = Repository(store: store)
+        repository = Repository(store: NotifyingStore(store, feed: feed))
         self.scheduler = scheduler
         self.heartbeatGrace = heartbeatGrace
         self.logger = logger

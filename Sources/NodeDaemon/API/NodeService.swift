@@ -4,6 +4,7 @@ import GRPCCore
 import HostBroker
 import LQXModel
 import LQXServer
+import LQXTypes
 import NIOCore
 import NodeAPI
 import NodeCore
@@ -330,7 +331,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     /// The `Upload` RPC: `start`, then data, relayed to the agent with its hash checked.
     public func upload(
         request: RPCAsyncSequence<Limiquantix_Node_V1_UploadInput, any Error>, context: ServerContext
-    ) async throws -> Limiquantix_Node_V1_TransferResult {
+    ) async throws -> Limiquantix_Types_V1_TransferResult {
         let input = SequentialIterator(request.makeAsyncIterator())
         guard case .start(let start)? = try await input.next()?.kind else {
             throw RPCError(code: .invalidArgument, message: "upload: the first message must be start")
@@ -506,12 +507,12 @@ extension VMTelemetry {
         .with {
             $0.vm = vm
             $0.receivedUnixMs = receivedUnixMilliseconds
-            $0.sample = Limiquantix_Node_V1_TelemetrySample(sample)
+            $0.sample = Limiquantix_Types_V1_TelemetrySample(sample)
         }
     }
 }
 
-extension Limiquantix_Node_V1_TelemetrySample {
+extension Limiquantix_Types_V1_TelemetrySample {
     /// A guest's sample as the node API's message. node.v1 keeps the agent protocol's field names
     /// and numbers for it (node.proto), so the agent message's encoding is this message's;
     /// `NodeMessageTests` checks every field, and fails first should the schemas ever diverge.

@@ -15,6 +15,7 @@
 
 import GRPCCore
 import GRPCProtobuf
+import LQXTypes
 
 // MARK: - limiquantix.node.v1.Node
 
@@ -264,7 +265,7 @@ public enum Limiquantix_Node_V1_Node: Sendable {
             /// Request type for "Upload".
             public typealias Input = Limiquantix_Node_V1_UploadInput
             /// Response type for "Upload".
-            public typealias Output = Limiquantix_Node_V1_TransferResult
+            public typealias Output = LQXTypes.Limiquantix_Types_V1_TransferResult
             /// Descriptor for "Upload".
             public static let descriptor = GRPCCore.MethodDescriptor(
                 service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.node.v1.Node"),
@@ -671,11 +672,11 @@ extension Limiquantix_Node_V1_Node {
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A streaming response of `Limiquantix_Node_V1_TransferResult` messages.
+        /// - Returns: A streaming response of `LQXTypes.Limiquantix_Types_V1_TransferResult` messages.
         func upload(
             request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_UploadInput>,
             context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_TransferResult>
+        ) async throws -> GRPCCore.StreamingServerResponse<LQXTypes.Limiquantix_Types_V1_TransferResult>
 
         /// Handle the "Download" method.
         ///
@@ -1050,11 +1051,11 @@ extension Limiquantix_Node_V1_Node {
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A response containing a single `Limiquantix_Node_V1_TransferResult` message.
+        /// - Returns: A response containing a single `LQXTypes.Limiquantix_Types_V1_TransferResult` message.
         func upload(
             request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_UploadInput>,
             context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.ServerResponse<Limiquantix_Node_V1_TransferResult>
+        ) async throws -> GRPCCore.ServerResponse<LQXTypes.Limiquantix_Types_V1_TransferResult>
 
         /// Handle the "Download" method.
         ///
@@ -1429,11 +1430,11 @@ extension Limiquantix_Node_V1_Node {
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A `Limiquantix_Node_V1_TransferResult` to respond with.
+        /// - Returns: A `LQXTypes.Limiquantix_Types_V1_TransferResult` to respond with.
         func upload(
             request: GRPCCore.RPCAsyncSequence<Limiquantix_Node_V1_UploadInput, any Swift.Error>,
             context: GRPCCore.ServerContext
-        ) async throws -> Limiquantix_Node_V1_TransferResult
+        ) async throws -> LQXTypes.Limiquantix_Types_V1_TransferResult
 
         /// Handle the "Download" method.
         ///
@@ -1712,7 +1713,7 @@ extension Limiquantix_Node_V1_Node.StreamingServiceProtocol {
         router.registerHandler(
             forMethod: Limiquantix_Node_V1_Node.Method.Upload.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_UploadInput>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_TransferResult>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<LQXTypes.Limiquantix_Types_V1_TransferResult>(),
             handler: { request, context in
                 try await self.upload(
                     request: request,
@@ -1960,7 +1961,7 @@ extension Limiquantix_Node_V1_Node.ServiceProtocol {
     public func upload(
         request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_UploadInput>,
         context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_TransferResult> {
+    ) async throws -> GRPCCore.StreamingServerResponse<LQXTypes.Limiquantix_Types_V1_TransferResult> {
         let response = try await self.upload(
             request: request,
             context: context
@@ -2261,8 +2262,8 @@ extension Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func upload(
         request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_UploadInput>,
         context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.ServerResponse<Limiquantix_Node_V1_TransferResult> {
-        return GRPCCore.ServerResponse<Limiquantix_Node_V1_TransferResult>(
+    ) async throws -> GRPCCore.ServerResponse<LQXTypes.Limiquantix_Types_V1_TransferResult> {
+        return GRPCCore.ServerResponse<LQXTypes.Limiquantix_Types_V1_TransferResult>(
             message: try await self.upload(
                 request: request.messages,
                 context: context
@@ -2724,7 +2725,7 @@ extension Limiquantix_Node_V1_Node {
         /// - Parameters:
         ///   - request: A streaming request producing `Limiquantix_Node_V1_UploadInput` messages.
         ///   - serializer: A serializer for `Limiquantix_Node_V1_UploadInput` messages.
-        ///   - deserializer: A deserializer for `Limiquantix_Node_V1_TransferResult` messages.
+        ///   - deserializer: A deserializer for `LQXTypes.Limiquantix_Types_V1_TransferResult` messages.
         ///   - options: Options to apply to this RPC.
         ///   - handleResponse: A closure which handles the response and returns its result to
         ///       the caller. Returning from the closure will cancel the RPC if it hasn't
@@ -2733,9 +2734,9 @@ extension Limiquantix_Node_V1_Node {
         func upload<Result>(
             request: GRPCCore.StreamingClientRequest<Limiquantix_Node_V1_UploadInput>,
             serializer: some GRPCCore.MessageSerializer<Limiquantix_Node_V1_UploadInput>,
-            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_TransferResult>,
+            deserializer: some GRPCCore.MessageDeserializer<LQXTypes.Limiquantix_Types_V1_TransferResult>,
             options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_TransferResult>) async throws -> Result
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<LQXTypes.Limiquantix_Types_V1_TransferResult>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Download" method.
@@ -3420,7 +3421,7 @@ extension Limiquantix_Node_V1_Node {
         /// - Parameters:
         ///   - request: A streaming request producing `Limiquantix_Node_V1_UploadInput` messages.
         ///   - serializer: A serializer for `Limiquantix_Node_V1_UploadInput` messages.
-        ///   - deserializer: A deserializer for `Limiquantix_Node_V1_TransferResult` messages.
+        ///   - deserializer: A deserializer for `LQXTypes.Limiquantix_Types_V1_TransferResult` messages.
         ///   - options: Options to apply to this RPC.
         ///   - handleResponse: A closure which handles the response and returns its result to
         ///       the caller. Returning from the closure will cancel the RPC if it hasn't
@@ -3429,9 +3430,9 @@ extension Limiquantix_Node_V1_Node {
         public func upload<Result>(
             request: GRPCCore.StreamingClientRequest<Limiquantix_Node_V1_UploadInput>,
             serializer: some GRPCCore.MessageSerializer<Limiquantix_Node_V1_UploadInput>,
-            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_TransferResult>,
+            deserializer: some GRPCCore.MessageDeserializer<LQXTypes.Limiquantix_Types_V1_TransferResult>,
             options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_TransferResult>) async throws -> Result = { response in
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<LQXTypes.Limiquantix_Types_V1_TransferResult>) async throws -> Result = { response in
                 try response.message
             }
         ) async throws -> Result where Result: Sendable {
@@ -4072,14 +4073,14 @@ extension Limiquantix_Node_V1_Node.ClientProtocol {
     public func upload<Result>(
         request: GRPCCore.StreamingClientRequest<Limiquantix_Node_V1_UploadInput>,
         options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_TransferResult>) async throws -> Result = { response in
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<LQXTypes.Limiquantix_Types_V1_TransferResult>) async throws -> Result = { response in
             try response.message
         }
     ) async throws -> Result where Result: Sendable {
         try await self.upload(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_UploadInput>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_TransferResult>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<LQXTypes.Limiquantix_Types_V1_TransferResult>(),
             options: options,
             onResponse: handleResponse
         )
@@ -4767,7 +4768,7 @@ extension Limiquantix_Node_V1_Node.ClientProtocol {
         metadata: GRPCCore.Metadata = [:],
         options: GRPCCore.CallOptions = .defaults,
         requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Limiquantix_Node_V1_UploadInput>) async throws -> Void,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_TransferResult>) async throws -> Result = { response in
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<LQXTypes.Limiquantix_Types_V1_TransferResult>) async throws -> Result = { response in
             try response.message
         }
     ) async throws -> Result where Result: Sendable {

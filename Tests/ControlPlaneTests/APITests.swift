@@ -1,0 +1,149 @@
+import ControlPlane
+import ControlPlaneAPI
+import ControlPlaneServer
+import GRPCCore
+import GRPCInProcessTransport
+import LQXModel
+import LQXTestSupport
+import Testing
+
+/// The cluster API over grpc-swift's in-process transport, against a cluster on SQLite.
+@Suite("cluster API: projects, tokens, nodes, events over gRPC")
+struct APITests {
+    /// A cluster with the API served in process; `body` gets a client and the admin token.
+    func withAPI(_ body: (GRPCClient<InProcessTransport.Client>, Cluster, String) async throws -> Void) async throws {
+        try await withStore(.sqlite) { store, _ in
+            let cluster = try await makeCluster(store, clock: TestClock())
+            let admin = try #require(try await cluster.bootstrapAdminToken())
+            let transport = InProcessTransport()
+            let server = GRPCServer(transport: transport.server, services: ControlPlaneServer.services(cluster))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await server.serve() }
+                try await withGRPCClient(transport: transport.client) { client in
+                    try await body(client, cluster, admin)
+                }
+                server.beginGracefulShutdown()
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    func bearer(_ token: String) -> Metadata { ["authorization": "Bearer \(token)"] }
+
+    /// The status code and the stable `lqx-error-code` of a failed call.
+    func failure(_ body: () async throws -> Void) async -> (RPCError.Code, String, String)? {
+        do {
+            try await body()
+            return nil
+        } catch let error as RPCError {
+            var code = ""
+            for entry in error.metadata where entry.key == "lqx-error-code" {
+                if case .string(let value) = entry.value { code = value }
+            }
+            return (error.code, code, error.message)
+        } catch {
+            return nil
+        }
+    }
+
+    @Test("a token is required and checked; roles decide; errors carry status, code and message")
+    func authentication() async throws {
+        try await withAPI { grpc, _, admin in
+            let projects = Limiquantix_Compute_V1_ProjectService.Client(wrapping: grpc)
+            let tokens = Limiquantix_Compute_V1_TokenService.Client(wrapping: grpc)
+            let missing = await failure { _ = try await projects.listProjects(.init()) }
+            #expect(missing?.0 == .unauthenticated && missing?.1 == "unauthenticated")
+            #expect(missing?.2.contains("authorization: Bearer") == true)
+            let wrong = await failure {
+                _ = try await projects.listProjects(
+                    .init(), metadata: bearer("lqx_0123456789abcdef_" + String(repeating: "0", count: 48)))
+            }
+            #expect(wrong?.0 == .unauthenticated && wrong?.2 == "the token is not valid")
+            let listed = try await projects.listProjects(.init(), metadata: bearer(admin))
+            #expect(listed.projects.map(\.metadata.name) == ["default"])
+            let viewer = try await tokens.createToken(
+                .with {
+                    $0.user = "val"
+                    $0.role = .viewer
+                }, metadata: bearer(admin))
+            #expect(viewer.info.role == .viewer && viewer.token.hasPrefix("lqx_"))
+            let denied = await failure {
+                _ = try await projects.createProject(.with { $0.name = "team" }, metadata: bearer(viewer.token))
+            }
+            #expect(denied?.0 == .permissionDenied && denied?.1 == "permission_denied")
+            let team = try await projects.createProject(
+                .with {
+                    $0.name = "team"
+                    $0.quota = .with { $0.vcpus = 8 }
+                }, metadata: bearer(admin))
+            #expect(team.quota.vcpus == 8 && !team.quota.hasMemoryMib)
+            let bad = await failure {
+                _ = try await projects.createProject(.with { $0.name = "Bad Name" }, metadata: bearer(admin))
+            }
+            #expect(bad?.0 == .invalidArgument && bad?.2.contains("project") == true)
+            _ = try await tokens.revokeToken(.with { $0.id = viewer.info.id }, metadata: bearer(admin))
+            let revoked = await failure { _ = try await projects.listProjects(.init(), metadata: bearer(viewer.token)) }
+            #expect(revoked?.0 == .unauthenticated && revoked?.2 == "the token was revoked")
+            let all = try await tokens.listTokens(.init(), metadata: bearer(admin))
+            #expect(all.tokens.count == 2 && all.tokens.contains { $0.revoked })
+        }
+    }
+
+    @Test("nodes: join token, list with allocation, cordon, label, taint; events are listed and followed")
+    func nodesAndEvents() async throws {
+        try await withAPI { grpc, cluster, admin in
+            let nodes = Limiquantix_Compute_V1_NodeService.Client(wrapping: grpc)
+            let events = Limiquantix_Compute_V1_EventService.Client(wrapping: grpc)
+            let join = try await nodes.createJoinToken(.with { $0.ttlSeconds = 60 }, metadata: bearer(admin))
+            #expect(join.token.hasPrefix("lqxjoin_"))
+            let node = try await cluster.registerNode(
+                joinToken: join.token,
+                NodeRegistration(
+                    name: "n1", address: "127.0.0.1:7443", capacity: Node.Resources(cpus: 4, memoryMiB: 8192)))
+            try await cluster.heartbeat(nodeID: node.meta.id)
+            _ = try await cluster.createVM(CreateVM(name: "web", spec: kernelSpec(cpus: 2, memory: 1024)), by: .system)
+            let listed = try await nodes.listNodes(.init(), metadata: bearer(admin))
+            let n1 = try #require(listed.nodes.first)
+            #expect(n1.status.phase == .ready && n1.status.vmCount == 1)
+            #expect(n1.status.allocated.cpus == 2 && n1.status.allocated.memoryMib == 1024)
+            #expect(n1.status.capacity.cpus == 4 && n1.status.allocatable.cpus == 16)  // 4× CPU overcommit by default
+            let cordoned = try await nodes.cordonNode(.with { $0.name = "n1" }, metadata: bearer(admin))
+            #expect(cordoned.spec.unschedulable)
+            let labelled = try await nodes.labelNode(
+                .with {
+                    $0.name = "n1"
+                    $0.key = "zone"
+                    $0.value = "a"
+                }, metadata: bearer(admin))
+            #expect(labelled.spec.labels == ["zone": "a"])
+            let tainted = try await nodes.taintNode(
+                .with {
+                    $0.name = "n1"
+                    $0.key = "gpu"
+                    $0.value = "true"
+                    $0.effect = .noSchedule
+                }, metadata: bearer(admin))
+            #expect(tainted.spec.taints.map(\.key) == ["gpu"])
+            let missing = await failure {
+                _ = try await nodes.getNode(.with { $0.name = "ghost" }, metadata: bearer(admin))
+            }
+            #expect(missing?.0 == .notFound && missing?.2 == "node ghost does not exist")
+            let history = try await events.listEvents(.with { $0.node = "n1" }, metadata: bearer(admin))
+            #expect(history.events.map(\.reason) == ["Joined", "NodeReady", "Cordoned", "Labelled", "Tainted"])
+            let vmEvents = try await events.listEvents(.with { $0.vm = "web" }, metadata: bearer(admin))
+            #expect(vmEvents.events.map(\.reason) == ["Created", "Scheduled"])
+            // Following: the history, then what happens next.
+            try await events.watchEvents(.with { $0.vm = "web" }, metadata: bearer(admin)) { response in
+                var reasons: [String] = []
+                for try await event in response.messages {
+                    reasons.append(event.reason)
+                    if reasons.count == 2 {
+                        _ = try await cluster.setRunState("default", "web", .stopped, by: .system)
+                    }
+                    if reasons.count == 3 { break }
+                }
+                #expect(reasons == ["Created", "Scheduled", "SpecChanged"])
+            }
+        }
+    }
+}
