@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "lqx-agent", targets: ["lqx-agent"]),
         .executable(name: "lqx", targets: ["lqx"]),
         .executable(name: "lqx-node", targets: ["lqx-node"]),
+        .executable(name: "lqx-controlplane", targets: ["lqx-controlplane"]),
     ],
     traits: [
         .trait(
@@ -38,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     ],
     targets: [
         .target(name: "CLQXSupport"),
@@ -77,6 +80,18 @@ let package = Package(
             dependencies: [
                 "ControlPlane", "ControlPlaneAPI", "LQXTypes", "LQXModel", "LQXServer",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The control plane's executable: flags → `ControlPlaneDaemon.build`.
+        .executableTarget(
+            name: "lqx-controlplane",
+            dependencies: [
+                "ControlPlaneServer", "ControlPlane", "LQXServer", "LQXModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // One server foundation for the node daemon and the control plane: gRPC as a Service, TLS,
@@ -88,6 +103,9 @@ let package = Package(
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -118,7 +136,7 @@ let package = Package(
             name: "NodeDaemon",
             dependencies: [
                 "NodeCore", "NodeLibvirt", "LQXServer", "CLQXSupport", "HostBroker", "AgentProtocol", "NodeAPI",
-                "LQXTypes",
+                "LQXTypes", "ControlPlaneAPI",
                 "LQXModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -251,9 +269,11 @@ let package = Package(
         .testTarget(
             name: "ControlPlaneTests",
             dependencies: [
-                "ControlPlane", "ControlPlaneServer", "ControlPlaneAPI", "LQXModel", "LQXTestSupport",
+                "ControlPlane", "ControlPlaneServer", "ControlPlaneAPI", "LQXModel", "LQXTestSupport", "LQXServer",
+                "NodeAPI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -264,6 +284,7 @@ let package = Package(
                 "LQXServer", "LQXModel", "LQXTestSupport",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -1,14 +1,43 @@
 import ControlPlane
 import GRPCCore
+import LQXModel
+import LQXServer
 
 /// The cluster API's gRPC services over a `Cluster` (compute.v1). Built so far: projects, tokens,
-/// the operators' node calls and events; the VM service and the node-facing service come next.
+/// the operators' node calls, events and the node-facing join and heartbeats; the VM service
+/// comes next.
 public enum ControlPlaneServer {
-    /// The services to register on a gRPC server.
-    public static func services(_ cluster: Cluster) -> [any RegistrableRPCService] {
-        [
-            ProjectService(cluster: cluster), TokenService(cluster: cluster), NodeAdminService(cluster: cluster),
+    /// The services to register on a gRPC server; with `nodes`, the node-facing service too
+    /// (join and heartbeats, signing with the cluster CA).
+    public static func services(_ cluster: Cluster, nodes: NodeFacing? = nil) -> [any RegistrableRPCService] {
+        var services: [any RegistrableRPCService] = [
+            ProjectService(cluster: cluster), TokenService(cluster: cluster),
+            NodeAdminService(cluster: cluster, caFingerprint: nodes?.ca.fingerprint ?? ""),
             EventService(cluster: cluster),
         ]
+        if let nodes {
+            services.append(
+                NodeAgentService(
+                    cluster: cluster, ca: nodes.ca, heartbeatInterval: nodes.heartbeatInterval,
+                    nodePort: nodes.nodePort))
+        }
+        return services
+    }
+
+    /// What the node-facing service needs.
+    public struct NodeFacing: Sendable {
+        /// The cluster CA, which signs node certificates.
+        public var ca: ClusterCA
+        /// How often nodes heartbeat.
+        public var heartbeatInterval: Duration
+        /// The mutual-TLS port nodes heartbeat to, once it is bound.
+        public var nodePort: OneShot<Int>
+
+        /// Creates the settings.
+        public init(ca: ClusterCA, heartbeatInterval: Duration, nodePort: OneShot<Int>) {
+            self.ca = ca
+            self.heartbeatInterval = heartbeatInterval
+            self.nodePort = nodePort
+        }
     }
 }

@@ -7,6 +7,8 @@ import LQXServer
 /// `NodeService`: the operators' view of nodes (list, cordon, labels, taints, resources, join tokens).
 struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
     let cluster: Cluster
+    /// The cluster CA's fingerprint, returned with join tokens (empty when there is none).
+    var caFingerprint = ""
     var auth: Authentication { Authentication(cluster: cluster) }
 
     /// The nodes as messages, each with what its VMs take.
@@ -116,10 +118,11 @@ struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
         ServerResponse(
             message: try await auth.call(context, request.metadata) { principal in
                 let ttl = request.message.ttlSeconds == 0 ? 3600 : Int64(request.message.ttlSeconds)
-                let token = try await cluster.createJoinToken(ttl: .seconds(ttl), by: principal)
+                let issued = try await cluster.createJoinToken(ttl: .seconds(ttl), by: principal)
                 return .with {
-                    $0.token = token
-                    $0.expiresUnixMs = Cluster.wallClock() + ttl * 1000
+                    $0.token = issued.token
+                    $0.expiresUnixMs = issued.expiresUnixMs
+                    $0.caSha256 = caFingerprint
                 }
             })
     }

@@ -3,7 +3,6 @@ import LQXModel
 import Logging
 import NIOCore
 import ServiceLifecycle
-import Synchronization
 
 /// The HTTP side of a server (`/health`, `/metrics`; later the dashboard and the JSON API) on
 /// Hummingbird, as a `Service`. Routes are added by the daemon that owns it.
@@ -28,20 +27,9 @@ public final class HTTPService: Service, Sendable {
     }
 
     private let application: Application<RouterResponder<BasicRequestContext>>
-    private let bound = Box()
+    private let bound = OneShot<HostPort>()
     /// What the service listens on, as configured.
     public let address: HostPort
-
-    private enum BoundState {
-        case waiting([CheckedContinuation<HostPort, any Error>])
-        case bound(HostPort)
-        case failed(LQXError)
-    }
-
-    /// The listener's address once known, shared with the server's running callback.
-    private final class Box: Sendable {
-        let state = Mutex<BoundState>(.waiting([]))
-    }
 
     /// A server on `address` (port 0: any free port) answering GET (and HEAD) on `routes`.
     public init(address: HostPort, routes: [String: @Sendable () async -> Reply], logger: Logger) {
@@ -63,13 +51,8 @@ public final class HTTPService: Service, Sendable {
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
             onServerRunning: { channel in
                 let local = channel.localAddress
-                let result = HostPort(host: local?.ipAddress ?? address.host, port: local?.port ?? address.port)
-                let waiting = bound.state.withLock { state -> [CheckedContinuation<HostPort, any Error>] in
-                    guard case .waiting(let waiting) = state else { return [] }
-                    state = .bound(result)
-                    return waiting
-                }
-                for continuation in waiting { continuation.resume(returning: result) }
+                bound.set(
+                    .success(HostPort(host: local?.ipAddress ?? address.host, port: local?.port ?? address.port)))
             }, logger: logger)
     }
 
@@ -79,36 +62,13 @@ public final class HTTPService: Service, Sendable {
             try await application.runService()
         } catch {
             let failure = LQXError(.io, "cannot serve HTTP on \(address)", cause: error)
-            let waiting = bound.state.withLock { state -> [CheckedContinuation<HostPort, any Error>] in
-                guard case .waiting(let waiting) = state else { return [] }
-                state = .failed(failure)
-                return waiting
-            }
-            for continuation in waiting { continuation.resume(throwing: failure) }
+            bound.set(.failure(failure))
             throw failure
         }
     }
 
     /// The bound address, once the server listens (throws when it could not bind).
     public func boundAddress() async throws(LQXError) -> HostPort {
-        do {
-            return try await withCheckedThrowingContinuation { continuation in
-                let now = bound.state.withLock { state -> Result<HostPort, LQXError>? in
-                    switch state {
-                    case .bound(let address): return .success(address)
-                    case .failed(let error): return .failure(error)
-                    case .waiting(var waiting):
-                        waiting.append(continuation)
-                        state = .waiting(waiting)
-                        return nil
-                    }
-                }
-                if let now { continuation.resume(with: now) }
-            }
-        } catch let error as LQXError {
-            throw error
-        } catch {
-            throw LQXError(.io, "cannot serve HTTP on \(address)", cause: error)
-        }
+        try await bound.wait()
     }
 }

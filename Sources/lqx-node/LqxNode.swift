@@ -18,8 +18,14 @@ struct LqxNode: AsyncParsableCommand {
             in-guest metrics, labels node and vm). VMs are libvirt domains carrying the node's \
             metadata; their disks, console logs and specs live under --state-dir, their agent \
             sockets under --run-dir. Stopping the daemon (SIGTERM, SIGINT) leaves the VMs running; \
-            the next start adopts them and reconnects their agents. The API has no authentication \
-            yet: bind it to localhost or a management network only (docs/threat-model.md).
+            the next start adopts them and reconnects their agents.
+
+            Standalone (never joined), the API has no authentication: bind it to localhost or a \
+            management network only (docs/threat-model.md). With --control-plane and --join-token \
+            the node joins a cluster once: it makes a key, gets a certificate from the cluster CA \
+            (kept in --state-dir/cluster; later starts reuse it and need no token), heartbeats to \
+            the control plane, and serves its API with mutual TLS, admitting only the control \
+            plane and operators holding a cluster certificate (plaintext only with --insecure-listen).
             """,
         version: LimiquantixVersion.current)
 
@@ -58,6 +64,32 @@ struct LqxNode: AsyncParsableCommand {
             discussion: "Then it fails with code timeout and the agent's stream is reset (a guest cannot hold it)."))
     var agentReplyTimeout: Double = 30
 
+    @Option(name: .customLong("control-plane"), help: "The control plane's API HOST:PORT to join (with --join-token).")
+    var controlPlane: String?
+
+    @Option(name: .customLong("join-token"), help: "A single-use token from `lqx node join-token create`.")
+    var joinToken: String?
+
+    @Option(
+        name: .customLong("ca-sha256"),
+        help: "The cluster CA's SHA-256 (printed with the join token): joining checks it before sending the token.")
+    var caSHA256: String?
+
+    @Option(name: .customLong("control-plane-ca"), help: "The cluster CA's PEM file, instead of --ca-sha256.")
+    var controlPlaneCA: String?
+
+    @Option(
+        name: .customLong("advertise-address"),
+        help:
+            "Where the control plane reaches this node's API, HOST[:PORT] (default: the route's source address, the --listen port)."
+    )
+    var advertiseAddress: String?
+
+    @Flag(
+        name: .customLong("insecure-listen"),
+        help: "A joined node serves its API without TLS (development only: anyone who reaches it controls the node).")
+    var insecureListen = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -81,6 +113,36 @@ struct LqxNode: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.message)
         }
+        var join: NodeConfiguration.JoinSettings?
+        if let joinToken {
+            guard let controlPlane else { throw ValidationError("--join-token needs --control-plane HOST:PORT") }
+            let trust: CATrust
+            switch (caSHA256, controlPlaneCA) {
+            case (let pin?, nil): trust = .sha256(pin)
+            case (nil, let file?): trust = .file(file)
+            default:
+                throw ValidationError(
+                    "joining needs exactly one of --ca-sha256 HEX (printed by `lqx node join-token create`) or --control-plane-ca FILE"
+                )
+            }
+            do {
+                let target = try HostPort(parsing: controlPlane, for: .connect, field: "--control-plane")
+                // HOST:PORT, or a bare host (an IPv6 one without brackets) with the --listen port.
+                let advertise = try advertiseAddress.map { text throws(LQXError) -> HostPort in
+                    if let full = try? HostPort(parsing: text, for: .connect, field: "--advertise-address") {
+                        return full
+                    }
+                    let host = text.contains(":") && !text.hasPrefix("[") ? "[\(text)]" : text
+                    return try HostPort(parsing: "\(host):\(api.port)", for: .connect, field: "--advertise-address")
+                }
+                join = .init(controlPlane: target, token: joinToken, trust: trust, advertise: advertise)
+            } catch {
+                throw ValidationError(error.message)
+            }
+        } else if controlPlane != nil || caSHA256 != nil || controlPlaneCA != nil {
+            throw ValidationError(
+                "--control-plane, --ca-sha256 and --control-plane-ca are for joining: give --join-token too")
+        }
         for directory in [stateDir, runDir] where !directory.hasPrefix("/") {
             throw ValidationError("\(directory): --state-dir and --run-dir must be absolute paths")
         }
@@ -95,13 +157,15 @@ struct LqxNode: AsyncParsableCommand {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             chmod(directory, 0o755)
         }
-        let configuration = NodeConfiguration(
+        var configuration = NodeConfiguration(
             listen: api, metricsListen: metrics, libvirtURI: libvirtURI,
             layout: NodeLayout(stateDirectory: stateDir, runDirectory: runDir),
             nodeName: nodeName ?? ProcessInfo.processInfo.hostName,
             telemetryInterval: .milliseconds(Int64(telemetryInterval * 1000)),
             broker: BrokerConfiguration(operationTimeout: .milliseconds(Int64(agentReplyTimeout * 1000))),
             memoryTrim: memoryTrim > 0 ? .milliseconds(Int64(memoryTrim * 1000)) : nil)
+        configuration.join = join
+        configuration.insecureListen = insecureListen
         let node: NodeServer
         do {
             node = try await NodeServer.build(configuration, logger: logger)

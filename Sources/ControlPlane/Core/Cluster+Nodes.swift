@@ -26,22 +26,54 @@ public struct NodeRegistration: Sendable, Equatable {
     }
 }
 
+/// One VM as a node reports it in a heartbeat.
+public struct ObservedVM: Sendable, Equatable {
+    /// The VM's id.
+    public var id: String
+    /// Its name on the node.
+    public var name: String
+    /// Its state there (`running`, `shut off`, …).
+    public var state: String
+    /// Whether its agent is connected.
+    public var agentConnected: Bool
+
+    /// Creates an observation.
+    public init(id: String, name: String, state: String, agentConnected: Bool) {
+        self.id = id
+        self.name = name
+        self.state = state
+        self.agentConnected = agentConnected
+    }
+}
+
+/// What a node last reported of its VMs, and when.
+public struct NodeObservation: Sendable, Equatable {
+    /// When the report arrived (cluster clock, Unix ms).
+    public var receivedUnixMs: Int64
+    /// The node's VMs.
+    public var vms: [ObservedVM]
+}
+
 extension Cluster {
     /// The prefix of join tokens (`lqxjoin_<id>_<secret>`), distinct from API tokens.
     public static let joinTokenPrefix = "lqxjoin"
 
-    /// A single-use token a node joins with (admins); `ttl` bounds how long it is valid.
-    public func createJoinToken(ttl: Duration, by principal: Principal) async throws(LQXError) -> String {
+    /// A single-use token a node joins with (admins); `ttl` bounds how long it is valid. Returns
+    /// the token (shown once) and when it expires (Unix ms, on the cluster's clock).
+    public func createJoinToken(ttl: Duration, by principal: Principal) async throws(LQXError) -> (
+        token: String, expiresUnixMs: Int64
+    ) {
         try principal.require(.admin, to: "create join tokens")
         guard ttl > .zero, ttl <= .seconds(7 * 86_400) else {
             throw LQXError(.invalidSpec, "--ttl must be more than 0 and at most 7 days")
         }
         let milliseconds = ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000
+        let time = now()
         let (plaintext, record) = TokenSecret.issue(
-            user: principal.user, role: .viewer, project: "", now: now(), ttlMilliseconds: milliseconds,
+            user: principal.user, role: .viewer, project: "", now: time, ttlMilliseconds: milliseconds,
             prefix: Self.joinTokenPrefix)
         try await store.commit([.create(try Repository.stored(record, kind: .joinToken))])
-        return plaintext
+        return (plaintext, time + milliseconds)
     }
 
     /// Registers a node with a join token: the token is consumed in the same transaction that
@@ -83,10 +115,21 @@ extension Cluster {
     }
 
     /// A node's heartbeat: it is READY from now on until `heartbeatGrace` passes without one.
-    /// Only changes of phase or capacity are written (and place VMs that waited for room).
-    public func heartbeat(nodeID: String, capacity: Node.Resources? = nil) async throws(LQXError) {
+    /// Only changes of phase or capacity are written (and place VMs that waited for room); what
+    /// the node reports of its VMs is kept in memory as its latest observation.
+    public func heartbeat(
+        nodeID: String, capacity: Node.Resources? = nil, vms: [ObservedVM]? = nil
+    ) async throws(LQXError) {
         let time = now()
         heartbeats.withLock { $0[nodeID] = time }
+        if let vms {
+            let changed = observations.withLock { observations -> Bool in
+                let before = observations[nodeID]?.vms
+                observations[nodeID] = NodeObservation(receivedUnixMs: time, vms: vms)
+                return before != vms
+            }
+            if changed { observed.publish(time) }
+        }
         let changed = try await retrying { () async throws(LQXError) -> Bool in
             guard var node = try await repository.node(id: nodeID) else {
                 throw LQXError(.notFound, "node \(nodeID) has not joined this cluster")
@@ -122,6 +165,22 @@ extension Cluster {
                 node.status.phase = .notReady
                 return "no heartbeat for \((time - last) / 1000) s"
             }
+        }
+    }
+
+    /// What `nodeID` last reported of its VMs (nil: nothing since this control plane started).
+    public func observation(nodeID: String) -> NodeObservation? {
+        observations.withLock { $0[nodeID] }
+    }
+
+    /// Replaces (or with nil removes) one VM in a node's latest observation: what the node
+    /// answered to an operation, until its next report.
+    public func patchObservation(nodeID: String, vmID: String, _ vm: ObservedVM?) {
+        observations.withLock { observations in
+            guard var observation = observations[nodeID] else { return }
+            observation.vms.removeAll { $0.id == vmID || $0.name == vmID }
+            if let vm { observation.vms.append(vm) }
+            observations[nodeID] = observation
         }
     }
 

@@ -185,6 +185,22 @@ extension Cluster {
         }
     }
 
+    /// Removes a VM whose deletion was asked for once its node deleted it (the reconciler).
+    func finishDeletion(vmID: String, node: String) async throws(LQXError) {
+        try await retrying { () async throws(LQXError) in
+            guard let vm = try await repository.vm(id: vmID), vm.meta.deletionRequestedUnixMs != nil else { return }
+            try await store.commit(
+                [.delete(.vm, id: vm.meta.id, expected: vm.meta.resourceVersion)],
+                events: [event(.vm, vm.meta, "Deleted", "VM deleted from node \(node)")], audit: [])
+        }
+    }
+
+    /// Appends an event about an object (no other write).
+    func recordEvent(_ kind: ObjectKind, _ meta: ObjectMeta, _ reason: String, _ message: String) async throws(LQXError)
+    {
+        try await store.commit([], events: [event(kind, meta, reason, message)], audit: [])
+    }
+
     static func describeChange(from old: VirtualMachine.Spec, to new: VirtualMachine.Spec) -> String {
         var parts: [String] = []
         if old.runState != new.runState {

@@ -11,6 +11,8 @@ public final class Cluster: Sendable {
     public let repository: Repository
     /// Every commit of this cluster's store, announced.
     public let feed = ChangeFeed()
+    /// Every node report that changed what a node runs, announced (the revision is a counter).
+    public let observed = ChangeFeed()
     /// The scheduler (with the cluster's strategy).
     public let scheduler: Scheduler
     /// How long a node may go without a heartbeat before it is NOT_READY.
@@ -18,6 +20,7 @@ public final class Cluster: Sendable {
     let now: @Sendable () -> Int64
     let logger: Logger
     let heartbeats = Mutex<[String: Int64]>([:])
+    let observations = Mutex<[String: NodeObservation]>([:])
 
     /// How often a command retries a commit that lost a race (another writer changed what it read).
     static let attempts = 8

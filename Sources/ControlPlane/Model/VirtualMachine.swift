@@ -84,13 +84,33 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
         public var epoch: Int64
         /// Conditions with reasons.
         public var conditions: [Condition]
+        /// Whether the guest agent is connected to its node's broker (as the node last reported).
+        public var agentConnected: Bool
 
         /// A new VM's status: pending, nowhere.
-        public init(phase: Phase = .pending, nodeID: String = "", epoch: Int64 = 0, conditions: [Condition] = []) {
+        public init(
+            phase: Phase = .pending, nodeID: String = "", epoch: Int64 = 0, conditions: [Condition] = [],
+            agentConnected: Bool = false
+        ) {
             self.phase = phase
             self.nodeID = nodeID
             self.epoch = epoch
             self.conditions = conditions
+            self.agentConnected = agentConnected
+        }
+
+        private enum CodingKeys: String, CodingKey {
+            case phase, nodeID, epoch, conditions, agentConnected
+        }
+
+        /// Decodes a stored status; fields added later default when absent.
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            phase = try container.decode(Phase.self, forKey: .phase)
+            nodeID = try container.decode(String.self, forKey: .nodeID)
+            epoch = try container.decode(Int64.self, forKey: .epoch)
+            conditions = try container.decode([Condition].self, forKey: .conditions)
+            agentConnected = try container.decodeIfPresent(Bool.self, forKey: .agentConnected) ?? false
         }
     }
 }

@@ -15,7 +15,7 @@ import Synchronization
 public final class PostgresStore: SQLStore {
     private let client: PostgresClient
     private let logger: Logger
-    private let gate = ReadyGate()
+    private let gate = OneShot<Void>()
     /// Where it connects.
     public let settings: StoreLocation.Postgres
 
@@ -43,15 +43,15 @@ public final class PostgresStore: SQLStore {
             group.addTask { await self.client.run() }
             do {
                 try await migrate()
-                gate.open(.success(()))
+                gate.set(.success(()))
             } catch {
                 let failure = LQXError(.unavailable, "cannot prepare the PostgreSQL store", cause: error)
-                gate.open(.failure(failure))
+                gate.set(.failure(failure))
                 group.cancelAll()
                 throw failure
             }
             try? await gracefulShutdown()
-            gate.open(.failure(LQXError(.unavailable, "the store has shut down")))
+            gate.set(.failure(LQXError(.unavailable, "the store has shut down")))
             group.cancelAll()
         }
     }
@@ -157,43 +157,5 @@ public final class PostgresStore: SQLStore {
             }
         }
         return PostgresQuery(unsafeSQL: text, binds: binds)
-    }
-}
-
-/// Lets calls wait until a service is ready (or has failed to become so).
-final class ReadyGate: Sendable {
-    private struct State {
-        var result: Result<Void, LQXError>?
-        var waiters: [CheckedContinuation<Void, any Error>] = []
-    }
-
-    private let state = Mutex(State())
-
-    /// Returns once the gate opened successfully; throws its failure otherwise.
-    func wait() async throws(LQXError) {
-        do {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let result = state.withLock { state -> Result<Void, LQXError>? in
-                    if state.result == nil { state.waiters.append(continuation) }
-                    return state.result
-                }
-                if let result { continuation.resume(with: result.mapError { $0 as any Error }) }
-            }
-        } catch let error as LQXError {
-            throw error
-        } catch {
-            throw LQXError(.internal, "unexpected error while waiting for the store", cause: error)
-        }
-    }
-
-    /// Opens the gate (the first result wins).
-    func open(_ result: Result<Void, LQXError>) {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
-            guard state.result == nil else { return [] }
-            state.result = result
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume(with: result.mapError { $0 as any Error }) }
     }
 }

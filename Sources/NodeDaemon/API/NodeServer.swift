@@ -1,4 +1,5 @@
 import Foundation
+import GRPCCore
 import HostBroker
 import LQXModel
 import LQXServer
@@ -31,6 +32,34 @@ public struct NodeConfiguration: Sendable {
     /// code (argument parsing, gRPC and libvirt set-up) is most of a fresh daemon's resident set;
     /// what it still runs comes back from the page cache by minor faults.
     public var memoryTrim: Duration?
+    /// How the API listener is secured (plaintext for a standalone node).
+    public var security: ServerSecurity = .plaintext
+    /// How to join a cluster when this node has not joined one yet (nil: stay standalone
+    /// unless it joined before; a node that joined reuses its membership without a token).
+    public var join: JoinSettings?
+    /// A joined node serves its API in plaintext only with this set (development).
+    public var insecureListen = false
+
+    /// What joining needs.
+    public struct JoinSettings: Sendable {
+        /// The control plane's API address.
+        public var controlPlane: HostPort
+        /// The single-use join token.
+        public var token: String
+        /// How the control plane's CA is recognised.
+        public var trust: CATrust
+        /// The address the control plane reaches this node's API at (nil: the source address
+        /// of the route to the control plane, with the API port).
+        public var advertise: HostPort?
+
+        /// Creates join settings.
+        public init(controlPlane: HostPort, token: String, trust: CATrust, advertise: HostPort? = nil) {
+            self.controlPlane = controlPlane
+            self.token = token
+            self.trust = trust
+            self.advertise = advertise
+        }
+    }
 
     /// Creates a configuration.
     public init(
@@ -66,6 +95,8 @@ public struct NodeServer: Sendable {
     public let grpc: GRPCService
     /// `/health` and `/metrics`, when configured.
     public let http: HTTPService?
+    /// Heartbeats to the control plane, when the node joined one.
+    public let heartbeat: NodeHeartbeat?
     private let trimmer: MemoryTrimmer?
 
     /// Every service, in dependency order.
@@ -74,6 +105,7 @@ public struct NodeServer: Sendable {
         if let trimmer { services.append(trimmer) }
         if let http { services.append(http) }
         services.append(grpc)
+        if let heartbeat { services.append(heartbeat) }
         return services
     }
 
@@ -92,11 +124,20 @@ public struct NodeServer: Sendable {
             hypervisor: backend, broker: configuration.broker, telemetryInterval: configuration.telemetryInterval,
             policy: configuration.policy, logger: logger)
         try await manager.adopt()
+        var configuration = configuration
+        let membership = try await resolveMembership(&configuration, hypervisor: backend, logger: logger)
         let controller = VMController(manager: manager)
+        var interceptors: [any ServerInterceptor] = []
+        if case .mutualTLS = configuration.security { interceptors.append(ClusterPeerInterceptor()) }
         let grpc = GRPCService(
-            address: configuration.listen,
+            address: configuration.listen, security: configuration.security,
             services: [NodeService(controller: controller, nodeName: configuration.nodeName)],
-            gracePeriod: configuration.shutdownGrace)
+            interceptors: interceptors, gracePeriod: configuration.shutdownGrace)
+        let heartbeat = membership.map { membership in
+            NodeHeartbeat(
+                membership: membership, files: MembershipFiles(stateDirectory: configuration.layout.stateDirectory),
+                manager: manager, logger: logger)
+        }
         let http = configuration.metricsListen.map { address in
             let nodeName = configuration.nodeName
             return HTTPService(
@@ -113,7 +154,52 @@ public struct NodeServer: Sendable {
         }
         return NodeServer(
             manager: manager, controller: controller, configuration: configuration, grpc: grpc, http: http,
-            trimmer: configuration.memoryTrim.map { MemoryTrimmer(every: $0, logger: logger) })
+            heartbeat: heartbeat, trimmer: configuration.memoryTrim.map { MemoryTrimmer(every: $0, logger: logger) })
+    }
+
+    /// The node's cluster membership: the one saved in its state directory, else a new one
+    /// from `configuration.join`, else nil (standalone). A member's API is mutual TLS unless
+    /// `insecureListen`.
+    static func resolveMembership(
+        _ configuration: inout NodeConfiguration, hypervisor: any Hypervisor, logger: Logger
+    ) async throws(LQXError) -> ClusterMembership? {
+        let files = MembershipFiles(stateDirectory: configuration.layout.stateDirectory)
+        var membership = try files.load()
+        if let existing = membership, configuration.join != nil {
+            logger.notice(
+                "this node joined the cluster before; the join token is not used",
+                metadata: ["node.id": "\(existing.nodeID)", "control_plane": "\(existing.controlPlane)"])
+        } else if let join = configuration.join {
+            guard configuration.listen.port != 0 else {
+                throw LQXError(.invalidSpec, "joining needs a fixed --listen port (the control plane dials it)")
+            }
+            let advertise: HostPort
+            if let given = join.advertise {
+                advertise = given
+            } else if let source = ClusterJoin.sourceAddress(toward: join.controlPlane) {
+                advertise = HostPort(host: source, port: configuration.listen.port)
+            } else {
+                throw LQXError(
+                    .invalidSpec, "cannot detect the address toward \(join.controlPlane): give --advertise-address")
+            }
+            let details = JoinDetails(
+                name: configuration.nodeName, advertise: advertise, inventory: HostInventory.detect(),
+                hypervisor: try await hypervisor.hypervisorInfo())
+            let joined = try await ClusterJoin.join(
+                controlPlane: join.controlPlane, token: join.token, trust: join.trust, details: details, files: files)
+            logger.notice(
+                "joined the cluster",
+                metadata: [
+                    "node.id": "\(joined.nodeID)", "control_plane": "\(joined.controlPlane)",
+                    "advertise": "\(advertise)",
+                ])
+            membership = joined
+        }
+        if membership != nil, !configuration.insecureListen {
+            configuration.security = .mutualTLS(
+                certificateChain: files.certificate, privateKey: files.key, clientCA: files.ca)
+        }
+        return membership
     }
 
     /// Where the API and the HTTP endpoint listen, once they do.

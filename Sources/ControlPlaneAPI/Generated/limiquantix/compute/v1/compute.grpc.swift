@@ -7358,6 +7358,19 @@ public enum Limiquantix_Compute_V1_NodeAgentService: Sendable {
     public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.NodeAgentService")
     /// Namespace for method metadata.
     public enum Method: Sendable {
+        /// Namespace for "GetClusterCA" metadata.
+        public enum GetClusterCA: Sendable {
+            /// Request type for "GetClusterCA".
+            public typealias Input = Limiquantix_Compute_V1_GetClusterCARequest
+            /// Response type for "GetClusterCA".
+            public typealias Output = Limiquantix_Compute_V1_ClusterCA
+            /// Descriptor for "GetClusterCA".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.NodeAgentService"),
+                method: "GetClusterCA",
+                type: .unary
+            )
+        }
         /// Namespace for "Join" metadata.
         public enum Join: Sendable {
             /// Request type for "Join".
@@ -7386,6 +7399,7 @@ public enum Limiquantix_Compute_V1_NodeAgentService: Sendable {
         }
         /// Descriptors for all methods in the "limiquantix.compute.v1.NodeAgentService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            GetClusterCA.descriptor,
             Join.descriptor,
             Heartbeat.descriptor
         ]
@@ -7419,6 +7433,25 @@ extension Limiquantix_Compute_V1_NodeAgentService {
     /// > The node-facing side: joining with a single-use token (no bearer token), then heartbeats and
     /// > VM state changes over mutual TLS with the node's certificate.
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "GetClusterCA" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The cluster CA, unauthenticated (a joining node compares its SHA-256 with the pin it was
+        /// > given before it sends its join token).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Limiquantix_Compute_V1_GetClusterCARequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Compute_V1_ClusterCA` messages.
+        func getClusterCA(
+            request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_GetClusterCARequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_ClusterCA>
+
         /// Handle the "Join" method.
         ///
         /// - Parameters:
@@ -7461,6 +7494,25 @@ extension Limiquantix_Compute_V1_NodeAgentService {
     /// > The node-facing side: joining with a single-use token (no bearer token), then heartbeats and
     /// > VM state changes over mutual TLS with the node's certificate.
     public protocol ServiceProtocol: Limiquantix_Compute_V1_NodeAgentService.StreamingServiceProtocol {
+        /// Handle the "GetClusterCA" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The cluster CA, unauthenticated (a joining node compares its SHA-256 with the pin it was
+        /// > given before it sends its join token).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterCARequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Limiquantix_Compute_V1_ClusterCA` message.
+        func getClusterCA(
+            request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_GetClusterCARequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterCA>
+
         /// Handle the "Join" method.
         ///
         /// - Parameters:
@@ -7501,6 +7553,25 @@ extension Limiquantix_Compute_V1_NodeAgentService {
     /// > The node-facing side: joining with a single-use token (no bearer token), then heartbeats and
     /// > VM state changes over mutual TLS with the node's certificate.
     public protocol SimpleServiceProtocol: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol {
+        /// Handle the "GetClusterCA" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The cluster CA, unauthenticated (a joining node compares its SHA-256 with the pin it was
+        /// > given before it sends its join token).
+        ///
+        /// - Parameters:
+        ///   - request: A `Limiquantix_Compute_V1_GetClusterCARequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Limiquantix_Compute_V1_ClusterCA` to respond with.
+        func getClusterCA(
+            request: Limiquantix_Compute_V1_GetClusterCARequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Limiquantix_Compute_V1_ClusterCA
+
         /// Handle the "Join" method.
         ///
         /// - Parameters:
@@ -7536,6 +7607,17 @@ extension Limiquantix_Compute_V1_NodeAgentService {
 extension Limiquantix_Compute_V1_NodeAgentService.StreamingServiceProtocol {
     public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
         router.registerHandler(
+            forMethod: Limiquantix_Compute_V1_NodeAgentService.Method.GetClusterCA.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_GetClusterCARequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_ClusterCA>(),
+            handler: { request, context in
+                try await self.getClusterCA(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Limiquantix_Compute_V1_NodeAgentService.Method.Join.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_JoinRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_JoinResponse>(),
@@ -7563,6 +7645,17 @@ extension Limiquantix_Compute_V1_NodeAgentService.StreamingServiceProtocol {
 // Default implementation of streaming methods from 'StreamingServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol {
+    public func getClusterCA(
+        request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_GetClusterCARequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_ClusterCA> {
+        let response = try await self.getClusterCA(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
     public func join(
         request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_JoinRequest>,
         context: GRPCCore.ServerContext
@@ -7589,6 +7682,19 @@ extension Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol {
 // Default implementation of methods from 'ServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Limiquantix_Compute_V1_NodeAgentService.SimpleServiceProtocol {
+    public func getClusterCA(
+        request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_GetClusterCARequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterCA> {
+        return GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterCA>(
+            message: try await self.getClusterCA(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
     public func join(
         request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_JoinRequest>,
         context: GRPCCore.ServerContext
@@ -7630,6 +7736,30 @@ extension Limiquantix_Compute_V1_NodeAgentService {
     /// > The node-facing side: joining with a single-use token (no bearer token), then heartbeats and
     /// > VM state changes over mutual TLS with the node's certificate.
     public protocol ClientProtocol: Sendable {
+        /// Call the "GetClusterCA" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The cluster CA, unauthenticated (a joining node compares its SHA-256 with the pin it was
+        /// > given before it sends its join token).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterCARequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_GetClusterCARequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_ClusterCA` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getClusterCA<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterCARequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_GetClusterCARequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_ClusterCA>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterCA>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
         /// Call the "Join" method.
         ///
         /// - Parameters:
@@ -7688,6 +7818,41 @@ extension Limiquantix_Compute_V1_NodeAgentService {
         ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
         public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
             self.client = client
+        }
+
+        /// Call the "GetClusterCA" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The cluster CA, unauthenticated (a joining node compares its SHA-256 with the pin it was
+        /// > given before it sends its join token).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterCARequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_GetClusterCARequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_ClusterCA` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getClusterCA<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterCARequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_GetClusterCARequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_ClusterCA>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterCA>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Limiquantix_Compute_V1_NodeAgentService.Method.GetClusterCA.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
         }
 
         /// Call the "Join" method.
@@ -7755,6 +7920,36 @@ extension Limiquantix_Compute_V1_NodeAgentService {
 // Helpers providing default arguments to 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Limiquantix_Compute_V1_NodeAgentService.ClientProtocol {
+    /// Call the "GetClusterCA" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The cluster CA, unauthenticated (a joining node compares its SHA-256 with the pin it was
+    /// > given before it sends its join token).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterCARequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getClusterCA<Result>(
+        request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterCARequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterCA>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getClusterCA(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_GetClusterCARequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_ClusterCA>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Join" method.
     ///
     /// - Parameters:
@@ -7809,6 +8004,40 @@ extension Limiquantix_Compute_V1_NodeAgentService.ClientProtocol {
 // Helpers providing sugared APIs for 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Limiquantix_Compute_V1_NodeAgentService.ClientProtocol {
+    /// Call the "GetClusterCA" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The cluster CA, unauthenticated (a joining node compares its SHA-256 with the pin it was
+    /// > given before it sends its join token).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getClusterCA<Result>(
+        _ message: Limiquantix_Compute_V1_GetClusterCARequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterCA>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterCARequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getClusterCA(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Join" method.
     ///
     /// - Parameters:

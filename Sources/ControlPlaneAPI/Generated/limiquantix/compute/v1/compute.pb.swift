@@ -1488,6 +1488,35 @@ public nonisolated struct Limiquantix_Compute_V1_JoinToken: Sendable {
 
   public var expiresUnixMs: Int64 = 0
 
+  /// the cluster CA's fingerprint, for lqx-node --ca-sha256
+  public var caSha256: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Limiquantix_Compute_V1_GetClusterCARequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Limiquantix_Compute_V1_ClusterCA: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// DER
+  public var certificate: Data = Data()
+
+  /// of the DER, lower-case hex
+  public var sha256: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1550,6 +1579,9 @@ public nonisolated struct Limiquantix_Compute_V1_JoinResponse: Sendable {
   public var caCertificate: Data = Data()
 
   public var heartbeatIntervalMs: UInt32 = 0
+
+  /// the control plane's mutual-TLS port for heartbeats
+  public var nodePort: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4222,7 +4254,7 @@ nonisolated extension Limiquantix_Compute_V1_CreateJoinTokenRequest: SwiftProtob
 
 nonisolated extension Limiquantix_Compute_V1_JoinToken: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JoinToken"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}token\0\u{3}expires_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}token\0\u{3}expires_unix_ms\0\u{3}ca_sha256\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4232,6 +4264,7 @@ nonisolated extension Limiquantix_Compute_V1_JoinToken: SwiftProtobuf.Message, S
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.token) }()
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnixMs) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.caSha256) }()
       default: break
       }
     }
@@ -4244,12 +4277,70 @@ nonisolated extension Limiquantix_Compute_V1_JoinToken: SwiftProtobuf.Message, S
     if self.expiresUnixMs != 0 {
       try visitor.visitSingularInt64Field(value: self.expiresUnixMs, fieldNumber: 2)
     }
+    if !self.caSha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.caSha256, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Limiquantix_Compute_V1_JoinToken, rhs: Limiquantix_Compute_V1_JoinToken) -> Bool {
     if lhs.token != rhs.token {return false}
     if lhs.expiresUnixMs != rhs.expiresUnixMs {return false}
+    if lhs.caSha256 != rhs.caSha256 {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_GetClusterCARequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetClusterCARequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_GetClusterCARequest, rhs: Limiquantix_Compute_V1_GetClusterCARequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_ClusterCA: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterCA"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}certificate\0\u{1}sha256\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.certificate) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.certificate.isEmpty {
+      try visitor.visitSingularBytesField(value: self.certificate, fieldNumber: 1)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_ClusterCA, rhs: Limiquantix_Compute_V1_ClusterCA) -> Bool {
+    if lhs.certificate != rhs.certificate {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4321,7 +4412,7 @@ nonisolated extension Limiquantix_Compute_V1_JoinRequest: SwiftProtobuf.Message,
 
 nonisolated extension Limiquantix_Compute_V1_JoinResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JoinResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}certificate\0\u{3}ca_certificate\0\u{3}heartbeat_interval_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}certificate\0\u{3}ca_certificate\0\u{3}heartbeat_interval_ms\0\u{3}node_port\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4333,6 +4424,7 @@ nonisolated extension Limiquantix_Compute_V1_JoinResponse: SwiftProtobuf.Message
       case 2: try { try decoder.decodeSingularBytesField(value: &self.certificate) }()
       case 3: try { try decoder.decodeSingularBytesField(value: &self.caCertificate) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.heartbeatIntervalMs) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.nodePort) }()
       default: break
       }
     }
@@ -4351,6 +4443,9 @@ nonisolated extension Limiquantix_Compute_V1_JoinResponse: SwiftProtobuf.Message
     if self.heartbeatIntervalMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.heartbeatIntervalMs, fieldNumber: 4)
     }
+    if self.nodePort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.nodePort, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4359,6 +4454,7 @@ nonisolated extension Limiquantix_Compute_V1_JoinResponse: SwiftProtobuf.Message
     if lhs.certificate != rhs.certificate {return false}
     if lhs.caCertificate != rhs.caCertificate {return false}
     if lhs.heartbeatIntervalMs != rhs.heartbeatIntervalMs {return false}
+    if lhs.nodePort != rhs.nodePort {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

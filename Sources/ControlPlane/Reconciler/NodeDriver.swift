@@ -1,0 +1,84 @@
+import LQXModel
+
+/// What the reconciler asks of a node. The API layer implements it over each node's
+/// mutual-TLS API; tests of the core use one in memory. On the node a VM is named by its id
+/// (unique in the cluster, whatever its project and name). Every call is idempotent where
+/// the node allows: starting a running VM or deleting a missing one is not an error.
+public protocol NodeDriver: Sendable {
+    /// The VM as the node has it now; nil when the node does not have it.
+    func get(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM?
+    /// Defines the VM (`machine.name` is its id) and starts it when `start`.
+    func create(_ machine: VMSpec, start: Bool, on node: Node) async throws(LQXError) -> ObservedVM
+    /// Starts a stopped VM.
+    func start(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    /// Stops a VM: the agent shuts the guest down, forced after the node's timeout.
+    func stop(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    /// Pauses a running VM.
+    func pause(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    /// Resumes a paused VM.
+    func resume(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    /// Destroys the VM and removes its definition and disks from the node.
+    func delete(_ vmID: String, on node: Node) async throws(LQXError)
+}
+
+/// What the reconciler does for one VM in one pass, decided from its spec and what its node
+/// reports (a value, tested on its own).
+public enum ReconcileAction: Sendable, Equatable {
+    /// Nothing: status matches spec, or nothing can be done now.
+    case none
+    /// Define it on its node, started or not.
+    case create(start: Bool)
+    /// Start it.
+    case start
+    /// Stop it.
+    case stop
+    /// Pause it.
+    case pause
+    /// Resume it.
+    case resume
+    /// Remove it from its node, then from the store.
+    case delete
+
+    /// The operation's name in events and conditions (`Start` → `StartFailed`).
+    public var name: String {
+        switch self {
+        case .none: "None"
+        case .create: "Create"
+        case .start: "Start"
+        case .stop: "Stop"
+        case .pause: "Pause"
+        case .resume: "Resume"
+        case .delete: "Delete"
+        }
+    }
+
+    /// What to do for `vm` given what its node reports (`observed`, nil: the node does not have
+    /// it) and whether the node is READY (nothing is sent to a node that is not).
+    public static func decide(_ vm: VirtualMachine, observed: ObservedVM?, nodeReady: Bool) -> ReconcileAction {
+        guard !vm.status.nodeID.isEmpty, nodeReady else { return .none }
+        if vm.meta.deletionRequestedUnixMs != nil { return .delete }
+        guard let observed else { return .create(start: vm.spec.runState != .stopped) }
+        switch (vm.spec.runState, observed.state) {
+        case (.running, "shut_off"), (.running, "crashed"), (.paused, "shut_off"), (.paused, "crashed"):
+            return .start
+        case (.running, "paused"): return .resume
+        case (.paused, "running"): return .pause
+        case (.stopped, "running"), (.stopped, "paused"): return .stop
+        default: return .none
+        }
+    }
+
+    /// The phase `vm` is in given what its node reports.
+    public static func phase(_ vm: VirtualMachine, observed: ObservedVM?) -> VirtualMachine.Phase {
+        guard !vm.status.nodeID.isEmpty else { return vm.status.phase }
+        guard let observed else { return .scheduled }
+        switch observed.state {
+        case "running": return vm.spec.runState == .stopped ? .stopping : .running
+        case "paused": return .paused
+        case "shutting_down": return .stopping
+        case "shut_off": return vm.spec.runState == .stopped ? .stopped : .starting
+        case "crashed": return .failed
+        default: return .unknown
+        }
+    }
+}

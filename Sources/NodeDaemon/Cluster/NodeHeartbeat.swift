@@ -1,0 +1,88 @@
+import ControlPlaneAPI
+import GRPCCore
+import LQXModel
+import LQXServer
+import Logging
+import NodeCore
+import ServiceLifecycle
+
+/// Heartbeats to the control plane over mutual TLS with the node's certificate: capacity and
+/// every VM with its state, at the interval the control plane asks for. A failed heartbeat is
+/// logged and retried at the next interval; the node keeps running its VMs regardless.
+public final class NodeHeartbeat: Service, Sendable {
+    let membership: ClusterMembership
+    let files: MembershipFiles
+    let manager: VMManager
+    let logger: Logger
+
+    /// Heartbeats for `membership`, reporting `manager`'s VMs.
+    public init(membership: ClusterMembership, files: MembershipFiles, manager: VMManager, logger: Logger) {
+        self.membership = membership
+        self.files = files
+        self.manager = manager
+        self.logger = logger
+    }
+
+    /// Heartbeats until graceful shutdown.
+    public func run() async throws {
+        let address = try membership.heartbeatAddress()
+        let transport = try ClientTransport.make(
+            address,
+            security: .mutualTLS(certificateChain: files.certificate, privateKey: files.key, caFile: files.ca))
+        let capacity = Limiquantix_Compute_V1_Resources.with {
+            let inventory = HostInventory.detect()
+            $0.cpus = UInt32(clamping: inventory.cpu.logical)
+            $0.memoryMib = inventory.memory.totalBytes / (1024 * 1024)
+        }
+        try await withGRPCClient(transport: transport) { client in
+            let agent = Limiquantix_Compute_V1_NodeAgentService.Client(wrapping: client)
+            await cancelWhenGracefulShutdown {
+                var interval = Duration.milliseconds(max(100, self.membership.heartbeatIntervalMs))
+                var failing = false
+                while !Task.isCancelled {
+                    do {
+                        let request = try await self.request(capacity: capacity)
+                        let response = try await agent.heartbeat(request, options: ClientTransport.failFast)
+                        if response.heartbeatIntervalMs > 0 {
+                            interval = .milliseconds(max(100, Int(response.heartbeatIntervalMs)))
+                        }
+                        if failing {
+                            self.logger.notice(
+                                "heartbeats reach the control plane again", metadata: ["to": "\(address)"])
+                            failing = false
+                        }
+                    } catch {
+                        if !failing {
+                            let message =
+                                (error as? RPCError).map {
+                                    RPCErrorMapping.lqxError($0, peer: address.description).fullMessage
+                                }
+                                ?? "\(error)"
+                            self.logger.warning("heartbeat failed: \(message)", metadata: ["to": "\(address)"])
+                        }
+                        failing = true
+                    }
+                    try? await Task.sleep(for: interval)
+                }
+            }
+        }
+    }
+
+    func request(capacity: Limiquantix_Compute_V1_Resources) async throws(LQXError)
+        -> Limiquantix_Compute_V1_HeartbeatRequest
+    {
+        let vms = try await manager.hypervisor.list()
+        return .with {
+            $0.nodeID = membership.nodeID
+            $0.capacity = capacity
+            $0.vms = vms.map { vm in
+                .with {
+                    $0.id = vm.uuid
+                    $0.name = vm.name
+                    $0.state = vm.state.rawValue
+                    $0.agentConnected = manager.agentConnected(vm.name)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+import ControlPlaneAPI
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+import LQXModel
+import LQXServer
+import LQXTestSupport
+import NodeAPI
+import Testing
+
+/// The real binaries: `lqx-controlplane` on SQLite and `lqx-node` daemons (on libvirt's test
+/// driver: joining needs no VM) joining with tokens over TLS, heartbeating with mutual TLS, and
+/// the node API refusing every client without a cluster certificate.
+@Suite("nodes join the control plane", .serialized)
+struct ClusterJoinTests {
+    /// A running control plane and what it printed.
+    struct ControlPlaneProcess {
+        let daemon: Daemon
+        let api: HostPort
+        let nodes: HostPort
+        let metrics: String
+        let fingerprint: String
+        let stateDirectory: String
+        var caFile: String { stateDirectory + "/pki/ca.crt" }
+
+        static func start(_ root: String) async throws -> ControlPlaneProcess {
+            let state = root + "/controlplane"
+            let daemon = try Daemon(
+                Command.binary("lqx-controlplane"),
+                [
+                    "--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                    "--state-dir", state, "--heartbeat-interval", "0.2", "--heartbeat-grace", "1.5",
+                ], logPath: root + "/controlplane.log")
+            guard let first = await daemon.line(), let grpc = Daemon.field("grpc", in: first),
+                let nodes = Daemon.field("nodes", in: first), let metrics = Daemon.field("metrics", in: first),
+                let second = await daemon.line(), let sha = second.split(separator: " ").last
+            else {
+                daemon.kill()
+                throw LQXError(.io, "lqx-controlplane did not start: \(daemon.log)")
+            }
+            return ControlPlaneProcess(
+                daemon: daemon, api: try HostPort(parsing: grpc, for: .connect, field: "grpc"),
+                nodes: try HostPort(parsing: nodes, for: .connect, field: "nodes"), metrics: metrics,
+                fingerprint: String(sha.dropLast()), stateDirectory: state)
+        }
+
+        /// Runs `body` with the node service client over TLS trusting the cluster CA.
+        func nodeService<T: Sendable>(
+            _ body:
+                @Sendable @escaping (Limiquantix_Compute_V1_NodeService.Client<HTTP2ClientTransport.Posix>)
+                async throws -> T
+        ) async throws -> T {
+            try await ClientTransport.with(api, security: .tls(caFile: caFile)) { client in
+                try await body(Limiquantix_Compute_V1_NodeService.Client(wrapping: client))
+            }
+        }
+
+        var adminToken: String {
+            get throws {
+                try String(contentsOfFile: stateDirectory + "/admin.token", encoding: .utf8)
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+        }
+    }
+
+    /// A fresh directory with a control plane started in it.
+    static func started() async throws -> (String, ControlPlaneProcess) {
+        let root = NSTemporaryDirectory() + "lqx-join-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        return (root, try await ControlPlaneProcess.start(root))
+    }
+
+    static func tearDown(_ root: String, _ cp: ControlPlaneProcess) {
+        cp.daemon.kill()
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    /// An `lqx-node` on the test driver with a fixed port; nil token: no join flags.
+    static func node(
+        _ root: String, _ name: String, port: Int, controlPlane: ControlPlaneProcess, token: String?,
+        pin: String? = nil
+    ) throws -> Daemon {
+        var arguments = [
+            "--listen", "127.0.0.1:\(port)", "--libvirt-uri", "test:///default", "--state-dir",
+            root + "/\(name)/state", "--run-dir", root + "/\(name)/run", "--node-name", name, "--memory-trim", "0",
+        ]
+        if let token {
+            arguments += [
+                "--control-plane", controlPlane.api.description, "--join-token", token, "--ca-sha256",
+                pin ?? controlPlane.fingerprint,
+            ]
+        }
+        return try Daemon(Command.binary("lqx-node"), arguments, logPath: root + "/\(name).log")
+    }
+
+    func bearer(_ token: String) -> Metadata { ["authorization": "Bearer \(token)"] }
+
+    /// Polls the node list until `name` is in `phase` (or 15 s pass).
+    func waitFor(
+        _ name: String, _ phase: Limiquantix_Compute_V1_NodePhase, _ cp: ControlPlaneProcess, token: String
+    ) async throws -> Limiquantix_Compute_V1_Node? {
+        let deadline = ContinuousClock.now + .seconds(15)
+        let metadata = bearer(token)
+        while ContinuousClock.now < deadline {
+            let nodes = try await cp.nodeService { try await $0.listNodes(.init(), metadata: metadata).nodes }
+            if let node = nodes.first(where: { $0.metadata.name == name }), node.status.phase == phase { return node }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return nil
+    }
+
+    @Test("first start: CA, certificate and admin token written 0600; nodes join, heartbeat, go NOT_READY and back")
+    func joinAndHeartbeat() async throws {
+        let (root, cp) = try await Self.started()
+        defer { Self.tearDown(root, cp) }
+        for file in ["pki/ca.key", "pki/controlplane.key", "admin.token"] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: cp.stateDirectory + "/" + file)
+            #expect((attributes[.posixPermissions] as? Int) == 0o600, "\(file)")
+        }
+        let admin = try cp.adminToken
+        let metadata = bearer(admin)
+        let issued = try await cp.nodeService {
+            try await $0.createJoinToken(.with { $0.ttlSeconds = 600 }, metadata: metadata)
+        }
+        #expect(issued.caSha256 == cp.fingerprint)
+        #expect(issued.token.hasPrefix("lqxjoin_"))
+
+        let port = Daemon.freePort()
+        var node = try Self.node(root, "node-a", port: port, controlPlane: cp, token: issued.token)
+        guard let line = await node.line(), line.hasPrefix("lqx-node listening") else {
+            Issue.record("lqx-node did not start: \(node.log)")
+            return
+        }
+        let ready = try await waitFor("node-a", .ready, cp, token: admin)
+        #expect(ready != nil, "node-a never READY: \(node.log) \(cp.daemon.log)")
+        #expect(ready?.status.address == "127.0.0.1:\(port)")
+        #expect((ready?.status.capacity.cpus ?? 0) > 0)
+        let membership = root + "/node-a/state/cluster"
+        for file in ["node.key", "membership.json"] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: membership + "/" + file)
+            #expect((attributes[.posixPermissions] as? Int) == 0o600, "\(file)")
+        }
+
+        // The token was single-use.
+        let second = try Self.node(root, "node-b", port: Daemon.freePort(), controlPlane: cp, token: issued.token)
+        #expect(await second.child.exit(timeout: .seconds(20)) == 1)
+        #expect(second.log.contains("already used"), "\(second.log)")
+
+        // Killed, the node goes NOT_READY after the grace period; restarted without a token it
+        // reuses its identity and is READY again.
+        node.kill()
+        #expect(try await waitFor("node-a", .notReady, cp, token: admin) != nil)
+        node = try Self.node(root, "node-a", port: port, controlPlane: cp, token: nil)
+        defer { node.kill() }
+        #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")
+        let back = try await waitFor("node-a", .ready, cp, token: admin)
+        #expect(back?.metadata.id == ready?.metadata.id)
+        let nodes = try await cp.nodeService { try await $0.listNodes(.init(), metadata: metadata).nodes }
+        #expect(nodes.count == 1)
+    }
+
+    @Test("a wrong CA fingerprint, a malformed or expired join token: refused, nothing joined, token kept")
+    func badJoins() async throws {
+        let (root, cp) = try await Self.started()
+        defer { Self.tearDown(root, cp) }
+        let admin = try cp.adminToken
+        let metadata = bearer(admin)
+        let issued = try await cp.nodeService { try await $0.createJoinToken(.init(), metadata: metadata) }
+
+        let wrongPin = String(repeating: "ab", count: 32)
+        let pinned = try Self.node(
+            root, "pinned", port: Daemon.freePort(), controlPlane: cp, token: issued.token, pin: wrongPin)
+        #expect(await pinned.child.exit(timeout: .seconds(20)) == 1)
+        #expect(pinned.log.contains("not joining"), "\(pinned.log)")
+
+        let malformed = try Self.node(root, "malformed", port: Daemon.freePort(), controlPlane: cp, token: "nope")
+        #expect(await malformed.child.exit(timeout: .seconds(20)) == 1)
+        #expect(malformed.log.contains("malformed"), "\(malformed.log)")
+
+        let shortLived = try await cp.nodeService {
+            try await $0.createJoinToken(.with { $0.ttlSeconds = 1 }, metadata: metadata)
+        }
+        try await Task.sleep(for: .milliseconds(1500))
+        let late = try Self.node(root, "late", port: Daemon.freePort(), controlPlane: cp, token: shortLived.token)
+        #expect(await late.child.exit(timeout: .seconds(20)) == 1)
+        #expect(late.log.contains("expired"), "\(late.log)")
+
+        // The token survived both refusals: it still joins a node.
+        let good = try Self.node(root, "good", port: Daemon.freePort(), controlPlane: cp, token: issued.token)
+        defer { good.kill() }
+        #expect(await good.line()?.hasPrefix("lqx-node listening") == true, "\(good.log)")
+        let nodes = try await cp.nodeService { try await $0.listNodes(.init(), metadata: metadata).nodes }
+        #expect(nodes.map(\.metadata.name) == ["good"])
+
+        // Without a bearer token, no join tokens are issued.
+        await expectLQXError(.unauthenticated) {
+            _ = try await cp.nodeService { try await $0.createJoinToken(.init()) }
+        }
+    }
+
+    @Test("a joined node's API admits only cluster certificates, and never another node's")
+    func nodeAPIMutualTLS() async throws {
+        let (root, cp) = try await Self.started()
+        defer { Self.tearDown(root, cp) }
+        let admin = try cp.adminToken
+        let metadata = bearer(admin)
+        var nodes: [Daemon] = []
+        defer { for node in nodes { node.kill() } }
+        var ports: [Int] = []
+        for name in ["one", "two"] {
+            let token = try await cp.nodeService { try await $0.createJoinToken(.init(), metadata: metadata) }.token
+            let port = Daemon.freePort()
+            let node = try Self.node(root, name, port: port, controlPlane: cp, token: token)
+            nodes.append(node)
+            ports.append(port)
+            #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")
+        }
+        let address = HostPort(host: "127.0.0.1", port: ports[0])
+        func info(_ security: ClientSecurity) async throws -> String {
+            try await ClientTransport.with(address, security: security) { client in
+                try await Limiquantix_Node_V1_Node.Client(wrapping: client).getNodeInfo(
+                    .init(), options: ClientTransport.failFast
+                ).hostname
+            }
+        }
+        // The control plane's certificate is let in.
+        let cpState = cp.stateDirectory + "/pki"
+        #expect(
+            try await info(
+                .mutualTLS(
+                    certificateChain: cpState + "/controlplane.crt", privateKey: cpState + "/controlplane.key",
+                    caFile: cp.caFile)) == "one")
+        // No TLS, TLS without a client certificate, another node's certificate: refused.
+        await expectLQXError(.unavailable) { _ = try await info(.plaintext) }
+        await expectLQXError(.unavailable) { _ = try await info(.tls(caFile: cp.caFile)) }
+        let other = root + "/two/state/cluster"
+        await expectLQXError(.permissionDenied) {
+            _ = try await info(
+                .mutualTLS(certificateChain: other + "/node.crt", privateKey: other + "/node.key", caFile: cp.caFile))
+        }
+        // A node cannot heartbeat in another's name.
+        await expectLQXError(.permissionDenied) {
+            _ = try await ClientTransport.with(
+                cp.nodes,
+                security: .mutualTLS(
+                    certificateChain: other + "/node.crt", privateKey: other + "/node.key", caFile: cp.caFile)
+            ) { client in
+                let data = try Data(contentsOf: URL(fileURLWithPath: root + "/one/state/cluster/membership.json"))
+                let id = (try JSONSerialization.jsonObject(with: data) as? [String: Any])?["nodeID"] as? String
+                return try await Limiquantix_Compute_V1_NodeAgentService.Client(wrapping: client).heartbeat(
+                    .with { $0.nodeID = id ?? "" })
+            }
+        }
+        // Heartbeats on the API port (no client certificate) are refused too.
+        await expectLQXError(.unauthenticated) {
+            _ = try await ClientTransport.with(cp.api, security: .tls(caFile: cp.caFile)) { client in
+                try await Limiquantix_Compute_V1_NodeAgentService.Client(wrapping: client).heartbeat(
+                    .with { $0.nodeID = "x" })
+            }
+        }
+        let health = try await httpGet(cp.metrics, "/health")
+        #expect(health.status == 200)
+        let exposition = try await httpGet(cp.metrics, "/metrics")
+        #expect(exposition.body.contains("lqx_controlplane_nodes{phase=\"READY\"}"))
+    }
+}

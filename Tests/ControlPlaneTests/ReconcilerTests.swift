@@ -1,0 +1,222 @@
+import ControlPlane
+import LQXModel
+import LQXTestSupport
+import Logging
+import Synchronization
+import Testing
+
+/// Nodes in memory for the reconciler's logic: each keeps its VMs' states; `report` is what a
+/// heartbeat would carry. Calls can be made to fail.
+final class MemoryNodes: NodeDriver {
+    private let vms = Mutex<[String: [String: String]]>([:])
+    let failures = Mutex<[String: Int]>([:])
+    let calls = Mutex<[String]>([])
+
+    func report(_ node: Node) -> [ObservedVM] {
+        vms.withLock { $0[node.meta.id] ?? [:] }.map {
+            ObservedVM(id: $0.key, name: $0.key, state: $0.value, agentConnected: $0.value == "running")
+        }
+    }
+
+    func states(_ node: Node) -> [String: String] { vms.withLock { $0[node.meta.id] ?? [:] } }
+
+    private func record(_ call: String) throws(LQXError) {
+        calls.withLock { $0.append(call) }
+        let kind = String(call.split(separator: " ")[0])
+        let failing = failures.withLock { failures -> Bool in
+            guard let left = failures[kind], left > 0 else { return false }
+            failures[kind] = left - 1
+            return true
+        }
+        if failing { throw LQXError(.hypervisor, "\(kind) failed on purpose") }
+    }
+
+    private func set(_ id: String, _ state: String?, _ node: Node) -> ObservedVM {
+        vms.withLock { $0[node.meta.id, default: [:]][id] = state }
+        return ObservedVM(id: id, name: id, state: state ?? "", agentConnected: state == "running")
+    }
+
+    func get(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM? {
+        states(node)[vmID].map { ObservedVM(id: vmID, name: vmID, state: $0, agentConnected: $0 == "running") }
+    }
+    func create(_ machine: VMSpec, start: Bool, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("create \(machine.name)")
+        return set(machine.name, start ? "running" : "shut_off", node)
+    }
+    func start(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("start \(vmID)")
+        return set(vmID, "running", node)
+    }
+    func stop(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("stop \(vmID)")
+        return set(vmID, "shut_off", node)
+    }
+    func pause(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("pause \(vmID)")
+        return set(vmID, "paused", node)
+    }
+    func resume(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("resume \(vmID)")
+        return set(vmID, "running", node)
+    }
+    func delete(_ vmID: String, on node: Node) async throws(LQXError) {
+        try record("delete \(vmID)")
+        _ = set(vmID, nil, node)
+    }
+}
+
+@Suite("reconciler: decisions")
+struct ReconcileDecisionTests {
+    func vm(_ runState: VirtualMachine.RunState, node: String = "n1", deleting: Bool = false) -> VirtualMachine {
+        var spec = kernelSpec()
+        spec.runState = runState
+        var meta = ObjectMeta(id: "v", name: "v")
+        meta.deletionRequestedUnixMs = deleting ? 1 : nil
+        return VirtualMachine(meta: meta, spec: spec, status: .init(phase: .scheduled, nodeID: node))
+    }
+
+    func observed(_ state: String) -> ObservedVM { ObservedVM(id: "v", name: "v", state: state, agentConnected: false) }
+
+    @Test(
+        "each spec and node state gives one action",
+        arguments: [
+            (VirtualMachine.RunState.running, nil, ReconcileAction.create(start: true)),
+            (.stopped, nil, .create(start: false)), (.running, "shut_off", .start), (.running, "crashed", .start),
+            (.running, "running", .none), (.running, "paused", .resume), (.paused, "running", .pause),
+            (.paused, "shut_off", .start), (.stopped, "running", .stop), (.stopped, "paused", .stop),
+            (.stopped, "shut_off", .none), (.running, "shutting_down", .none),
+        ] as [(VirtualMachine.RunState, String?, ReconcileAction)])
+    func decisions(runState: VirtualMachine.RunState, state: String?, expected: ReconcileAction) {
+        #expect(ReconcileAction.decide(vm(runState), observed: state.map(observed), nodeReady: true) == expected)
+    }
+
+    @Test("nothing goes to a node that is not READY or a VM on no node; a deletion wins over the rest")
+    func guards() {
+        #expect(ReconcileAction.decide(vm(.running), observed: nil, nodeReady: false) == .none)
+        #expect(ReconcileAction.decide(vm(.running, node: ""), observed: nil, nodeReady: true) == .none)
+        #expect(
+            ReconcileAction.decide(vm(.running, deleting: true), observed: observed("running"), nodeReady: true)
+                == .delete)
+    }
+
+    @Test("phases follow the node's report and the spec")
+    func phases() {
+        #expect(ReconcileAction.phase(vm(.running), observed: nil) == .scheduled)
+        #expect(ReconcileAction.phase(vm(.running), observed: observed("running")) == .running)
+        #expect(ReconcileAction.phase(vm(.stopped), observed: observed("running")) == .stopping)
+        #expect(ReconcileAction.phase(vm(.running), observed: observed("shut_off")) == .starting)
+        #expect(ReconcileAction.phase(vm(.stopped), observed: observed("shut_off")) == .stopped)
+        #expect(ReconcileAction.phase(vm(.running), observed: observed("crashed")) == .failed)
+        #expect(ReconcileAction.phase(vm(.running), observed: observed("blocked")) == .unknown)
+    }
+}
+
+@Suite("reconciler: driving nodes (SQLite)")
+struct ReconcilerTests {
+    /// Runs a reconciler over a fresh cluster with one READY node while `body` runs.
+    func withReconciler(
+        _ body: (Cluster, MemoryNodes, Node, TestClock) async throws -> Void
+    ) async throws {
+        _ = try await withStore(.sqlite) { store, _ in
+            let clock = TestClock()
+            let cluster = try await makeCluster(store, clock: clock)
+            let nodes = MemoryNodes()
+            let node = try await joinNode(cluster, "n1")
+            try await cluster.heartbeat(nodeID: node.meta.id, vms: [])
+            var logger = Logger(label: "reconciler-test")
+            logger.logLevel = .critical
+            let reconciler = Reconciler(cluster: cluster, driver: nodes, resync: .milliseconds(50), logger: logger)
+            let task = Task { try await reconciler.run() }
+            defer { task.cancel() }
+            try await body(cluster, nodes, node, clock)
+        }
+    }
+
+    /// Waits (up to 10 s) until the VM is in `phase`, reporting the node's state by heartbeat.
+    func until(
+        _ cluster: Cluster, _ nodes: MemoryNodes, _ node: Node, _ name: String, _ phase: VirtualMachine.Phase?
+    ) async throws -> VirtualMachine? {
+        for _ in 0..<200 {
+            try await cluster.heartbeat(nodeID: node.meta.id, vms: nodes.report(node))
+            let vm = try await cluster.repository.vm(project: Cluster.defaultProject, name: name)
+            if vm?.status.phase == phase { return vm }
+            if phase == nil && vm == nil { return nil }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("\(name) never reached \(phase?.rawValue ?? "deletion")")
+        return try await cluster.repository.vm(project: Cluster.defaultProject, name: name)
+    }
+
+    @Test("create → defined and started → RUNNING with the agent; stop, pause, resume; delete removes it everywhere")
+    func lifecycle() async throws {
+        try await withReconciler { cluster, nodes, node, _ in
+            let vm = try await cluster.createVM(CreateVM(name: "web", spec: kernelSpec()), by: .system)
+            let running = try await until(cluster, nodes, node, "web", .running)
+            #expect(running?.status.agentConnected == true)
+            #expect(nodes.states(node) == [vm.meta.id: "running"])
+            _ = try await cluster.setRunState(Cluster.defaultProject, "web", .stopped, by: .system)
+            _ = try await until(cluster, nodes, node, "web", .stopped)
+            _ = try await cluster.setRunState(Cluster.defaultProject, "web", .paused, by: .system)
+            _ = try await until(cluster, nodes, node, "web", .paused)
+            _ = try await cluster.setRunState(Cluster.defaultProject, "web", .running, by: .system)
+            _ = try await until(cluster, nodes, node, "web", .running)
+            try await cluster.deleteVM(Cluster.defaultProject, "web", by: .system)
+            _ = try await until(cluster, nodes, node, "web", nil)
+            #expect(nodes.states(node).isEmpty)
+            let reasons = try await cluster.events(LogQuery(object: vm.meta.id), by: .system).map(\.reason)
+            for reason in [
+                "Created", "Scheduled", "Defined", "Running", "AgentConnected", "Stopped", "Paused", "Deleted",
+            ] {
+                #expect(reasons.contains(reason), "\(reason) in \(reasons)")
+            }
+            // Each step happened once: no operation was repeated while the node caught up.
+            let calls = nodes.calls.withLock { $0 }
+            #expect(calls.filter { $0.hasPrefix("create") }.count == 1, "\(calls)")
+            #expect(calls.filter { $0.hasPrefix("delete") }.count == 1, "\(calls)")
+        }
+    }
+
+    @Test("a failing node call is a Reconciled=False condition and a warning event, retried until it works")
+    func failures() async throws {
+        try await withReconciler { cluster, nodes, node, clock in
+            nodes.failures.withLock { $0["create"] = 2 }
+            _ = try await cluster.createVM(CreateVM(name: "db", spec: kernelSpec()), by: .system)
+            var failed: VirtualMachine?
+            for _ in 0..<100 {
+                failed = try await cluster.repository.vm(project: Cluster.defaultProject, name: "db")
+                if failed?.status.conditions["Reconciled"]?.status == false { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let condition = failed?.status.conditions["Reconciled"]
+            #expect(condition?.reason == "CreateFailed")
+            #expect(condition?.message.contains("create failed on purpose") == true)
+            // Backoff is on the cluster's clock: moving it lets the retries through.
+            for _ in 0..<10 {
+                clock.advance(seconds: 60)
+                try await Task.sleep(for: .milliseconds(60))
+            }
+            let running = try await until(cluster, nodes, node, "db", .running)
+            #expect(running?.status.conditions["Reconciled"]?.status == true)
+            let events = try await cluster.events(LogQuery(), by: .system)
+            #expect(events.contains { $0.reason == "CreateFailed" && $0.type == "Warning" })
+        }
+    }
+
+    @Test("a VM created while no reconciler ran is started by the next one")
+    func picksUp() async throws {
+        _ = try await withStore(.sqlite) { store, _ in
+            let clock = TestClock()
+            let cluster = try await makeCluster(store, clock: clock)
+            let node = try await joinNode(cluster, "n1")
+            _ = try await cluster.createVM(CreateVM(name: "late", spec: kernelSpec()), by: .system)
+            let nodes = MemoryNodes()
+            var logger = Logger(label: "reconciler-test")
+            logger.logLevel = .critical
+            let task = Task {
+                try await Reconciler(cluster: cluster, driver: nodes, resync: .milliseconds(50), logger: logger).run()
+            }
+            defer { task.cancel() }
+            _ = try await until(cluster, nodes, node, "late", .running)
+        }
+    }
+}
