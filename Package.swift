@@ -78,8 +78,10 @@ let package = Package(
         .target(
             name: "ControlPlaneServer",
             dependencies: [
-                "ControlPlane", "ControlPlaneAPI", "LQXTypes", "LQXModel", "LQXServer",
+                "ControlPlane", "ControlPlaneAPI", "LQXTypes", "LQXModel", "LQXServer", "NodeAPI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -270,7 +272,8 @@ let package = Package(
             name: "ControlPlaneTests",
             dependencies: [
                 "ControlPlane", "ControlPlaneServer", "ControlPlaneAPI", "LQXModel", "LQXTestSupport", "LQXServer",
-                "NodeAPI",
+                "NodeAPI", "NodeTestSupport", "LQXTypes",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCInProcessTransport", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),

@@ -80,10 +80,12 @@ public struct ControlPlaneDaemon: Sendable {
     /// `/health` and `/metrics`, when configured.
     public let http: HTTPService?
     let housekeeping: Housekeeping
+    /// Drives the nodes until they match the VMs' specs.
+    public let reconciler: Reconciler
 
     /// Every service, in dependency order.
     public var services: [any Service] {
-        var services: [any Service] = [store, housekeeping]
+        var services: [any Service] = [store, housekeeping, reconciler]
         if let http { services.append(http) }
         services.append(nodeAPI)
         services.append(api)
@@ -115,17 +117,22 @@ public struct ControlPlaneDaemon: Sendable {
         let nodePort = OneShot<Int>()
         let nodeFacing = ControlPlaneServer.NodeFacing(
             ca: ca, heartbeatInterval: configuration.heartbeatInterval, nodePort: nodePort)
+        let nodeClient = ClientSecurity.mutualTLS(
+            certificateChain: paths.certificate, privateKey: paths.key, caFile: paths.caCertificate)
+        let services = ControlPlaneServer.services(cluster, nodes: nodeFacing, nodeClient: nodeClient)
         let nodeAPI = GRPCService(
             address: configuration.nodeListen,
             security: .mutualTLS(
                 certificateChain: paths.certificate, privateKey: paths.key, clientCA: paths.caCertificate),
-            services: ControlPlaneServer.services(cluster, nodes: nodeFacing), gracePeriod: configuration.shutdownGrace)
+            services: services, gracePeriod: configuration.shutdownGrace)
         let housekeeping = Housekeeping(
             cluster: cluster, paths: paths, nodeAPI: nodeAPI, nodePort: nodePort, logger: logger)
         let api = GRPCService(
             address: configuration.listen,
             security: .tls(certificateChain: paths.certificate, privateKey: paths.key),
-            services: ControlPlaneServer.services(cluster, nodes: nodeFacing), gracePeriod: configuration.shutdownGrace)
+            services: services, gracePeriod: configuration.shutdownGrace)
+        let reconciler = Reconciler(
+            cluster: cluster, driver: ControlPlaneServer.nodeDriver(nodeClient), logger: logger)
         let http = configuration.metricsListen.map { address in
             HTTPService(
                 address: address,
@@ -140,7 +147,7 @@ public struct ControlPlaneDaemon: Sendable {
         }
         return ControlPlaneDaemon(
             cluster: cluster, store: store, ca: ca, paths: paths, api: api, nodeAPI: nodeAPI, http: http,
-            housekeeping: housekeeping)
+            housekeeping: housekeeping, reconciler: reconciler)
     }
 
     /// Returns once the cluster is bootstrapped and every listener is bound.

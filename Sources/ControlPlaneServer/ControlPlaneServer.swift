@@ -3,15 +3,19 @@ import GRPCCore
 import LQXModel
 import LQXServer
 
-/// The cluster API's gRPC services over a `Cluster` (compute.v1). Built so far: projects, tokens,
-/// the operators' node calls, events and the node-facing join and heartbeats; the VM service
-/// comes next.
+/// The cluster API's gRPC services over a `Cluster` (compute.v1): VMs (with the in-guest relays
+/// to their nodes), projects, tokens, the operators' node calls, events, and the node-facing
+/// join and heartbeats.
 public enum ControlPlaneServer {
     /// The services to register on a gRPC server; with `nodes`, the node-facing service too
     /// (join and heartbeats, signing with the cluster CA).
-    public static func services(_ cluster: Cluster, nodes: NodeFacing? = nil) -> [any RegistrableRPCService] {
+    /// `nodeClient` secures the calls the control plane makes to node APIs (in-guest relays).
+    public static func services(
+        _ cluster: Cluster, nodes: NodeFacing? = nil, nodeClient: ClientSecurity = .plaintext
+    ) -> [any RegistrableRPCService] {
+        let relay = GuestRelay(cluster: cluster, nodes: NodeCalls(security: nodeClient))
         var services: [any RegistrableRPCService] = [
-            ProjectService(cluster: cluster), TokenService(cluster: cluster),
+            VMService(cluster: cluster, guest: relay), ProjectService(cluster: cluster), TokenService(cluster: cluster),
             NodeAdminService(cluster: cluster, caFingerprint: nodes?.ca.fingerprint ?? ""),
             EventService(cluster: cluster),
         ]
@@ -22,6 +26,11 @@ public enum ControlPlaneServer {
                     nodePort: nodes.nodePort))
         }
         return services
+    }
+
+    /// The reconciler's driver: node operations over the node APIs, secured by `nodeClient`.
+    public static func nodeDriver(_ nodeClient: ClientSecurity) -> any NodeDriver {
+        GRPCNodeDriver(nodes: NodeCalls(security: nodeClient))
     }
 
     /// What the node-facing service needs.

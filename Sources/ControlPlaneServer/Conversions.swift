@@ -152,6 +152,7 @@ extension VirtualMachine {
                 $0.nodeID = status.nodeID
                 $0.epoch = status.epoch
                 $0.conditions = status.conditions.map(\.proto)
+                $0.agent = .with { $0.connected = status.agentConnected }
             }
         }
     }

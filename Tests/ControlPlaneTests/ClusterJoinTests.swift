@@ -13,88 +13,6 @@ import Testing
 /// the node API refusing every client without a cluster certificate.
 @Suite("nodes join the control plane", .serialized)
 struct ClusterJoinTests {
-    /// A running control plane and what it printed.
-    struct ControlPlaneProcess {
-        let daemon: Daemon
-        let api: HostPort
-        let nodes: HostPort
-        let metrics: String
-        let fingerprint: String
-        let stateDirectory: String
-        var caFile: String { stateDirectory + "/pki/ca.crt" }
-
-        static func start(_ root: String) async throws -> ControlPlaneProcess {
-            let state = root + "/controlplane"
-            let daemon = try Daemon(
-                Command.binary("lqx-controlplane"),
-                [
-                    "--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                    "--state-dir", state, "--heartbeat-interval", "0.2", "--heartbeat-grace", "1.5",
-                ], logPath: root + "/controlplane.log")
-            guard let first = await daemon.line(), let grpc = Daemon.field("grpc", in: first),
-                let nodes = Daemon.field("nodes", in: first), let metrics = Daemon.field("metrics", in: first),
-                let second = await daemon.line(), let sha = second.split(separator: " ").last
-            else {
-                daemon.kill()
-                throw LQXError(.io, "lqx-controlplane did not start: \(daemon.log)")
-            }
-            return ControlPlaneProcess(
-                daemon: daemon, api: try HostPort(parsing: grpc, for: .connect, field: "grpc"),
-                nodes: try HostPort(parsing: nodes, for: .connect, field: "nodes"), metrics: metrics,
-                fingerprint: String(sha.dropLast()), stateDirectory: state)
-        }
-
-        /// Runs `body` with the node service client over TLS trusting the cluster CA.
-        func nodeService<T: Sendable>(
-            _ body:
-                @Sendable @escaping (Limiquantix_Compute_V1_NodeService.Client<HTTP2ClientTransport.Posix>)
-                async throws -> T
-        ) async throws -> T {
-            try await ClientTransport.with(api, security: .tls(caFile: caFile)) { client in
-                try await body(Limiquantix_Compute_V1_NodeService.Client(wrapping: client))
-            }
-        }
-
-        var adminToken: String {
-            get throws {
-                try String(contentsOfFile: stateDirectory + "/admin.token", encoding: .utf8)
-                    .trimmingCharacters(in: .whitespacesAndNewlines)
-            }
-        }
-    }
-
-    /// A fresh directory with a control plane started in it.
-    static func started() async throws -> (String, ControlPlaneProcess) {
-        let root = NSTemporaryDirectory() + "lqx-join-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        return (root, try await ControlPlaneProcess.start(root))
-    }
-
-    static func tearDown(_ root: String, _ cp: ControlPlaneProcess) {
-        cp.daemon.kill()
-        try? FileManager.default.removeItem(atPath: root)
-    }
-
-    /// An `lqx-node` on the test driver with a fixed port; nil token: no join flags.
-    static func node(
-        _ root: String, _ name: String, port: Int, controlPlane: ControlPlaneProcess, token: String?,
-        pin: String? = nil
-    ) throws -> Daemon {
-        var arguments = [
-            "--listen", "127.0.0.1:\(port)", "--libvirt-uri", "test:///default", "--state-dir",
-            root + "/\(name)/state", "--run-dir", root + "/\(name)/run", "--node-name", name, "--memory-trim", "0",
-        ]
-        if let token {
-            arguments += [
-                "--control-plane", controlPlane.api.description, "--join-token", token, "--ca-sha256",
-                pin ?? controlPlane.fingerprint,
-            ]
-        }
-        return try Daemon(Command.binary("lqx-node"), arguments, logPath: root + "/\(name).log")
-    }
-
-    func bearer(_ token: String) -> Metadata { ["authorization": "Bearer \(token)"] }
-
     /// Polls the node list until `name` is in `phase` (or 15 s pass).
     func waitFor(
         _ name: String, _ phase: Limiquantix_Compute_V1_NodePhase, _ cp: ControlPlaneProcess, token: String
@@ -111,8 +29,8 @@ struct ClusterJoinTests {
 
     @Test("first start: CA, certificate and admin token written 0600; nodes join, heartbeat, go NOT_READY and back")
     func joinAndHeartbeat() async throws {
-        let (root, cp) = try await Self.started()
-        defer { Self.tearDown(root, cp) }
+        let (root, cp) = try await startedControlPlane()
+        defer { tearDown(root, cp) }
         for file in ["pki/ca.key", "pki/controlplane.key", "admin.token"] {
             let attributes = try FileManager.default.attributesOfItem(atPath: cp.stateDirectory + "/" + file)
             #expect((attributes[.posixPermissions] as? Int) == 0o600, "\(file)")
@@ -126,7 +44,7 @@ struct ClusterJoinTests {
         #expect(issued.token.hasPrefix("lqxjoin_"))
 
         let port = Daemon.freePort()
-        var node = try Self.node(root, "node-a", port: port, controlPlane: cp, token: issued.token)
+        var node = try startNode(root, "node-a", port: port, controlPlane: cp, token: issued.token)
         guard let line = await node.line(), line.hasPrefix("lqx-node listening") else {
             Issue.record("lqx-node did not start: \(node.log)")
             return
@@ -142,7 +60,7 @@ struct ClusterJoinTests {
         }
 
         // The token was single-use.
-        let second = try Self.node(root, "node-b", port: Daemon.freePort(), controlPlane: cp, token: issued.token)
+        let second = try startNode(root, "node-b", port: Daemon.freePort(), controlPlane: cp, token: issued.token)
         #expect(await second.child.exit(timeout: .seconds(20)) == 1)
         #expect(second.log.contains("already used"), "\(second.log)")
 
@@ -150,7 +68,7 @@ struct ClusterJoinTests {
         // reuses its identity and is READY again.
         node.kill()
         #expect(try await waitFor("node-a", .notReady, cp, token: admin) != nil)
-        node = try Self.node(root, "node-a", port: port, controlPlane: cp, token: nil)
+        node = try startNode(root, "node-a", port: port, controlPlane: cp, token: nil)
         defer { node.kill() }
         #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")
         let back = try await waitFor("node-a", .ready, cp, token: admin)
@@ -161,19 +79,19 @@ struct ClusterJoinTests {
 
     @Test("a wrong CA fingerprint, a malformed or expired join token: refused, nothing joined, token kept")
     func badJoins() async throws {
-        let (root, cp) = try await Self.started()
-        defer { Self.tearDown(root, cp) }
+        let (root, cp) = try await startedControlPlane()
+        defer { tearDown(root, cp) }
         let admin = try cp.adminToken
         let metadata = bearer(admin)
         let issued = try await cp.nodeService { try await $0.createJoinToken(.init(), metadata: metadata) }
 
         let wrongPin = String(repeating: "ab", count: 32)
-        let pinned = try Self.node(
+        let pinned = try startNode(
             root, "pinned", port: Daemon.freePort(), controlPlane: cp, token: issued.token, pin: wrongPin)
         #expect(await pinned.child.exit(timeout: .seconds(20)) == 1)
         #expect(pinned.log.contains("not joining"), "\(pinned.log)")
 
-        let malformed = try Self.node(root, "malformed", port: Daemon.freePort(), controlPlane: cp, token: "nope")
+        let malformed = try startNode(root, "malformed", port: Daemon.freePort(), controlPlane: cp, token: "nope")
         #expect(await malformed.child.exit(timeout: .seconds(20)) == 1)
         #expect(malformed.log.contains("malformed"), "\(malformed.log)")
 
@@ -181,12 +99,12 @@ struct ClusterJoinTests {
             try await $0.createJoinToken(.with { $0.ttlSeconds = 1 }, metadata: metadata)
         }
         try await Task.sleep(for: .milliseconds(1500))
-        let late = try Self.node(root, "late", port: Daemon.freePort(), controlPlane: cp, token: shortLived.token)
+        let late = try startNode(root, "late", port: Daemon.freePort(), controlPlane: cp, token: shortLived.token)
         #expect(await late.child.exit(timeout: .seconds(20)) == 1)
         #expect(late.log.contains("expired"), "\(late.log)")
 
         // The token survived both refusals: it still joins a node.
-        let good = try Self.node(root, "good", port: Daemon.freePort(), controlPlane: cp, token: issued.token)
+        let good = try startNode(root, "good", port: Daemon.freePort(), controlPlane: cp, token: issued.token)
         defer { good.kill() }
         #expect(await good.line()?.hasPrefix("lqx-node listening") == true, "\(good.log)")
         let nodes = try await cp.nodeService { try await $0.listNodes(.init(), metadata: metadata).nodes }
@@ -200,8 +118,8 @@ struct ClusterJoinTests {
 
     @Test("a joined node's API admits only cluster certificates, and never another node's")
     func nodeAPIMutualTLS() async throws {
-        let (root, cp) = try await Self.started()
-        defer { Self.tearDown(root, cp) }
+        let (root, cp) = try await startedControlPlane()
+        defer { tearDown(root, cp) }
         let admin = try cp.adminToken
         let metadata = bearer(admin)
         var nodes: [Daemon] = []
@@ -210,7 +128,7 @@ struct ClusterJoinTests {
         for name in ["one", "two"] {
             let token = try await cp.nodeService { try await $0.createJoinToken(.init(), metadata: metadata) }.token
             let port = Daemon.freePort()
-            let node = try Self.node(root, name, port: port, controlPlane: cp, token: token)
+            let node = try startNode(root, name, port: port, controlPlane: cp, token: token)
             nodes.append(node)
             ports.append(port)
             #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")

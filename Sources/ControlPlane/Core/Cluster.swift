@@ -157,11 +157,20 @@ public final class Cluster: Sendable {
     public func recordAudit(
         _ principal: Principal, vm: VirtualMachine, action: String, detail: String, result: String
     ) async throws(LQXError) {
+        try await recordAudit(
+            principal, project: vm.meta.project, vmName: vm.meta.name, action: action, detail: detail, result: result)
+    }
+
+    /// Appends an audit record for an operation on the VM `vmName` of `project` (one that may
+    /// not exist: a refused call is audited too).
+    public func recordAudit(
+        _ principal: Principal, project: String, vmName: String, action: String, detail: String, result: String
+    ) async throws(LQXError) {
         try await store.commit(
             [], events: [],
             audit: [
                 AuditRecord(
-                    timeUnixMs: now(), user: principal.user, project: vm.meta.project, vm: vm.meta.name, action: action,
+                    timeUnixMs: now(), user: principal.user, project: project, vm: vmName, action: action,
                     detail: String(detail.prefix(4096)), result: String(result.prefix(1024)))
             ])
     }

@@ -1,0 +1,180 @@
+import ControlPlane
+import ControlPlaneAPI
+import GRPCCore
+import LQXModel
+import LQXServer
+import LQXTypes
+
+/// `VMService`: VMs' spec and status, their power state and the scheduler's explanation; the
+/// in-guest calls are relayed to the VM's node (`VMService+Guest.swift`).
+struct VMService: Limiquantix_Compute_V1_VMService.ServiceProtocol {
+    let cluster: Cluster
+    let guest: GuestRelay
+    var auth: Authentication { Authentication(cluster: cluster) }
+
+    /// The project a reference means: its own, else the token's, else `default`.
+    static func project(_ ref: Limiquantix_Compute_V1_VMRef, _ principal: Principal) -> String {
+        project(ref.project, principal)
+    }
+
+    static func project(_ project: String, _ principal: Principal) -> String {
+        !project.isEmpty ? project : principal.project.isEmpty ? Cluster.defaultProject : principal.project
+    }
+
+    /// VMs as messages, with their nodes' names.
+    func messages(_ vms: [VirtualMachine]) async throws(LQXError) -> [CP.VM] {
+        let names = Dictionary(
+            uniqueKeysWithValues: try await cluster.repository.nodes().map { ($0.meta.id, $0.meta.name) })
+        return vms.map { $0.proto(nodeName: names[$0.status.nodeID] ?? "") }
+    }
+
+    func one(_ vm: VirtualMachine) async throws(LQXError) -> CP.VM { try await messages([vm])[0] }
+
+    func unary<Output: Sendable>(
+        _ metadata: Metadata, _ context: ServerContext, _ body: (Principal) async throws -> Output
+    ) async throws -> ServerResponse<Output> {
+        ServerResponse(message: try await auth.call(context, metadata, body))
+    }
+
+    func createVM(request: ServerRequest<Limiquantix_Compute_V1_CreateVMRequest>, context: ServerContext)
+        async throws -> ServerResponse<CP.VM>
+    {
+        try await unary(request.metadata, context) { principal in
+            let m = request.message
+            let create = CreateVM(
+                project: Self.project(m.project, principal), name: m.name,
+                labels: try Labels(m.labels, field: "labels"), spec: try VirtualMachine.Spec(m.spec, name: m.name))
+            return try await one(try await cluster.createVM(create, by: principal))
+        }
+    }
+
+    func getVM(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
+        -> ServerResponse<CP.VM>
+    {
+        try await unary(request.metadata, context) { principal in
+            let ref = request.message
+            return try await one(try await cluster.vm(Self.project(ref, principal), ref.name, by: principal))
+        }
+    }
+
+    func listVMs(request: ServerRequest<Limiquantix_Compute_V1_ListVMsRequest>, context: ServerContext)
+        async throws -> ServerResponse<Limiquantix_Compute_V1_ListVMsResponse>
+    {
+        try await unary(request.metadata, context) { principal in
+            let m = request.message
+            let selector = try Labels(m.labelSelector, field: "label_selector")
+            var vms = try await cluster.vms(project: m.project.isEmpty ? nil : m.project, by: principal)
+            vms.removeAll { vm in selector.values.contains { vm.meta.labels.values[$0.key] != $0.value } }
+            var messages = try await messages(vms)
+            if !m.node.isEmpty { messages.removeAll { $0.status.node != m.node } }
+            if m.filterPhase { messages.removeAll { $0.status.phase != m.phase } }
+            messages.sort { ($0.metadata.project, $0.metadata.name) < ($1.metadata.project, $1.metadata.name) }
+            return .with { $0.vms = messages }
+        }
+    }
+
+    func updateVM(request: ServerRequest<Limiquantix_Compute_V1_UpdateVMRequest>, context: ServerContext)
+        async throws -> ServerResponse<CP.VM>
+    {
+        try await unary(request.metadata, context) { principal in
+            let m = request.message
+            let project = Self.project(m.vm, principal)
+            return try await one(
+                try await cluster.updateVM(
+                    project, m.vm.name, spec: try VirtualMachine.Spec(m.spec, name: m.vm.name),
+                    labels: try Labels(m.labels, field: "labels"), resourceVersion: m.resourceVersion, by: principal))
+        }
+    }
+
+    func power(
+        _ ref: Limiquantix_Compute_V1_VMRef, _ state: VirtualMachine.RunState, _ metadata: Metadata,
+        _ context: ServerContext, operation: String
+    ) async throws -> ServerResponse<CP.VM> {
+        try await unary(metadata, context) { principal in
+            let project = Self.project(ref, principal)
+            let vm: VirtualMachine
+            do throws(LQXError) {
+                vm = try await cluster.setRunState(project, ref.name, state, by: principal)
+            } catch {
+                try? await cluster.recordPower(operation, project: project, name: ref.name, by: principal, error: error)
+                throw error
+            }
+            try await cluster.recordPower(operation, project: project, name: ref.name, by: principal, error: nil)
+            return try await one(vm)
+        }
+    }
+
+    func startVM(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
+        -> ServerResponse<CP.VM>
+    {
+        try await power(request.message, .running, request.metadata, context, operation: "start")
+    }
+
+    func stopVM(request: ServerRequest<Limiquantix_Compute_V1_StopVMRequest>, context: ServerContext) async throws
+        -> ServerResponse<CP.VM>
+    {
+        try await power(request.message.vm, .stopped, request.metadata, context, operation: "stop")
+    }
+
+    func restartVM(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
+        -> ServerResponse<CP.VM>
+    {
+        try await unary(request.metadata, context) { principal in
+            let ref = request.message
+            let project = Self.project(ref, principal)
+            try await guest.reboot(project: project, name: ref.name, by: principal)
+            return try await one(try await cluster.vm(project, ref.name, by: principal))
+        }
+    }
+
+    func pauseVM(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
+        -> ServerResponse<CP.VM>
+    {
+        try await power(request.message, .paused, request.metadata, context, operation: "pause")
+    }
+
+    func resumeVM(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
+        -> ServerResponse<CP.VM>
+    {
+        try await power(request.message, .running, request.metadata, context, operation: "resume")
+    }
+
+    func deleteVM(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
+        -> ServerResponse<Limiquantix_Compute_V1_DeleteVMResponse>
+    {
+        try await unary(request.metadata, context) { principal in
+            let ref = request.message
+            let project = Self.project(ref, principal)
+            do throws(LQXError) {
+                try await cluster.deleteVM(project, ref.name, by: principal)
+            } catch {
+                try? await cluster.recordPower("delete", project: project, name: ref.name, by: principal, error: error)
+                throw error
+            }
+            try await cluster.recordPower("delete", project: project, name: ref.name, by: principal, error: nil)
+            return .init()
+        }
+    }
+
+    func explainVM(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
+        -> ServerResponse<Limiquantix_Compute_V1_Explanation>
+    {
+        try await unary(request.metadata, context) { principal in
+            let ref = request.message
+            let decision = try await cluster.explain(Self.project(ref, principal), ref.name, by: principal)
+            return .with { explanation in
+                explanation.chosen = decision.chosen?.node ?? ""
+                explanation.summary = decision.summary
+                explanation.verdicts = decision.verdicts.map { verdict in
+                    .with {
+                        $0.node = verdict.node
+                        $0.fits = verdict.rejection == nil
+                        $0.score = Int32(clamping: verdict.score ?? 0)
+                        $0.reason = verdict.rejection?.reason ?? ""
+                        $0.message = verdict.rejection?.message ?? ""
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+import ControlPlaneAPI
+import Crypto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+import LQXModel
+import LQXServer
+import LQXTestSupport
+import LQXTypes
+import NodeTestSupport
+import Testing
+
+/// The cluster end to end on real parts: `lqx-controlplane` (SQLite) and two `lqx-node`
+/// daemons joined with tokens on this host's libvirtd, the test guest with its agent booted
+/// through the control plane, exec and file transfer relayed control plane → node → agent.
+@Suite("cluster end to end (libvirtd, guests)", .serialized)
+struct ClusterSystemTests {
+    typealias VMs = Limiquantix_Compute_V1_VMService.Client<HTTP2ClientTransport.Posix>
+
+    func vms<T: Sendable>(_ cp: ControlPlaneProcess, _ body: @Sendable @escaping (VMs) async throws -> T)
+        async throws -> T
+    {
+        try await ClientTransport.with(cp.api, security: .tls(caFile: cp.caFile)) { client in
+            try await body(VMs(wrapping: client))
+        }
+    }
+
+    /// Runs `argv` in the VM through the control plane: (exit code, stdout).
+    func exec(_ cp: ControlPlaneProcess, token: String, _ vm: String, _ argv: [String]) async throws -> (Int32?, String)
+    {
+        let metadata = bearer(token)
+        return try await vms(cp) { client in
+            try await client.exec(
+                metadata: metadata, options: ClientTransport.failFast,
+                requestProducer: { writer in
+                    try await writer.write(
+                        .with {
+                            $0.start = .with {
+                                $0.vm.name = vm
+                                $0.request.argv = argv
+                            }
+                        })
+                },
+                onResponse: { response in
+                    var out = Data()
+                    var code: Int32?
+                    for try await output in response.messages {
+                        switch output.kind {
+                        case .stdout(let data): out.append(data)
+                        case .exit(let exit):
+                            if case .exitCode(let value)? = exit.status { code = value }
+                        default: break
+                        }
+                    }
+                    return (code, String(decoding: out, as: UTF8.self))
+                })
+        }
+    }
+
+    func waitFor(
+        _ cp: ControlPlaneProcess, token: String, _ name: String, timeout: Duration = .seconds(180),
+        _ condition: @Sendable (Limiquantix_Compute_V1_VM) -> Bool
+    ) async throws -> Limiquantix_Compute_V1_VM? {
+        let metadata = bearer(token)
+        let deadline = ContinuousClock.now + timeout
+        var last: Limiquantix_Compute_V1_VM?
+        while ContinuousClock.now < deadline {
+            last = try? await vms(cp) { try await $0.getVM(.with { $0.name = name }, metadata: metadata) }
+            if let last, condition(last) { return last }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        Issue.record("\(name) did not get there: \(last.map { "\($0.status)" } ?? "no VM")")
+        return nil
+    }
+
+    @Test("create → scheduled (spread: one per node) → running with the agent → exec, cp both ways → stop → delete")
+    func endToEnd() async throws {
+        guard LibvirtAvailability.available else { return }
+        let image = TestGuest.imageDirectory
+        let kernel = image + "/vmlinuz", initrd = image + "/initramfs.cpio"
+        try #require(FileManager.default.fileExists(atPath: kernel), "guest image missing")
+        let (root, cp) = try await startedControlPlane()
+        defer { tearDown(root, cp) }
+        let admin = try cp.adminToken
+        let metadata = bearer(admin)
+        var nodes: [Daemon] = []
+        defer { for node in nodes { node.kill() } }
+        for name in ["e2e-\(getpid())-a", "e2e-\(getpid())-b"] {
+            let token = try await cp.nodeService { try await $0.createJoinToken(.init(), metadata: metadata) }.token
+            let node = try startNode(
+                root, name, port: Daemon.freePort(), controlPlane: cp, token: token, libvirt: "qemu:///system",
+                extra: ["--telemetry-interval", "1"])
+            nodes.append(node)
+            #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")
+        }
+        var ids: [String] = []
+        // Whatever happens, no domain of this test outlives it.
+        defer {
+            for id in ids {
+                _ = virsh(["destroy", id])
+                _ = virsh(["undefine", "--nvram", id])
+            }
+        }
+        for name in ["web", "db"] {
+            let vm = try await vms(cp) { client in
+                try await client.createVM(
+                    .with {
+                        $0.name = name
+                        $0.spec.machine = .with {
+                            $0.vcpus = 1
+                            $0.memoryMib = 384
+                            $0.kernel = .with {
+                                $0.kernel = kernel
+                                $0.initrd = initrd
+                                $0.cmdline = TestGuest.cmdline
+                            }
+                        }
+                    }, metadata: metadata)
+            }
+            // The node names its domain by the VM's id: recorded for the test script's cleanup.
+            TestRun.record(domain: vm.metadata.id)
+            ids.append(vm.metadata.id)
+        }
+        func dump() {
+            for node in nodes { print(node.log.suffix(3000)) }
+            print(cp.daemon.log.suffix(3000))
+            for id in ids {
+                let console =
+                    (try? String(
+                        contentsOfFile: "\(root)/e2e-\(getpid())-a/state/vms/\(id)/console.log", encoding: .utf8)) ?? ""
+                print("console of \(id):\n\(console.suffix(2000))")
+            }
+        }
+        var placed: [String: String] = [:]
+        for name in ["web", "db"] {
+            guard
+                let vm = try await waitFor(
+                    cp, token: admin, name, { $0.status.phase == .running && $0.status.agent.connected })
+            else {
+                dump()
+                return
+            }
+            placed[name] = vm.status.node
+        }
+        #expect(Set(placed.values).count == 2, "spread puts the two VMs on two nodes: \(placed)")
+
+        let (code, out) = try await exec(cp, token: admin, "web", ["sh", "-c", "echo hello from $(hostname)"])
+        #expect(code == 0)
+        #expect(out.hasPrefix("hello from"), "\(out)")
+
+        // cp both ways through the control plane, hashed.
+        let payload = Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) })
+        let uploaded = try await vms(cp) { client in
+            try await client.upload(
+                metadata: metadata, options: ClientTransport.failFast,
+                requestProducer: { writer in
+                    try await writer.write(
+                        .with {
+                            $0.start = .with {
+                                $0.vm.name = "db"
+                                $0.path = "/tmp/payload"
+                                $0.size = UInt64(payload.count)
+                                $0.mode = 0o644
+                            }
+                        })
+                    var offset = 0
+                    while offset < payload.count {
+                        let end = min(offset + 256 * 1024, payload.count)
+                        try await writer.write(.with { $0.data = payload[offset..<end] })
+                        offset = end
+                    }
+                })
+        }
+        let expected = SHA256.hash(data: payload).map { String(format: "%02x", $0) }.joined()
+        #expect(uploaded.sha256 == expected)
+        let downloaded = try await vms(cp) { client in
+            try await client.download(
+                .with {
+                    $0.vm.name = "db"
+                    $0.path = "/tmp/payload"
+                }, metadata: metadata, options: ClientTransport.failFast
+            ) { response in
+                var data = Data()
+                for try await output in response.messages {
+                    if case .data(let chunk)? = output.kind { data.append(chunk) }
+                }
+                return data
+            }
+        }
+        #expect(downloaded == payload)
+        let audit = try await cp.events { try await $0.listAudit(.init(), metadata: metadata).records }
+        #expect(audit.contains { $0.action == "exec" && $0.detail.contains("echo hello") && $0.result == "exit 0" })
+        #expect(audit.contains { $0.action == "upload" && $0.result == "sha256 \(expected)" })
+        #expect(audit.contains { $0.action == "download" && $0.detail == "/tmp/payload" })
+
+        // A viewer reads but cannot exec.
+        let viewer = try await cp.tokens { client in
+            try await client.createToken(
+                .with {
+                    $0.user = "watcher"
+                    $0.role = .viewer
+                }, metadata: metadata
+            ).token
+        }
+        await expectLQXError(.permissionDenied) { _ = try await exec(cp, token: viewer, "web", ["true"]) }
+
+        // Stop through the agent, then delete: gone from the store and from libvirtd.
+        _ = try await vms(cp) { try await $0.stopVM(.with { $0.vm.name = "web" }, metadata: metadata) }
+        #expect(
+            try await waitFor(cp, token: admin, "web", timeout: .seconds(90)) { $0.status.phase == .stopped } != nil)
+        for name in ["web", "db"] {
+            _ = try await vms(cp) { try await $0.deleteVM(.with { $0.name = name }, metadata: metadata) }
+        }
+        let deadline = ContinuousClock.now + .seconds(60)
+        var left = ["web", "db"]
+        while !left.isEmpty, ContinuousClock.now < deadline {
+            let listed = try await vms(cp) { try await $0.listVMs(.init(), metadata: metadata).vms }
+            left = listed.map(\.metadata.name)
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(left.isEmpty, "still listed: \(left)")
+        for id in ids {
+            #expect(
+                virsh(["domstate", id]).contains("failed to get domain")
+                    || !virsh(["list", "--all", "--name"]).contains(id))
+        }
+        let reasons = try await cp.events { try await $0.listEvents(.init(), metadata: metadata).events.map(\.reason) }
+        for reason in ["Created", "Scheduled", "Defined", "Running", "AgentConnected", "Stopped", "Deleted"] {
+            #expect(reasons.contains(reason), "\(reason) in \(reasons)")
+        }
+    }
+}
