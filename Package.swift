@@ -220,6 +220,8 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .target(name: "NodeAPI", condition: .when(traits: ["NodeClient"])),
                 .target(name: "LQXTypes", condition: .when(traits: ["NodeClient"])),
+                .target(name: "ControlPlaneAPI", condition: .when(traits: ["NodeClient"])),
+                .target(name: "LQXServer", condition: .when(traits: ["NodeClient"])),
                 .product(name: "GRPCCore", package: "grpc-swift-2", condition: .when(traits: ["NodeClient"])),
                 .product(
                     name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport",

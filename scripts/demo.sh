@@ -1,63 +1,107 @@
 #!/usr/bin/env bash
-# The main job: builds the demo guest (Debian cloud kernel + busybox initramfs with lqx-agent),
-# boots it under QEMU, shows info, exec, cp and metrics through lqx over the guest's virtio-serial
-# port, and then drops you into a shell in the guest (`lqx exec -t -- sh`) when run on a terminal.
-# Leaving the shell powers the guest off through the agent.
+# The main job: a cluster on this machine. Builds limiquantix and the test guest, starts
+# lqx-controlplane on SQLite, joins one lqx-node (on this host's libvirtd) with a join token,
+# creates a VM from the test guest through the control plane, and runs exec, cp and metrics in it
+# through control plane → node → agent. On a terminal it ends in a shell in the guest
+# (`lqx exec -t demo -- sh`). Everything lives in one temporary directory, removed at the end
+# (KEEP=1 leaves the cluster running and prints how to reach it and how to stop it).
 #
-#   scripts/demo.sh            (KEEP=1 leaves the guest running and prints how to reach it)
+#   scripts/demo.sh            (scripts/demo-agent.sh: one guest agent, no cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+began=$(date +%s)
 ./scripts/setup.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 ./packaging/guest-image/build.sh
-LQX=$(pwd)/.build-static/release/lqx
-WORK=$(mktemp -d /tmp/lqx-demo.XXXXXX)
-SOCK=$WORK/agent.sock
-packaging/guest-image/boot.sh --socket "$SOCK" --console "$WORK/console.log" --memory 1024 --cpus 2 &
-QEMU=$!
+echo "== build"
+swift build --product lqx-controlplane
+swift build --product lqx-node
+swift build --product lqx
+./scripts/libvirt-up.sh
+BIN=$(pwd)/.build/debug
+IMAGE=$(pwd)/.build-guest/image
+WORK=$(mktemp -d /tmp/lqx-cluster.XXXXXX)
+chmod 755 "$WORK" # libvirt's QEMU user reaches the node's run directory through it
+export XDG_CONFIG_HOME=$WORK/config # lqx login writes here, not to your ~/.config
+CP_PID="" NODE_PID=""
 cleanup() {
-    kill "$QEMU" 2>/dev/null || true
+    if [ -n "$NODE_PID" ]; then
+        "$BIN/lqx" vm delete demo >/dev/null 2>&1 || true
+        for _ in $(seq 100); do "$BIN/lqx" vm get demo >/dev/null 2>&1 || break; sleep 0.2; done
+        kill "$NODE_PID" 2>/dev/null || true
+    fi
+    [ -n "$CP_PID" ] && kill "$CP_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
     rm -rf "$WORK"
 }
 [ "${KEEP:-0}" = 1 ] || trap cleanup EXIT
-echo "booting the demo guest (QEMU pid $QEMU, console $WORK/console.log)…"
-start=$(date +%s.%N)
-for _ in $(seq 600); do
-    "$LQX" --agent "unix:$SOCK" ping -c 1 >/dev/null 2>&1 && break
-    kill -0 "$QEMU" 2>/dev/null || { echo "QEMU exited; console:" >&2; cat "$WORK/console.log" >&2; exit 1; }
-    sleep 0.2
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || shuf -i 20000-60000 -n 1; }
+
+echo "== control plane (SQLite in $WORK/cp)"
+"$BIN/lqx-controlplane" --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+    --state-dir "$WORK/cp" --heartbeat-interval 1 >"$WORK/cp.out" 2>"$WORK/cp.log" &
+CP_PID=$!
+for _ in $(seq 100); do grep -q '^cluster CA' "$WORK/cp.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^cluster CA' "$WORK/cp.out" || { echo "the control plane did not start:" >&2; cat "$WORK/cp.log" >&2; exit 1; }
+cat "$WORK/cp.out"
+API=$(sed -n 's/.* grpc=\([^ ]*\).*/\1/p' "$WORK/cp.out")
+METRICS=$(sed -n 's/.* metrics=\([^ ]*\).*/\1/p' "$WORK/cp.out")
+SHA=$(sed -n 's/^cluster CA: .* (sha256 \([0-9a-f]*\))$/\1/p' "$WORK/cp.out")
+lqx() { echo "\$ lqx $*"; "$BIN/lqx" "$@"; }
+lqx login "$API" --token "$(cat "$WORK/cp/admin.token")" --ca-sha256 "$SHA"
+
+echo "== node: joins with a single-use token"
+JOIN=$("$BIN/lqx" node join-token create --ttl 10m 2>/dev/null)
+NODE_PORT=$(free_port)
+"$BIN/lqx-node" --listen "127.0.0.1:$NODE_PORT" --control-plane "$API" --join-token "$JOIN" --ca-sha256 "$SHA" \
+    --state-dir "$WORK/node/state" --run-dir "$WORK/node/run" --node-name "$(hostname)" \
+    --telemetry-interval 2 >"$WORK/node.out" 2>"$WORK/node.log" &
+NODE_PID=$!
+for _ in $(seq 100); do "$BIN/lqx" node list 2>/dev/null | grep -q ' READY ' && break; sleep 0.2; done
+lqx node list
+
+echo "== a VM from the test guest, created through the control plane"
+lqx vm create demo --kernel "$IMAGE/vmlinuz" --initrd "$IMAGE/initramfs.cpio" \
+    --cmdline "console=ttyS0 loglevel=6 no_timer_check rdinit=/init" --cpus 1 --memory 512 --label app=demo
+start=$(date +%s)
+for _ in $(seq 300); do
+    "$BIN/lqx" vm list 2>/dev/null | grep -E '^default +demo +RUNNING .* yes' >/dev/null && break
+    sleep 0.5
 done
-"$LQX" --agent "unix:$SOCK" ping -c 1 >/dev/null || { echo "the agent did not answer; console:" >&2; cat "$WORK/console.log" >&2; exit 1; }
-echo "agent ready $(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo "?") s after QEMU started"
-lqx() { echo "\$ lqx --agent unix:$SOCK $*"; "$LQX" --agent "unix:$SOCK" "$@"; }
-lqx info
-lqx ping -c 3
-lqx exec -- sh -c 'echo "hello from $(hostname), kernel $(uname -r)"; echo "to stderr" >&2; exit 7' || echo "(exit status $?)"
-head -c 32000000 /dev/urandom >"$WORK/payload.bin"
-lqx cp "$WORK/payload.bin" ":/tmp/payload.bin"
-lqx exec -- sha256sum /tmp/payload.bin
-lqx cp ":/tmp/payload.bin" "$WORK/back.bin"
+lqx vm list
+"$BIN/lqx" vm list | grep -E 'demo +RUNNING .* yes' >/dev/null || {
+    echo "the VM did not come up with its agent; node log:" >&2
+    tail -n 40 "$WORK/node.log" >&2
+    exit 1
+}
+echo "VM running with its agent $(($(date +%s) - start)) s after create"
+lqx vm explain demo
+
+echo "== in the guest, through control plane → node → agent"
+lqx exec demo -- sh -c 'echo "hello from $(hostname), kernel $(uname -r)"; exit 7' || echo "(exit status $?)"
+head -c 16000000 /dev/urandom >"$WORK/payload.bin"
+lqx cp "$WORK/payload.bin" demo:/tmp/payload.bin
+lqx exec demo -- sha256sum /tmp/payload.bin
+lqx cp demo:/tmp/payload.bin "$WORK/back.bin"
 cmp "$WORK/payload.bin" "$WORK/back.bin" && echo "round trip identical: $(sha256sum <"$WORK/back.bin" | cut -c1-16)…"
-lqx metrics
+lqx metrics demo
+lqx audit --vm demo
+lqx events --vm demo
+echo "control plane /metrics:"
+command -v curl >/dev/null && curl -s "http://$METRICS/metrics" | grep -E '^lqx_controlplane_(nodes|vms)\{' | grep -v ' 0$' || true
+echo "from a fresh machine to here: $(($(date +%s) - began)) s"
 cat <<EOF
 
-The guest is reachable through its virtio-serial port's socket:
-  $LQX --agent unix:$SOCK exec -- ls -l /        run a command
-  $LQX --agent unix:$SOCK cp FILE :/tmp/FILE     copy into the guest (and :PATH LOCAL back)
-  $LQX --agent unix:$SOCK metrics                in-guest telemetry (top for a live view)
-  $LQX --agent unix:$SOCK shutdown               power it off
+Try next (XDG_CONFIG_HOME=$XDG_CONFIG_HOME holds the login):
+  lqx vm list | lqx vm get demo -o json | lqx node list
+  lqx exec -t demo -- sh                     a shell in the guest
+  lqx vm stop demo; lqx vm start demo        graceful stop through the agent, and back
+  lqx events -f                              follow the event log
+  lqx token create --user alice --role viewer
 EOF
-if [ -t 0 ] && [ -t 1 ]; then
+if [ "${KEEP:-0}" = 1 ]; then
+    echo "KEEP=1: control plane pid $CP_PID, node pid $NODE_PID; stop with: kill $NODE_PID $CP_PID (the VM keeps running: lqx vm delete demo first)"
+elif [ -t 0 ] && [ -t 1 ]; then
     echo
-    lqx exec -t -- sh || true
-    [ "${KEEP:-0}" = 1 ] && exit 0
-    lqx shutdown
-    for _ in $(seq 100); do kill -0 "$QEMU" 2>/dev/null || break; sleep 0.1; done
-elif [ "${KEEP:-0}" = 1 ]; then
-    echo "KEEP=1: the guest keeps running (QEMU pid $QEMU)."
-else
-    echo "(not a terminal: no interactive shell; powering the guest off)"
-    lqx shutdown
-    for _ in $(seq 100); do kill -0 "$QEMU" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$QEMU" 2>/dev/null && echo "guest still running after 10 s" || echo "guest powered off"
+    lqx exec -t demo -- sh || true
 fi

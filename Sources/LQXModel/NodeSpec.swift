@@ -89,3 +89,50 @@ public struct NodeSpec: Sendable, Equatable, Codable {
         guard !roles.isEmpty else { throw LQXError(.invalidSpec, "roles: a node needs at least one role") }
     }
 }
+
+extension NodeSpec.Taint {
+    /// Parses `KEY[=VALUE][:EFFECT]` (tolerations, `lqx vm create --toleration`); errors name
+    /// `field`.
+    public static func parse(_ text: String, field: String) throws(LQXError) -> (
+        key: String, value: String?, effect: Effect?
+    ) {
+        var rest = Substring(text)
+        var effect: Effect?
+        if let colon = rest.lastIndex(of: ":") {
+            effect = try Effect(parsing: String(rest[rest.index(after: colon)...]))
+            rest = rest[..<colon]
+        }
+        var value: String?
+        if let eq = rest.firstIndex(of: "=") {
+            value = String(rest[rest.index(after: eq)...])
+            rest = rest[..<eq]
+        }
+        try Labels.validate(key: String(rest), field: field)
+        if let value { try Labels.validate(value: value, key: String(rest), field: field) }
+        return (String(rest), value, effect)
+    }
+}
+
+extension NodeSpec.Taint.Effect {
+    /// Parses `NoSchedule` / `NO_SCHEDULE`, `PreferNoSchedule` / `PREFER_NO_SCHEDULE`,
+    /// `NoExecute` / `NO_EXECUTE`.
+    public init(parsing text: String) throws(LQXError) {
+        switch text {
+        case "NoSchedule", "NO_SCHEDULE": self = .noSchedule
+        case "PreferNoSchedule", "PREFER_NO_SCHEDULE": self = .preferNoSchedule
+        case "NoExecute", "NO_EXECUTE": self = .noExecute
+        default:
+            throw LQXError(
+                .invalidSpec, "taint effect \(text.debugDescription) must be NoSchedule, PreferNoSchedule or NoExecute")
+        }
+    }
+
+    /// `NoSchedule`, `PreferNoSchedule`, `NoExecute`.
+    public var displayName: String {
+        switch self {
+        case .noSchedule: "NoSchedule"
+        case .preferNoSchedule: "PreferNoSchedule"
+        case .noExecute: "NoExecute"
+        }
+    }
+}

@@ -23,7 +23,7 @@ struct Copy: AsyncParsableCommand {
 
     func validate() throws {
         if let mode, UInt32(mode, radix: 8) == nil { throw ValidationError("--mode takes octal bits like 0644") }
-        if options.nodeAddress != nil { return }
+        if options.namesVMs { return }
         let guestSource = source.hasPrefix(":"), guestDestination = destination.hasPrefix(":")
         if guestSource == guestDestination {
             throw ValidationError("exactly one of SOURCE and DESTINATION must be a guest path (:PATH)")
@@ -33,7 +33,7 @@ struct Copy: AsyncParsableCommand {
 
     func run() async throws {
         lqx_tune_malloc()
-        if let node = options.nodeAddress { return try await runThroughNode(node) }
+        if let route = try options.guestRoute() { return try await runThrough(route) }
         try await runReportingErrors {
             let bar = (!noProgress && isatty(2) == 1) ? ProgressBar() : nil
             let progress: TransferProgress? = bar.map { bar in

@@ -52,7 +52,7 @@ struct Exec: AsyncParsableCommand {
 
     func validate() throws {
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
-        if options.nodeAddress != nil { _ = try nodeTarget() }
+        if options.namesVMs { _ = try nodeTarget() }
         if argv.isEmpty { throw ValidationError("missing command: lqx exec [options] -- CMD [ARG...]") }
         for pair in env where !pair.contains("=") || pair.hasPrefix("=") {
             throw ValidationError("-e takes K=V, got \(pair)")
@@ -61,7 +61,7 @@ struct Exec: AsyncParsableCommand {
     }
 
     func run() async throws {
-        if let node = options.nodeAddress { return try await runThroughNode(node) }
+        if let route = try options.guestRoute() { return try await runThrough(route) }
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
         var execOptions = ExecOptions(argv)
         for pair in env {

@@ -46,8 +46,27 @@ struct Lqx: AsyncParsableCommand {
 
     /// Parses the command line and runs the command under `Interrupts`.
     static func main() async {
+        #if NodeClient
+            // Without --node or --agent (or $LQX_NODE), commands go to the control plane.
+            let arguments = CommandLine.arguments.dropFirst()
+            let direct = arguments.contains {
+                $0 == "--node" || $0.hasPrefix("--node=") || $0 == "--agent" || $0.hasPrefix("--agent=")
+            }
+            let environment = ProcessInfo.processInfo.environment
+            let nodeFromEnvironment =
+                !(environment["LQX_NODE"] ?? "").isEmpty && !arguments.contains("--server")
+                && (environment["LQX_SERVER"] ?? "").isEmpty
+            if !direct && !nodeFromEnvironment {
+                await run(root: LqxCluster.self)
+                return
+            }
+        #endif
+        await run(root: Lqx.self)
+    }
+
+    static func run(root: any ParsableCommand.Type) async {
         do {
-            let parsed = ParsedCommand(command: try parseAsRoot())
+            let parsed = ParsedCommand(command: try root.parseAsRoot())
             try await Interrupts.shared.run {
                 var command = parsed.command
                 if var async = command as? any AsyncParsableCommand {
@@ -57,7 +76,7 @@ struct Lqx: AsyncParsableCommand {
                 }
             }
         } catch {
-            exit(withError: error)
+            root.exit(withError: error)
         }
     }
 }
@@ -85,6 +104,11 @@ struct AgentOptions: ParsableArguments {
         let env = ProcessInfo.processInfo.environment["LQX_NODE"] ?? ""
         return env.isEmpty ? nil : env
     }
+
+    @OptionGroup var cluster: ClusterOptions
+
+    /// Whether commands name VMs (through a node or the control plane) instead of an agent.
+    var namesVMs: Bool { agent == nil && (nodeAddress != nil || cluster.configured) }
 
     @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for a session with the agent.")
     var connectTimeout: Double = 10
@@ -126,6 +150,35 @@ struct AgentOptions: ParsableArguments {
             }
             throw CLIError("the broker stopped")
         }
+    }
+}
+
+/// Where cluster commands go: `--server` / `$LQX_SERVER`, `--token` / `$LQX_TOKEN`, `--ca`,
+/// each overriding what `lqx login` saved.
+struct ClusterOptions: ParsableArguments {
+    @Option(
+        name: .customLong("server"),
+        help: "Control plane HOST:PORT or https://HOST:PORT (default: $LQX_SERVER, then what lqx login saved).")
+    var server: String?
+
+    @Option(name: .customLong("token"), help: "API token (default: $LQX_TOKEN, then what lqx login saved).")
+    var token: String?
+
+    @Option(name: .customLong("ca"), help: "The cluster CA's PEM file (default: the one lqx login pinned).")
+    var ca: String?
+
+    @Option(name: .customLong("project"), help: "Project of the VMs named (default: the token's, else default).")
+    var project: String?
+
+    /// Whether a control plane is given or was saved by `lqx login`.
+    var configured: Bool {
+        #if NodeClient
+            if server != nil { return true }
+            if let env = ProcessInfo.processInfo.environment["LQX_SERVER"], !env.isEmpty { return true }
+            return FileManager.default.fileExists(atPath: ClusterConfig.path)
+        #else
+            return false
+        #endif
     }
 }
 

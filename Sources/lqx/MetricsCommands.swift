@@ -12,11 +12,13 @@ struct Metrics: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 
     func validate() throws {
-        if options.nodeAddress == nil, vm != nil { throw ValidationError("a VM name needs --node HOST:PORT") }
+        if !options.namesVMs, vm != nil {
+            throw ValidationError("a VM name needs --node HOST:PORT or a control plane (lqx login, --server)")
+        }
     }
 
     func run() async throws {
-        if let node = options.nodeAddress { return try await runThroughNode(node) }
+        if let route = try options.guestRoute() { return try await runThrough(route) }
         try await runReportingErrors {
             let sample = try await options.withSession { try await $0.telemetry() }
             if output == .json {

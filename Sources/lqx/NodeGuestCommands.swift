@@ -18,7 +18,7 @@
 
     extension Exec {
         /// `lqx --node HOST:PORT exec NAME -- CMD…` through the node's Exec stream.
-        func runThroughNode(_ node: String) async throws {
+        func runThrough(_ route: GuestRoute) async throws {
             let target = try nodeTarget()
             let request = Limiquantix_Types_V1_ExecRequest.with {
                 $0.argv = target.argv
@@ -71,48 +71,45 @@
             defer { forwarder.stop() }
             let code: Int32
             do {
-                code = try await NodeConnection.with(node) { stub in
-                    try await stub.exec(
-                        options: NodeConnection.callOptions,
-                        requestProducer: { writer in
-                            for await input in inputs {
-                                try await writer.write(input.message)
-                                input.written?.resume()
-                            }
-                        },
-                        onResponse: { response in
-                            var stdinTask: Task<Void, Never>?
-                            defer {
-                                stdinTask?.cancel()
-                                feed.finish()
-                            }
-                            for try await output in response.messages {
-                                switch output.kind {
-                                case .startedPid:
-                                    terminal?.makeRaw()
-                                    if forwardStdin { stdinTask = Task { await Self.pumpStdin(into: feed) } }
-                                case .stdout(let data): writeAll(1, ByteBuffer(bytes: data))
-                                case .stderr(let data): writeAll(2, ByteBuffer(bytes: data))
-                                case .exit(let exit):
-                                    terminal?.restore()
-                                    if exit.timedOut {
-                                        FileHandle.standardError.write(
-                                            Data("lqx: command timed out and was killed\n".utf8))
-                                    }
-                                    var status = ExecExitStatus(
-                                        exitCode: nil, signal: nil, timedOut: exit.timedOut, duration: .zero)
-                                    switch exit.status {
-                                    case .exitCode(let code): status.exitCode = code
-                                    case .signal(let signal): status.signal = signal
-                                    case nil: break
-                                    }
-                                    return try status.validated().shellStatus
+                code = try await route.exec(
+                    requestProducer: { writer in
+                        for await input in inputs {
+                            try await writer.write(input.message)
+                            input.written?.resume()
+                        }
+                    },
+                    onResponse: { messages in
+                        var stdinTask: Task<Void, Never>?
+                        defer {
+                            stdinTask?.cancel()
+                            feed.finish()
+                        }
+                        for try await output in messages {
+                            switch output.kind {
+                            case .startedPid:
+                                terminal?.makeRaw()
+                                if forwardStdin { stdinTask = Task { await Self.pumpStdin(into: feed) } }
+                            case .stdout(let data): writeAll(1, ByteBuffer(bytes: data))
+                            case .stderr(let data): writeAll(2, ByteBuffer(bytes: data))
+                            case .exit(let exit):
+                                terminal?.restore()
+                                if exit.timedOut {
+                                    FileHandle.standardError.write(
+                                        Data("lqx: command timed out and was killed\n".utf8))
+                                }
+                                var status = ExecExitStatus(
+                                    exitCode: nil, signal: nil, timedOut: exit.timedOut, duration: .zero)
+                                switch exit.status {
+                                case .exitCode(let code): status.exitCode = code
+                                case .signal(let signal): status.signal = signal
                                 case nil: break
                                 }
+                                return try status.validated().shellStatus
+                            case nil: break
                             }
-                            return Lqx.failure
-                        })
-                }
+                        }
+                        return Lqx.failure
+                    })
             } catch {
                 terminal?.restore()
                 reportError(error)
@@ -150,7 +147,7 @@
 
     extension Copy {
         /// `lqx --node HOST:PORT cp SRC DST`, one side NAME:PATH.
-        func runThroughNode(_ node: String) async throws {
+        func runThrough(_ route: GuestRoute) async throws {
             try await runReportingErrors {
                 let bar = (!noProgress && isatty(2) == 1) ? ProgressBar() : nil
                 let began = ContinuousClock.now
@@ -164,9 +161,9 @@
                     {
                         local = (local as NSString).appendingPathComponent((path as NSString).lastPathComponent)
                     }
-                    result = try await Self.download(node: node, vm: vm, path: path, to: local, bar: bar)
+                    result = try await Self.download(route: route, vm: vm, path: path, to: local, bar: bar)
                 } else if let (vm, path) = guestPath(destination) {
-                    result = try await upload(node: node, vm: vm, path: path, bar: bar)
+                    result = try await upload(route: route, vm: vm, path: path, bar: bar)
                 } else {
                     throw CLIError("exactly one of SOURCE and DESTINATION must be NAME:PATH (a file in a VM)")
                 }
@@ -174,7 +171,7 @@
             }
         }
 
-        private func upload(node: String, vm: String, path: String, bar: ProgressBar?) async throws
+        private func upload(route: GuestRoute, vm: String, path: String, bar: ProgressBar?) async throws
             -> Limiquantix_Types_V1_TransferResult
         {
             let fd = open(source, O_RDONLY | O_CLOEXEC)
@@ -198,22 +195,19 @@
                 }
             }
             let local = source
-            let result = try await NodeConnection.with(node) { stub in
-                try await stub.upload(
-                    options: NodeConnection.callOptions,
-                    requestProducer: { writer in
-                        try await writer.write(start)
-                        var sent: UInt64 = 0
-                        while true {
-                            let block = try await Self.readBlock(fd)
-                            if block.isEmpty { break }
-                            try await writer.write(.with { $0.data = block })
-                            sent += UInt64(block.count)
-                            bar?.update(sent, size)
-                        }
-                        guard sent == size else { throw CLIError("\(local) changed size during the upload") }
-                    }, onResponse: { try $0.message })
-            }
+            let result = try await route.upload(
+                requestProducer: { writer in
+                    try await writer.write(start)
+                    var sent: UInt64 = 0
+                    while true {
+                        let block = try await Self.readBlock(fd)
+                        if block.isEmpty { break }
+                        try await writer.write(.with { $0.data = block })
+                        sent += UInt64(block.count)
+                        bar?.update(sent, size)
+                    }
+                    guard sent == size else { throw CLIError("\(local) changed size during the upload") }
+                })
             return result
         }
 
@@ -235,7 +229,8 @@
 
         /// Writes to a temp file beside `local`, checks the size and SHA-256 the node reports, then
         /// renames: the destination is the complete file or untouched.
-        static func download(node: String, vm: String, path: String, to local: String, bar: ProgressBar?) async throws
+        static func download(route: GuestRoute, vm: String, path: String, to local: String, bar: ProgressBar?)
+            async throws
             -> Limiquantix_Types_V1_TransferResult
         {
             let url = URL(fileURLWithPath: local)
@@ -250,32 +245,26 @@
                     unlink(temp)
                 }
             }
-            let request = Limiquantix_Node_V1_DownloadRequest.with {
-                $0.vm = vm
-                $0.path = path
-            }
-            let (result, mode, received, digest) = try await NodeConnection.with(node) { stub in
-                try await stub.download(request, options: NodeConnection.callOptions) { response in
-                    var hasher = SHA256Hasher()
-                    var total: UInt64 = 0, received: UInt64 = 0, mode: UInt32 = 0o644
-                    for try await message in response.messages {
-                        switch message.kind {
-                        case .start(let start):
-                            total = start.size
-                            mode = start.mode
-                        case .data(let data):
-                            let buffer = ByteBuffer(bytes: data)
-                            hasher.update(buffer)
-                            writeAll(fd, buffer)
-                            received += UInt64(data.count)
-                            bar?.update(received, total)
-                        case .result(let result):
-                            return (result, mode, received, hasher.finalize().hexString)
-                        case nil: break
-                        }
+            let (result, mode, received, digest) = try await route.download(vm: vm, path: path) { messages in
+                var hasher = SHA256Hasher()
+                var total: UInt64 = 0, received: UInt64 = 0, mode: UInt32 = 0o644
+                for try await message in messages {
+                    switch message.kind {
+                    case .start(let start):
+                        total = start.size
+                        mode = start.mode
+                    case .data(let data):
+                        let buffer = ByteBuffer(bytes: data)
+                        hasher.update(buffer)
+                        writeAll(fd, buffer)
+                        received += UInt64(data.count)
+                        bar?.update(received, total)
+                    case .result(let result):
+                        return (result, mode, received, hasher.finalize().hexString)
+                    case nil: break
                     }
-                    throw CLIError("the node ended the download of \(vm):\(path) without a result")
                 }
+                throw CLIError("\(route.peer) ended the download of \(vm):\(path) without a result")
             }
             guard result.size == received, result.sha256 == digest else {
                 throw CLIError(
@@ -295,17 +284,15 @@
     }
 
     extension Metrics {
-        func runThroughNode(_ node: String) async throws {
+        func runThrough(_ route: GuestRoute) async throws {
             try await runReportingErrors {
-                guard let vm else { throw CLIError("missing VM name: lqx --node HOST:PORT metrics NAME") }
-                let telemetry = try await NodeConnection.with(node) {
-                    try await $0.getTelemetry(.with { $0.name = vm }, options: NodeConnection.callOptions)
-                }
+                guard let vm else { throw CLIError("missing VM name: lqx metrics NAME") }
+                let telemetry = try await route.telemetry(vm: vm)
                 // The node API's sample has the agent's fields and numbers (node.proto): read as
                 // the agent's message, it is shown exactly as `lqx --agent metrics` shows it.
                 let sample = TelemetrySample(
                     wire: try Limiquantix_Agent_V1_TelemetrySample(
-                        serializedBytes: telemetry.sample.serializedBytes() as [UInt8]))
+                        serializedBytes: telemetry.serializedBytes() as [UInt8]))
                 if output == .json {
                     print(try JSONOutput.render(sample))
                 } else {
@@ -320,15 +307,22 @@
     /// This lqx was built without the NodeClient trait (the in-guest build): --node is refused.
     private let withoutNodeSupport = ValidationError("this lqx was built without node support (trait NodeClient)")
 
+    /// Without node support there is no route to a VM by name.
+    enum GuestRoute {}
+
+    extension AgentOptions {
+        func guestRoute() throws -> GuestRoute? { nil }
+    }
+
     extension Exec {
-        func runThroughNode(_ node: String) async throws { throw withoutNodeSupport }
+        func runThrough(_ route: GuestRoute) async throws { throw withoutNodeSupport }
     }
 
     extension Copy {
-        func runThroughNode(_ node: String) async throws { throw withoutNodeSupport }
+        func runThrough(_ route: GuestRoute) async throws { throw withoutNodeSupport }
     }
 
     extension Metrics {
-        func runThroughNode(_ node: String) async throws { throw withoutNodeSupport }
+        func runThrough(_ route: GuestRoute) async throws { throw withoutNodeSupport }
     }
 #endif

@@ -73,6 +73,47 @@ struct ClusterSystemTests {
         return nil
     }
 
+    /// The same path through the `lqx` binary: login pinning the CA, lists, exec with its exit
+    /// status, cp both ways, metrics, explain, audit.
+    func throughCLI(_ cp: ControlPlaneProcess, admin: String, root: String) async throws {
+        setenv("XDG_CONFIG_HOME", root + "/config", 1)
+        defer { unsetenv("XDG_CONFIG_HOME") }
+        func lqx(_ arguments: [String]) async throws -> CommandResult {
+            try await Command.output(Command.binary("lqx"), arguments)
+        }
+        let wrongPin = try await lqx([
+            "login", cp.api.description, "--token", admin, "--ca-sha256", String(repeating: "0", count: 64),
+        ])
+        #expect(wrongPin.status == 255 && wrongPin.stderr.contains("not saved"), "\(wrongPin)")
+        let login = try await lqx(["login", cp.api.description, "--token", admin, "--ca-sha256", cp.fingerprint])
+        #expect(login.status == 0, "\(login)")
+        let mode = try FileManager.default.attributesOfItem(atPath: root + "/config/limiquantix/config")[
+            .posixPermissions]
+        #expect(mode as? Int == 0o600)
+        let nodes = try await lqx(["node", "list", "-o", "json"])
+        #expect(
+            nodes.status == 0 && nodes.stdout.components(separatedBy: "\"NODE_PHASE_READY\"").count == 3, "\(nodes)")
+        let list = try await lqx(["vm", "list"])
+        #expect(list.stdout.contains("web") && list.stdout.contains("RUNNING"), "\(list)")
+        let failing = try await lqx(["exec", "web", "--", "sh", "-c", "echo out; exit 3"])
+        #expect(failing.status == 3 && failing.stdout == "out\n", "\(failing)")
+        let local = root + "/cli-payload", back = root + "/cli-back"
+        try Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7) }).write(to: URL(fileURLWithPath: local))
+        let up = try await lqx(["cp", "--no-progress", local, "db:/tmp/cli-payload"])
+        #expect(up.status == 0, "\(up)")
+        let down = try await lqx(["cp", "--no-progress", "db:/tmp/cli-payload", back])
+        #expect(down.status == 0, "\(down)")
+        #expect(FileManager.default.contentsEqual(atPath: local, andPath: back))
+        let metrics = try await lqx(["metrics", "web", "-o", "json"])
+        #expect(metrics.status == 0 && metrics.stdout.contains("\"total_bytes\""), "\(metrics)")
+        let explain = try await lqx(["vm", "explain", "web"])
+        #expect(explain.status == 0 && explain.stdout.contains("nodes fit"), "\(explain)")
+        let audit = try await lqx(["audit", "--vm", "web"])
+        #expect(audit.stdout.contains("exec") && audit.stdout.contains("exit 3"), "\(audit)")
+        let unknown = try await lqx(["vm", "get", "nope"])
+        #expect(unknown.status == 255 && unknown.stderr.contains("[not_found]"), "\(unknown)")
+    }
+
     @Test("create → scheduled (spread: one per node) → running with the agent → exec, cp both ways → stop → delete")
     func endToEnd() async throws {
         guard LibvirtAvailability.available else { return }
@@ -192,6 +233,8 @@ struct ClusterSystemTests {
         #expect(audit.contains { $0.action == "exec" && $0.detail.contains("echo hello") && $0.result == "exit 0" })
         #expect(audit.contains { $0.action == "upload" && $0.result == "sha256 \(expected)" })
         #expect(audit.contains { $0.action == "download" && $0.detail == "/tmp/payload" })
+
+        try await throughCLI(cp, admin: admin, root: root)
 
         // A viewer reads but cannot exec.
         let viewer = try await cp.tokens { client in

@@ -72,20 +72,8 @@ public struct Placement: Sendable, Equatable, Codable {
         /// Parses `KEY[=VALUE][:EFFECT]` (effect `NoSchedule`, `PreferNoSchedule`, `NoExecute`, or
         /// the API's `NO_SCHEDULE` forms).
         public init(parsing text: String) throws(LQXError) {
-            var rest = Substring(text)
-            var effect: NodeSpec.Taint.Effect?
-            if let colon = rest.lastIndex(of: ":") {
-                effect = try NodeSpec.Taint.Effect(parsing: String(rest[rest.index(after: colon)...]))
-                rest = rest[..<colon]
-            }
-            var value: String?
-            if let eq = rest.firstIndex(of: "=") {
-                value = String(rest[rest.index(after: eq)...])
-                rest = rest[..<eq]
-            }
-            try Labels.validate(key: String(rest), field: "toleration")
-            if let value { try Labels.validate(value: value, key: String(rest), field: "toleration") }
-            self.init(key: String(rest), value: value, effect: effect)
+            let (key, value, effect) = try NodeSpec.Taint.parse(text, field: "toleration")
+            self.init(key: key, value: value, effect: effect)
         }
     }
 
@@ -102,29 +90,5 @@ public struct Placement: Sendable, Equatable, Codable {
             throw LQXError(.invalidSpec, "placement: group \(group) is in both affinity and anti_affinity")
         }
         for toleration in tolerations { try Labels.validate(key: toleration.key, field: "tolerations") }
-    }
-}
-
-extension NodeSpec.Taint.Effect {
-    /// Parses `NoSchedule` / `NO_SCHEDULE`, `PreferNoSchedule` / `PREFER_NO_SCHEDULE`,
-    /// `NoExecute` / `NO_EXECUTE`.
-    public init(parsing text: String) throws(LQXError) {
-        switch text {
-        case "NoSchedule", "NO_SCHEDULE": self = .noSchedule
-        case "PreferNoSchedule", "PREFER_NO_SCHEDULE": self = .preferNoSchedule
-        case "NoExecute", "NO_EXECUTE": self = .noExecute
-        default:
-            throw LQXError(
-                .invalidSpec, "taint effect \(text.debugDescription) must be NoSchedule, PreferNoSchedule or NoExecute")
-        }
-    }
-
-    /// `NoSchedule`, `PreferNoSchedule`, `NoExecute`.
-    public var displayName: String {
-        switch self {
-        case .noSchedule: "NoSchedule"
-        case .preferNoSchedule: "PreferNoSchedule"
-        case .noExecute: "NoExecute"
-        }
     }
 }
