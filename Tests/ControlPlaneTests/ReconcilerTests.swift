@@ -72,7 +72,7 @@ struct ReconcileDecisionTests {
         spec.runState = runState
         var meta = ObjectMeta(id: "v", name: "v")
         meta.deletionRequestedUnixMs = deleting ? 1 : nil
-        return VirtualMachine(meta: meta, spec: spec, status: .init(phase: .scheduled, nodeID: node))
+        return VirtualMachine(meta: meta, spec: spec, status: .init(phase: .running, nodeID: node))
     }
 
     func observed(_ state: String) -> ObservedVM { ObservedVM(id: "v", name: "v", state: state, agentConnected: false) }
@@ -88,6 +88,17 @@ struct ReconcileDecisionTests {
         ] as [(VirtualMachine.RunState, String?, ReconcileAction)])
     func decisions(runState: VirtualMachine.RunState, state: String?, expected: ReconcileAction) {
         #expect(ReconcileAction.decide(vm(runState), observed: state.map(observed), nodeReady: true) == expected)
+    }
+
+    @Test("a VM paused while it starts (QEMU starts paused) is starting, not paused, and is not resumed")
+    func startingPaused() {
+        var starting = vm(.running)
+        starting.status.phase = .starting
+        #expect(ReconcileAction.decide(starting, observed: observed("paused"), nodeReady: true) == .none)
+        #expect(ReconcileAction.phase(starting, observed: observed("paused")) == .starting)
+        var paused = vm(.running)
+        paused.status.phase = .paused
+        #expect(ReconcileAction.decide(paused, observed: observed("paused"), nodeReady: true) == .resume)
     }
 
     @Test("nothing goes to a node that is not READY or a VM on no node; a deletion wins over the rest")

@@ -61,7 +61,9 @@ public enum ReconcileAction: Sendable, Equatable {
         switch (vm.spec.runState, observed.state) {
         case (.running, "shut_off"), (.running, "crashed"), (.paused, "shut_off"), (.paused, "crashed"):
             return .start
-        case (.running, "paused"): return .resume
+        case (.running, "paused"):
+            // QEMU starts paused and libvirt resumes it: a VM still starting is left alone.
+            return [.scheduled, .starting].contains(vm.status.phase) ? .none : .resume
         case (.paused, "running"): return .pause
         case (.stopped, "running"), (.stopped, "paused"): return .stop
         default: return .none
@@ -74,7 +76,9 @@ public enum ReconcileAction: Sendable, Equatable {
         guard let observed else { return .scheduled }
         switch observed.state {
         case "running": return vm.spec.runState == .stopped ? .stopping : .running
-        case "paused": return .paused
+        case "paused":
+            return vm.spec.runState == .running && [.scheduled, .starting].contains(vm.status.phase)
+                ? .starting : .paused
         case "shutting_down": return .stopping
         case "shut_off": return vm.spec.runState == .stopped ? .stopped : .starting
         case "crashed": return .failed
