@@ -5,7 +5,7 @@ set -euo pipefail
 export PATH="/opt/swift/usr/bin:$PATH"
 need=()
 for pkg in build-essential linux-libc-dev pkg-config qemu-system-x86 qemu-utils busybox-static cpio binutils \
-    libvirt-dev libvirt-daemon-system libvirt-clients ovmf libsqlite3-dev postgresql; do
+    libvirt-dev libvirt-daemon-system libvirt-clients ovmf libsqlite3-dev postgresql prometheus curl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -31,7 +31,7 @@ cleanup() {
     if [ -f "$LQX_TEST_RUN_DIR/pids" ]; then
         while read -r pid; do
             # A pid the kernel has since given to another program is left alone.
-            if grep -qa -e qemu-system -e lqx-node -e lqx-controlplane -e postgres "/proc/$pid/cmdline" 2>/dev/null; then
+            if grep -qa -e qemu-system -e lqx-node -e lqx-controlplane -e postgres -e prometheus "/proc/$pid/cmdline" 2>/dev/null; then
                 kill -9 "$pid" 2>/dev/null || true
             fi
         done <"$LQX_TEST_RUN_DIR/pids"

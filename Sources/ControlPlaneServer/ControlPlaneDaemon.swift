@@ -12,6 +12,8 @@ public struct ControlPlaneConfiguration: Sendable {
     public var listen: HostPort
     /// The node port (gRPC, mutual TLS: nodes present their cluster certificate); port 0: any.
     public var nodeListen: HostPort
+    /// HTTPS: the JSON form of every unary call (POST), `/health` and `/metrics`; nil: not served.
+    public var httpListen: HostPort?
     /// Plain HTTP `/health` and `/metrics`; nil: not served.
     public var metricsListen: HostPort?
     /// Where the cluster's state lives.
@@ -30,12 +32,14 @@ public struct ControlPlaneConfiguration: Sendable {
 
     /// Creates a configuration.
     public init(
-        listen: HostPort, nodeListen: HostPort, metricsListen: HostPort? = nil, store: StoreLocation,
+        listen: HostPort, nodeListen: HostPort, httpListen: HostPort? = nil, metricsListen: HostPort? = nil,
+        store: StoreLocation,
         stateDirectory: String, serverNames: [String] = [], heartbeatInterval: Duration = .seconds(5),
         heartbeatGrace: Duration = .seconds(15), shutdownGrace: Duration = .seconds(10)
     ) {
         self.listen = listen
         self.nodeListen = nodeListen
+        self.httpListen = httpListen
         self.metricsListen = metricsListen
         self.store = store
         self.stateDirectory = stateDirectory
@@ -79,16 +83,24 @@ public struct ControlPlaneDaemon: Sendable {
     public let nodeAPI: GRPCService
     /// `/health` and `/metrics`, when configured.
     public let http: HTTPService?
+    /// The HTTPS listener with the JSON API, when configured.
+    public let https: HTTPService?
+    let gateway: JSONGateway?
     let housekeeping: Housekeeping
     /// Drives the nodes until they match the VMs' specs.
     public let reconciler: Reconciler
+    let telemetry: TelemetryCollector
 
     /// Every service, in dependency order.
     public var services: [any Service] {
-        var services: [any Service] = [store, housekeeping, reconciler]
+        var services: [any Service] = [store, housekeeping, reconciler, telemetry]
         if let http { services.append(http) }
         services.append(nodeAPI)
         services.append(api)
+        if let gateway, let https {
+            services.append(gateway)
+            services.append(https)
+        }
         return services
     }
 
@@ -100,6 +112,8 @@ public struct ControlPlaneDaemon: Sendable {
         public var nodes: HostPort
         /// `/health` and `/metrics`, if served.
         public var metrics: HostPort?
+        /// The JSON API over HTTPS, if served.
+        public var json: HostPort?
         /// Whether this start wrote the first admin token (to `paths.adminToken`).
         public var wroteAdminToken: Bool
     }
@@ -119,7 +133,9 @@ public struct ControlPlaneDaemon: Sendable {
             ca: ca, heartbeatInterval: configuration.heartbeatInterval, nodePort: nodePort)
         let nodeClient = ClientSecurity.mutualTLS(
             certificateChain: paths.certificate, privateKey: paths.key, caFile: paths.caCertificate)
-        let services = ControlPlaneServer.services(cluster, nodes: nodeFacing, nodeClient: nodeClient)
+        let telemetry = TelemetryCollector(cluster: cluster, nodes: NodeCalls(security: nodeClient), logger: logger)
+        let services = ControlPlaneServer.services(
+            cluster, nodes: nodeFacing, nodeClient: nodeClient, telemetry: telemetry)
         let nodeAPI = GRPCService(
             address: configuration.nodeListen,
             security: .mutualTLS(
@@ -133,21 +149,28 @@ public struct ControlPlaneDaemon: Sendable {
             services: services, gracePeriod: configuration.shutdownGrace)
         let reconciler = Reconciler(
             cluster: cluster, driver: ControlPlaneServer.nodeDriver(nodeClient), logger: logger)
-        let http = configuration.metricsListen.map { address in
-            HTTPService(
-                address: address,
-                routes: [
-                    "/health": { await housekeeping.health() },
-                    "/metrics": {
-                        .init(
-                            contentType: "text/plain; version=0.0.4; charset=utf-8",
-                            body: await ControlPlaneMetrics.exposition(cluster))
-                    },
-                ], logger: logger)
+        let routes: [String: @Sendable () async -> HTTPService.Reply] = [
+            "/health": { await housekeeping.health() },
+            "/metrics": {
+                .init(
+                    contentType: "text/plain; version=0.0.4; charset=utf-8",
+                    body: await ControlPlaneMetrics.exposition(cluster, telemetry: telemetry))
+            },
+        ]
+        let http = configuration.metricsListen.map { HTTPService(address: $0, routes: routes, logger: logger) }
+        var gateway: JSONGateway?, https: HTTPService?
+        if let address = configuration.httpListen {
+            let json = JSONGateway(
+                api: { () async throws(LQXError) -> HostPort in try await api.boundAddress() },
+                security: .tls(caFile: paths.caCertificate))
+            https = try HTTPService(
+                address: address, routes: routes, post: { await json.handle(path: $0, authorization: $1, body: $2) },
+                certificateChain: paths.certificate, privateKey: paths.key, logger: logger)
+            gateway = json
         }
         return ControlPlaneDaemon(
             cluster: cluster, store: store, ca: ca, paths: paths, api: api, nodeAPI: nodeAPI, http: http,
-            housekeeping: housekeeping, reconciler: reconciler)
+            https: https, gateway: gateway, housekeeping: housekeeping, reconciler: reconciler, telemetry: telemetry)
     }
 
     /// Returns once the cluster is bootstrapped and every listener is bound.
@@ -155,7 +178,7 @@ public struct ControlPlaneDaemon: Sendable {
         let wrote = try await housekeeping.ready.wait()
         return Started(
             api: try await api.boundAddress(), nodes: try await nodeAPI.boundAddress(),
-            metrics: try await http?.boundAddress(), wroteAdminToken: wrote)
+            metrics: try await http?.boundAddress(), json: try await https?.boundAddress(), wroteAdminToken: wrote)
     }
 
     static func serverNames(_ configuration: ControlPlaneConfiguration) -> [String] {

@@ -13,7 +13,13 @@ public enum ControlPlaneServer {
     public static func services(
         _ cluster: Cluster, nodes: NodeFacing? = nil, nodeClient: ClientSecurity = .plaintext
     ) -> [any RegistrableRPCService] {
-        let relay = GuestRelay(cluster: cluster, nodes: NodeCalls(security: nodeClient))
+        services(cluster, nodes: nodes, nodeClient: nodeClient, telemetry: nil)
+    }
+
+    static func services(
+        _ cluster: Cluster, nodes: NodeFacing?, nodeClient: ClientSecurity, telemetry: TelemetryCollector?
+    ) -> [any RegistrableRPCService] {
+        let relay = GuestRelay(cluster: cluster, nodes: NodeCalls(security: nodeClient), telemetry: telemetry)
         var services: [any RegistrableRPCService] = [
             VMService(cluster: cluster, guest: relay), ProjectService(cluster: cluster), TokenService(cluster: cluster),
             NodeAdminService(cluster: cluster, caFingerprint: nodes?.ca.fingerprint ?? ""),

@@ -35,6 +35,8 @@ struct NodeCalls: Sendable {
 struct GuestRelay: Sendable {
     let cluster: Cluster
     let nodes: NodeCalls
+    /// What the control plane collected from the nodes (nil: in-process tests without one).
+    var telemetry: TelemetryCollector?
 
     /// The VM (operators of its project, or viewers for `read`) and its node, which must be READY.
     func target(project: String, name: String, by principal: Principal, _ role: Role, to action: String)

@@ -187,18 +187,41 @@ extension VMService {
     {
         try await unary(request.metadata, context) { principal in
             let m = request.message
-            guard m.sinceSeconds == 0 else {
-                throw LQXError(
-                    .failedPrecondition,
-                    "telemetry history is not collected by this control plane yet: ask for the latest sample (since 0)")
-            }
             let (vm, node) = try await guest.target(
                 project: Self.project(m.vm, principal), name: m.vm.name, by: principal, .viewer, to: "read metrics")
             let id = vm.meta.id
-            let latest = try await guest.nodes.with(node) { stub in
+            if m.sinceSeconds > 0 {
+                guard let collector = guest.telemetry else {
+                    throw LQXError(.failedPrecondition, "this control plane keeps no telemetry history")
+                }
+                let since = Cluster.wallClock() - Int64(m.sinceSeconds) * 1000
+                return .with {
+                    $0.samples = collector.history(id, sinceUnixMs: since).map { point in
+                        Self.telemetry(
+                            .with {
+                                $0.vm = id
+                                $0.receivedUnixMs = point.receivedUnixMs
+                                $0.sample = point.sample
+                            }, vm, node)
+                    }
+                }
+            }
+            if let latest = guest.telemetry?.latest(id) {
+                return .with {
+                    $0.samples = [
+                        Self.telemetry(
+                            .with {
+                                $0.vm = id
+                                $0.receivedUnixMs = latest.point.receivedUnixMs
+                                $0.sample = latest.point.sample
+                            }, vm, node)
+                    ]
+                }
+            }
+            let fetched = try await guest.nodes.with(node) { stub in
                 try await stub.getTelemetry(.with { $0.name = id }, options: ClientTransport.failFast)
             }
-            return .with { $0.samples = [Self.telemetry(latest, vm, node)] }
+            return .with { $0.samples = [Self.telemetry(fetched, vm, node)] }
         }
     }
 

@@ -25,7 +25,23 @@ struct VMService: Limiquantix_Compute_V1_VMService.ServiceProtocol {
     func messages(_ vms: [VirtualMachine]) async throws(LQXError) -> [CP.VM] {
         let names = Dictionary(
             uniqueKeysWithValues: try await cluster.repository.nodes().map { ($0.meta.id, $0.meta.name) })
-        return vms.map { $0.proto(nodeName: names[$0.status.nodeID] ?? "") }
+        let latest = guest.telemetry?.allLatest() ?? [:]
+        return vms.map { vm in
+            var message = vm.proto(nodeName: names[vm.status.nodeID] ?? "")
+            if let point = latest[vm.meta.id]?.point {
+                message.status.usage = .with {
+                    $0.cpuPercent = point.sample.cpu.totalPercent
+                    $0.memoryTotalBytes = point.sample.memory.totalBytes
+                    $0.memoryAvailableBytes = point.sample.memory.availableBytes
+                    $0.sampledUnixMs = point.receivedUnixMs
+                }
+                message.status.agent.lastSeenUnixMs = point.receivedUnixMs
+                for interface in point.sample.interfaces where interface.name != "lo" {
+                    message.status.agent.addresses += interface.addresses
+                }
+            }
+            return message
+        }
     }
 
     func one(_ vm: VirtualMachine) async throws(LQXError) -> CP.VM { try await messages([vm])[0] }

@@ -1,12 +1,21 @@
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import LQXModel
 import Logging
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 
-/// The HTTP side of a server (`/health`, `/metrics`; later the dashboard and the JSON API) on
-/// Hummingbird, as a `Service`. Routes are added by the daemon that owns it.
+/// The HTTP side of a server (`/health`, `/metrics`, the JSON form of the API; later the
+/// dashboard) on Hummingbird, as a `Service`, plain or TLS. Routes are added by the daemon that
+/// owns it.
 public final class HTTPService: Service, Sendable {
+    /// An HTTP status.
+    public typealias Status = HTTPResponse.Status
+    /// Answers a POST: its path, its `Authorization` header and its body (JSON).
+    public typealias Post = @Sendable (_ path: String, _ authorization: String?, _ body: String) async -> Reply
+
     /// One route's answer.
     public struct Reply: Sendable {
         /// The status code.
@@ -32,8 +41,51 @@ public final class HTTPService: Service, Sendable {
     public let address: HostPort
 
     /// A server on `address` (port 0: any free port) answering GET (and HEAD) on `routes`.
-    public init(address: HostPort, routes: [String: @Sendable () async -> Reply], logger: Logger) {
+    public convenience init(address: HostPort, routes: [String: @Sendable () async -> Reply], logger: Logger) {
+        self.init(address: address, routes: routes, post: nil, server: .http1(), logger: logger)
+    }
+
+    /// A TLS server (certificate chain and key in PEM files) answering GET on `routes` and every
+    /// POST of a JSON body (at most `maximumBody` bytes) with `post`.
+    public convenience init(
+        address: HostPort, routes: [String: @Sendable () async -> Reply], post: @escaping Post,
+        maximumBody: Int = 4 << 20, certificateChain: String, privateKey: String, logger: Logger
+    ) throws(LQXError) {
+        let server: HTTPServerBuilder
+        do {
+            let configuration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(certificateChain).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: privateKey, format: .pem)))
+            server = try .tls(.http1(), tlsConfiguration: configuration)
+        } catch {
+            throw LQXError(.invalidSpec, "cannot set up TLS for HTTP from \(certificateChain)", cause: error)
+        }
+        self.init(
+            address: address, routes: routes, post: (post, maximumBody), server: server, logger: logger)
+    }
+
+    private init(
+        address: HostPort, routes: [String: @Sendable () async -> Reply], post: (Post, Int)?,
+        server: HTTPServerBuilder, logger: Logger
+    ) {
         let router = Router()
+        if let (post, maximum) = post {
+            router.post("**") { request, _ -> Response in
+                let type = request.headers[.contentType] ?? "application/json"
+                let reply: Reply
+                if !type.hasPrefix("application/json") {
+                    reply = Reply(status: .unsupportedMediaType, body: "send Content-Type: application/json\n")
+                } else if let body = try? await request.body.collect(upTo: maximum) {
+                    reply = await post(
+                        request.uri.path, request.headers[.authorization], String(buffer: body))
+                } else {
+                    reply = Reply(status: .contentTooLarge, body: "the body is larger than \(maximum) bytes\n")
+                }
+                return Response(
+                    status: reply.status, headers: [.contentType: reply.contentType],
+                    body: .init(byteBuffer: ByteBuffer(string: reply.body)))
+            }
+        }
         for (path, reply) in routes {
             @Sendable func respond(_ request: Request, _ context: BasicRequestContext) async -> Response {
                 let reply = await reply()
@@ -47,7 +99,7 @@ public final class HTTPService: Service, Sendable {
         self.address = address
         let bound = self.bound
         application = Application(
-            router: router,
+            router: router, server: server,
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
             onServerRunning: { channel in
                 let local = channel.localAddress

@@ -68,8 +68,11 @@ public final class VMManager: Service, Sendable {
         var adopted = false
         /// Brokers decided by `adopt` or an event, started by `run` right after.
         var launches: [Launch] = []
-        var watchers: [Int: (name: String, continuation: AsyncStream<VMTelemetry>.Continuation)] = [:]
+        /// Telemetry followers: of one VM, or of every VM (name nil).
+        var watchers: [Int: (name: String?, continuation: AsyncStream<VMTelemetry>.Continuation)] = [:]
         var nextWatcher = 0
+        /// Followers of "a VM changed" (its state, or its agent's session began).
+        var changeFollowers: [Int: AsyncStream<Void>.Continuation] = [:]
     }
 
     /// Creates a manager; nothing runs until `adopt()` / `run()`.
@@ -139,6 +142,7 @@ public final class VMManager: Service, Sendable {
         let store: @Sendable (TelemetrySample) -> Void = { [weak self] sample in self?.store(name, sample) }
         let info: @Sendable (AgentInfo) -> Void = { [weak self] info in
             self?.state.withLock { $0.vms[name]?.info = info }
+            self?.announceChange()
         }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -176,8 +180,20 @@ public final class VMManager: Service, Sendable {
     /// Samples of one VM as they arrive, until the consumer stops (a slow consumer sees the newest
     /// few; the node never buffers more per watcher).
     public func watchTelemetry(_ name: String) -> AsyncStream<VMTelemetry> {
+        follow(name, buffer: 4)
+    }
+
+    /// Every VM's samples from now on, and the latest of each VM known now. A slow follower
+    /// loses the oldest buffered samples (at most 1024 wait), never holds up collection.
+    public func watchAllTelemetry() -> (latest: [VMTelemetry], updates: AsyncStream<VMTelemetry>) {
+        let updates = follow(nil, buffer: 1024)
+        let latest = state.withLock { state in state.vms.values.compactMap(\.telemetry) }
+        return (latest.sorted { $0.vm < $1.vm }, updates)
+    }
+
+    private func follow(_ name: String?, buffer: Int) -> AsyncStream<VMTelemetry> {
         let (stream, continuation) = AsyncStream.makeStream(
-            of: VMTelemetry.self, bufferingPolicy: .bufferingNewest(4))
+            of: VMTelemetry.self, bufferingPolicy: .bufferingNewest(buffer))
         let id = state.withLock { state -> Int in
             state.nextWatcher += 1
             state.watchers[state.nextWatcher] = (name, continuation)
@@ -380,7 +396,7 @@ public final class VMManager: Service, Sendable {
         let watchers = state.withLock { state -> [AsyncStream<VMTelemetry>.Continuation] in
             guard state.vms[name] != nil else { return [] }
             state.vms[name]?.telemetry = telemetry
-            return state.watchers.values.filter { $0.name == name }.map(\.continuation)
+            return state.watchers.values.filter { $0.name == name || $0.name == nil }.map(\.continuation)
         }
         for watcher in watchers { watcher.yield(telemetry) }
     }
@@ -394,6 +410,7 @@ public final class VMManager: Service, Sendable {
         }
         stop?.finish()
         for waiter in waiters { waiter.continuation?.resume() }
+        announceChange()
     }
 
     private func update(_ name: String, _ newState: DomainState, agentSocket: String) {
@@ -424,5 +441,25 @@ public final class VMManager: Service, Sendable {
         }
         stale?.finish()
         for waiter in waiters { waiter.continuation?.resume() }
+        announceChange()
+    }
+
+    /// A tick each time a VM's state changes or its agent's session begins (ticks in a row
+    /// collapse to one): what a heartbeat pushes at once instead of waiting for its interval.
+    public func changes() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let id = state.withLock { state -> Int in
+            state.nextWatcher += 1
+            state.changeFollowers[state.nextWatcher] = continuation
+            return state.nextWatcher
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.changeFollowers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    private func announceChange() {
+        for follower in state.withLock({ Array($0.changeFollowers.values) }) { follower.yield() }
     }
 }

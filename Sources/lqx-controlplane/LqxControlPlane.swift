@@ -32,6 +32,15 @@ struct LqxControlPlane: AsyncParsableCommand {
         help: "Node address HOST:PORT for heartbeats (gRPC, mutual TLS; default: the API host, port 8444).")
     var nodeListen: String?
 
+    @Option(
+        name: .customLong("http-listen"),
+        help: ArgumentHelp(
+            "HTTPS HOST:PORT for the JSON API, /health and /metrics (default: the API host, port 8445; \"off\": none).",
+            discussion:
+                "Every unary call is POST /limiquantix.compute.v1.<Service>/<Method> with a JSON body and Authorization: Bearer TOKEN (the Connect protocol's unary JSON form)."
+        ))
+    var httpListen: String?
+
     @Option(name: .customLong("metrics-listen"), help: "Plain HTTP /health and /metrics HOST:PORT (default: off).")
     var metricsListen: String?
 
@@ -78,6 +87,12 @@ struct LqxControlPlane: AsyncParsableCommand {
                 try nodeListen.map { text throws(LQXError) in
                     try HostPort(parsing: text, for: .listen, field: "--node-listen")
                 } ?? HostPort(host: api.host, port: api.port == 0 ? 0 : 8444)
+            let https: HostPort? =
+                httpListen == "off"
+                ? nil
+                : try httpListen.map { text throws(LQXError) in
+                    try HostPort(parsing: text, for: .listen, field: "--http-listen")
+                } ?? HostPort(host: api.host, port: api.port == 0 ? 0 : 8445)
             let metrics = try metricsListen.map { text throws(LQXError) in
                 try HostPort(parsing: text, for: .listen, field: "--metrics-listen")
             }
@@ -85,7 +100,8 @@ struct LqxControlPlane: AsyncParsableCommand {
                 try db.map { text throws(LQXError) in try StoreLocation(parsing: text) }
                 ?? .default(stateDirectory: stateDir)
             configuration = ControlPlaneConfiguration(
-                listen: api, nodeListen: nodes, metricsListen: metrics, store: store, stateDirectory: stateDir,
+                listen: api, nodeListen: nodes, httpListen: https, metricsListen: metrics, store: store,
+                stateDirectory: stateDir,
                 serverNames: serverNames, heartbeatInterval: .milliseconds(Int64(heartbeatInterval * 1000)),
                 heartbeatGrace: .milliseconds(Int64(grace * 1000)))
         } catch {
@@ -115,7 +131,7 @@ struct LqxControlPlane: AsyncParsableCommand {
                 let started = try await daemon.started()
                 let paths = daemon.paths
                 var lines = [
-                    "lqx-controlplane listening grpc=\(started.api) nodes=\(started.nodes) metrics=\(started.metrics?.description ?? "off") db=\(configuration.store)",
+                    "lqx-controlplane listening grpc=\(started.api) nodes=\(started.nodes) https=\(started.json?.description ?? "off") metrics=\(started.metrics?.description ?? "off") db=\(configuration.store)",
                     "cluster CA: \(paths.caCertificate) (sha256 \(daemon.ca.fingerprint))",
                 ]
                 if started.wroteAdminToken {

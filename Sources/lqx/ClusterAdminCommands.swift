@@ -30,6 +30,16 @@
         }
     }
 
+    /// `30s`, `15m`, `1h`, `2d` or plain seconds; nil when it is none of these (or overflows).
+    func durationSeconds(_ text: String) -> UInt32? {
+        let units: [Character: UInt32] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        if let last = text.last, let unit = units[last], let number = UInt32(text.dropLast()) {
+            let (product, overflow) = number.multipliedReportingOverflow(by: unit)
+            return overflow ? nil : product
+        }
+        return UInt32(text)
+    }
+
     func time(_ unixMs: Int64) -> String {
         guard unixMs > 0 else { return "-" }
         let formatter = ISO8601DateFormatter()
@@ -238,7 +248,7 @@
                 @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 
                 func run() async throws {
-                    guard let seconds = Self.seconds(ttl) else {
+                    guard let seconds = durationSeconds(ttl) else {
                         throw ValidationError("--ttl takes a duration like 30m, 1h or 2d (at most 7d)")
                     }
                     try await clusterCall(options) { endpoint in
@@ -261,13 +271,6 @@
                     }
                 }
 
-                static func seconds(_ text: String) -> UInt32? {
-                    let units: [Character: UInt32] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-                    if let last = text.last, let unit = units[last], let number = UInt32(text.dropLast()) {
-                        return number * unit
-                    }
-                    return UInt32(text)
-                }
             }
         }
     }

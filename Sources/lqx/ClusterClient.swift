@@ -152,11 +152,15 @@
                 terminal). The token is checked with one call; the file is written 0600.
                 """)
         @Argument(help: "Control plane HOST:PORT or https://HOST:PORT.") var server: String
-        @Option(name: .customLong("token"), help: "API token.") var token: String
+        @OptionGroup var options: ClusterOptions
         @Option(name: .customLong("ca-sha256"), help: "Expected SHA-256 of the cluster CA (hex).") var caSHA256: String?
-        @Option(name: .customLong("ca"), help: "The cluster CA's PEM file instead of fetching it.") var ca: String?
+
+        func validate() throws {
+            if options.token == nil { throw ValidationError("give the API token: lqx login HOST:PORT --token T") }
+        }
 
         func run() async throws {
+            let token = options.token ?? "", ca = options.ca
             try await runReportingErrors {
                 let address = try ClusterEndpoint.address(server)
                 let pem: String

@@ -32,6 +32,9 @@
                 // Agent commands: they need --agent, which selects the other command tree.
                 Info.self, Ping.self, Shutdown.self,
             ])
+
+        // Declared here too, so `lqx --server X vm list` reads them before the command name.
+        @OptionGroup var cluster: ClusterOptions
     }
 
     /// Runs `body` against the control plane, printing failures as `lqx: message [code]`.

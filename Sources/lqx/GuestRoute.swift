@@ -152,6 +152,29 @@
         }
     }
 
+    extension GuestRoute {
+        /// Calls `body` with each sample of the VM as its node collects it, until cancelled.
+        func watchTelemetry(
+            vm: String, _ body: @Sendable @escaping (Limiquantix_Types_V1_TelemetrySample) async throws -> Void
+        ) async throws {
+            switch self {
+            case .node(let address):
+                try await NodeConnection.with(address) { stub in
+                    try await stub.watchTelemetry(.with { $0.name = vm }, options: NodeConnection.callOptions) {
+                        for try await telemetry in $0.messages { try await body(telemetry.sample) }
+                    }
+                }
+            case .cluster(let endpoint):
+                let ref = endpoint.ref, metadata = endpoint.metadata
+                try await endpoint.vms { client in
+                    try await client.watchTelemetry(ref(vm), metadata: metadata) {
+                        for try await telemetry in $0.messages { try await body(telemetry.sample) }
+                    }
+                }
+            }
+        }
+    }
+
     /// A message re-read as another type with the same fields and numbers.
     func reread<Target: SwiftProtobuf.Message>(_ message: some SwiftProtobuf.Message) throws -> Target {
         try Target(serializedBytes: try message.serializedBytes() as [UInt8])

@@ -10,6 +10,10 @@ struct Metrics: AsyncParsableCommand {
     @OptionGroup var options: AgentOptions
     @Argument(help: "VM name (with --node).") var vm: String?
     @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
+    @Option(
+        name: .customLong("since"),
+        help: "Through a control plane: the history of the last 30s, 15m, 1h (CPU, memory, load, processes).")
+    var since: String?
 
     func validate() throws {
         if !options.namesVMs, vm != nil {
@@ -33,9 +37,15 @@ struct Metrics: AsyncParsableCommand {
 struct Top: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Live view of in-guest telemetry (Ctrl-C to quit).")
     @OptionGroup var options: AgentOptions
-    @Option(help: "Seconds between samples.") var interval: Double = 2
+    @Argument(help: "VM name (through a node or the control plane).") var vm: String?
+    @Option(help: "Seconds between samples (with --agent; a node sends them as it collects them).")
+    var interval: Double = 2
 
     func run() async throws {
+        if let route = try options.guestRoute() {
+            guard let vm else { throw ValidationError("missing VM name: lqx top NAME") }
+            return try await runThrough(route, vm: vm)
+        }
         try await runReportingErrors {
             let every = Duration.milliseconds(Int64(max(interval, 0.1) * 1000))
             try await options.withSession { session in

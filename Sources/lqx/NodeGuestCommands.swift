@@ -287,6 +287,17 @@
         func runThrough(_ route: GuestRoute) async throws {
             try await runReportingErrors {
                 guard let vm else { throw CLIError("missing VM name: lqx metrics NAME") }
+                if let since {
+                    guard case .cluster(let endpoint) = route else {
+                        throw CLIError(
+                            "--since needs a control plane (it keeps the history); a node keeps the latest only")
+                    }
+                    guard let seconds = durationSeconds(since), seconds > 0 else {
+                        throw CLIError("--since takes a duration like 30s, 15m or 1h")
+                    }
+                    try await printHistory(endpoint, vm: vm, seconds: seconds)
+                    return
+                }
                 let telemetry = try await route.telemetry(vm: vm)
                 // The node API's sample has the agent's fields and numbers (node.proto): read as
                 // the agent's message, it is shown exactly as `lqx --agent metrics` shows it.
@@ -298,6 +309,47 @@
                 } else {
                     print(render(sample), terminator: "")
                 }
+            }
+        }
+    }
+    extension Top {
+        /// Follows the VM's samples as its node collects them.
+        func runThrough(_ route: GuestRoute, vm: String) async throws {
+            try await runReportingErrors {
+                try await route.watchTelemetry(vm: vm) { wire in
+                    let sample = TelemetrySample(
+                        wire: try Limiquantix_Agent_V1_TelemetrySample(
+                            serializedBytes: wire.serializedBytes() as [UInt8]))
+                    FileHandle.standardOutput.write(Data(("\u{1B}[H\u{1B}[2J" + render(sample)).utf8))
+                }
+            }
+        }
+    }
+
+    extension Metrics {
+        func printHistory(_ endpoint: ClusterEndpoint, vm: String, seconds: UInt32) async throws {
+            let metadata = endpoint.metadata, ref = endpoint.ref(vm)
+            let history = try await endpoint.vms { client in
+                try await client.getTelemetry(
+                    .with {
+                        $0.vm = ref
+                        $0.sinceSeconds = seconds
+                    }, metadata: metadata)
+            }
+            if output == .json {
+                print(try nodeJSON(history))
+                return
+            }
+            try printList(
+                history.samples, key: "samples", output: .text,
+                header: ["TIME", "CPU%", "MEM USED MIB", "MEM TOTAL MIB", "LOAD1", "PROCS"]
+            ) { t in
+                let m = t.sample.memory
+                return [
+                    time(t.receivedUnixMs), String(format: "%.1f", t.sample.cpu.totalPercent),
+                    "\((m.totalBytes - min(m.totalBytes, m.availableBytes)) >> 20)", "\(m.totalBytes >> 20)",
+                    String(format: "%.2f", t.sample.load.one), "\(t.sample.processCount)",
+                ]
             }
         }
     }
@@ -324,5 +376,9 @@
 
     extension Metrics {
         func runThrough(_ route: GuestRoute) async throws { throw withoutNodeSupport }
+    }
+
+    extension Top {
+        func runThrough(_ route: GuestRoute, vm: String) async throws { throw withoutNodeSupport }
     }
 #endif

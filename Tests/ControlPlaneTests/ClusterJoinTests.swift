@@ -116,6 +116,45 @@ struct ClusterJoinTests {
         }
     }
 
+    /// The JSON form of unary calls, exactly as curl sends it.
+    func jsonForm(_ cp: ControlPlaneProcess, admin: String) async throws {
+        func curl(_ path: String, token: String?, body: String = "{}", type: String = "application/json") async throws
+            -> (Int, String)
+        {
+            var arguments = [
+                "-s", "-o", "-", "-w", "\n%{http_code}", "--cacert", cp.caFile, "-X", "POST",
+                "https://\(cp.https)\(path)", "-H", "Content-Type: \(type)", "-d", body,
+            ]
+            if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
+            let result = try await Command.output("/usr/bin/curl", arguments)
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+        }
+        guard FileManager.default.fileExists(atPath: "/usr/bin/curl") else {
+            Issue.record("curl is not installed (scripts/setup.sh installs it)")
+            return
+        }
+        let nodes = "/limiquantix.compute.v1.NodeService/ListNodes"
+        let (status, body) = try await curl(nodes, token: admin)
+        #expect(
+            status == 200 && body.contains("\"nodes\"") && body.contains("\"NODE_PHASE_READY\""), "\(status) \(body)")
+        let (anonymous, refusal) = try await curl(nodes, token: nil)
+        #expect(anonymous == 401 && refusal.contains("\"code\":\"unauthenticated\""), "\(anonymous) \(refusal)")
+        let (missing, _) = try await curl("/limiquantix.compute.v1.NodeService/Nope", token: admin)
+        #expect(missing == 404)
+        let (bad, invalid) = try await curl(
+            "/limiquantix.compute.v1.VMService/GetVM", token: admin, body: "{\"name\": 7")
+        #expect(bad == 400 && invalid.contains("invalid_argument"), "\(bad) \(invalid)")
+        let (unknown, notFound) = try await curl(
+            "/limiquantix.compute.v1.VMService/GetVM", token: admin, body: "{\"name\": \"nope\"}")
+        #expect(unknown == 404 && notFound.contains("nope"), "\(unknown) \(notFound)")
+        let (form, _) = try await curl(nodes, token: admin, type: "application/x-www-form-urlencoded")
+        #expect(form == 415)
+        let health = try await Command.output(
+            "/usr/bin/curl", ["-s", "--cacert", cp.caFile, "https://\(cp.https)/health"])
+        #expect(health.stdout.contains("\"ok\""), "\(health)")
+    }
+
     @Test("a joined node's API admits only cluster certificates, and never another node's")
     func nodeAPIMutualTLS() async throws {
         let (root, cp) = try await startedControlPlane()
@@ -176,6 +215,7 @@ struct ClusterJoinTests {
                     .with { $0.nodeID = "x" })
             }
         }
+        try await jsonForm(cp, admin: admin)
         let health = try await httpGet(cp.metrics, "/health")
         #expect(health.status == 200)
         let exposition = try await httpGet(cp.metrics, "/metrics")

@@ -73,6 +73,68 @@ struct ClusterSystemTests {
         return nil
     }
 
+    /// The control plane's telemetry: the latest sample in `vm get`, a history for `--since`, the
+    /// series on /metrics labelled vm/project/node — scraped by a real Prometheus and read back
+    /// through its query API.
+    func telemetry(_ cp: ControlPlaneProcess, admin: String, root: String, nodeOf node: String) async throws {
+        let metadata = bearer(admin)
+        var samples = 0
+        for _ in 0..<40 where samples < 2 {
+            let history = try await vms(cp) { client in
+                try await client.getTelemetry(
+                    .with {
+                        $0.vm.name = "web"
+                        $0.sinceSeconds = 120
+                    }, metadata: metadata)
+            }
+            samples = history.samples.count
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        #expect(samples >= 2, "history of web: \(samples) samples")
+        let vm = try await vms(cp) { try await $0.getVM(.with { $0.name = "web" }, metadata: metadata) }
+        #expect(vm.status.usage.memoryTotalBytes > 100 << 20, "\(vm.status.usage)")
+        let exposition = try await httpGet(cp.metrics, "/metrics").body
+        let series = "lqx_vm_memory_total_bytes{vm=\"web\",project=\"default\",node=\"\(node)\"}"
+        #expect(exposition.contains(series), "\(exposition.suffix(1500))")
+        guard FileManager.default.fileExists(atPath: "/usr/bin/prometheus") else {
+            if ProcessInfo.processInfo.environment["LQX_REQUIRE_LIBVIRT"] != nil {
+                Issue.record("prometheus is not installed (scripts/setup.sh installs it)")
+            }
+            return
+        }
+        let port = Daemon.freePort()
+        let config = root + "/prometheus.yml"
+        try """
+        global:
+          scrape_interval: 1s
+        scrape_configs:
+          - job_name: limiquantix
+            static_configs:
+              - targets: ["\(cp.metrics)"]
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let prometheus = try Daemon(
+            "/usr/bin/prometheus",
+            [
+                "--config.file=\(config)", "--storage.tsdb.path=\(root)/prometheus",
+                "--web.listen-address=127.0.0.1:\(port)",
+            ], logPath: root + "/prometheus.log")
+        defer { prometheus.kill() }
+        let query = "/api/v1/query?query=lqx_vm_memory_total_bytes%7Bvm%3D%22web%22%7D"
+        var answer = ""
+        for _ in 0..<60 {
+            answer = (try? await httpGet("127.0.0.1:\(port)", query).body) ?? ""
+            if answer.contains("\"project\":\"default\"") { break }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        #expect(
+            answer.contains("\"vm\":\"web\"") && answer.contains("\"node\":\"\(node)\""),
+            "\(answer) \(prometheus.log.suffix(1000))")
+        let cli = try await Command.output(
+            Command.binary("lqx"),
+            ["--server", cp.api.description, "--token", admin, "--ca", cp.caFile, "metrics", "web", "--since", "2m"])
+        #expect(cli.status == 0 && cli.stdout.contains("CPU%"), "\(cli)")
+    }
+
     /// The same path through the `lqx` binary: login pinning the CA, lists, exec with its exit
     /// status, cp both ways, metrics, explain, audit.
     func throughCLI(_ cp: ControlPlaneProcess, admin: String, root: String) async throws {
@@ -235,6 +297,7 @@ struct ClusterSystemTests {
         #expect(audit.contains { $0.action == "download" && $0.detail == "/tmp/payload" })
 
         try await throughCLI(cp, admin: admin, root: root)
+        try await telemetry(cp, admin: admin, root: root, nodeOf: placed["web"] ?? "")
 
         // A viewer reads but cannot exec.
         let viewer = try await cp.tokens { client in

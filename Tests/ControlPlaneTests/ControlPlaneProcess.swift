@@ -16,6 +16,8 @@ struct ControlPlaneProcess {
     let api: HostPort
     let nodes: HostPort
     let metrics: String
+    /// The HTTPS listener (JSON API) as HOST:PORT.
+    let https: String
     let fingerprint: String
     let stateDirectory: String
     var caFile: String { stateDirectory + "/pki/ca.crt" }
@@ -26,10 +28,12 @@ struct ControlPlaneProcess {
             Command.binary("lqx-controlplane"),
             [
                 "--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                "--http-listen", "127.0.0.1:0",
                 "--state-dir", state, "--heartbeat-interval", "0.2", "--heartbeat-grace", "1.5",
             ], logPath: root + "/controlplane.log")
         guard let first = await daemon.line(), let grpc = Daemon.field("grpc", in: first),
             let nodes = Daemon.field("nodes", in: first), let metrics = Daemon.field("metrics", in: first),
+            let https = Daemon.field("https", in: first),
             let second = await daemon.line(), let sha = second.split(separator: " ").last
         else {
             daemon.kill()
@@ -37,7 +41,7 @@ struct ControlPlaneProcess {
         }
         return ControlPlaneProcess(
             daemon: daemon, api: try HostPort(parsing: grpc, for: .connect, field: "grpc"),
-            nodes: try HostPort(parsing: nodes, for: .connect, field: "nodes"), metrics: metrics,
+            nodes: try HostPort(parsing: nodes, for: .connect, field: "nodes"), metrics: metrics, https: https,
             fingerprint: String(sha.dropLast()), stateDirectory: state)
     }
 

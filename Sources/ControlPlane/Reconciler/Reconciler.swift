@@ -111,10 +111,13 @@ public final class Reconciler: Service, Sendable {
     }
 
     /// Runs one operation on the VM's node, checking first that the node still disagrees.
-    func act(_ action: ReconcileAction, _ vm: VirtualMachine, _ node: Node) async {
-        defer { _ = state.withLock { $0.busy.remove(vm.meta.id) } }
-        let id = vm.meta.id
+    func act(_ action: ReconcileAction, _ listed: VirtualMachine, _ node: Node) async {
+        defer { _ = state.withLock { $0.busy.remove(listed.meta.id) } }
+        let id = listed.meta.id
         do {
+            // The pass that chose this may have read the VM before the last operation on it
+            // finished: act on what the store has now (gone: nothing to do).
+            guard let vm = try await cluster.repository.vm(id: id), vm.status.nodeID == node.meta.id else { return }
             let current = try await driver.get(id, on: node)
             let confirmed = ReconcileAction.decide(vm, observed: current, nodeReady: true)
             var observed = current
@@ -130,7 +133,7 @@ public final class Reconciler: Service, Sendable {
             case .pause: observed = try await driver.pause(id, on: node)
             case .resume: observed = try await driver.resume(id, on: node)
             case .delete:
-                try await driver.delete(id, on: node)
+                if current != nil { try await driver.delete(id, on: node) }
                 cluster.patchObservation(nodeID: node.meta.id, vmID: id, nil)
                 try await cluster.finishDeletion(vmID: id, node: node.meta.name)
                 state.withLock { _ = $0.backoff.removeValue(forKey: id) }

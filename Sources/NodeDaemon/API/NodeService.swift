@@ -404,6 +404,16 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         for await sample in samples { try await response.write(sample.proto) }
     }
 
+    /// The `WatchAllTelemetry` RPC: the latest sample of every VM, then each new one.
+    public func watchAllTelemetry(
+        request: Limiquantix_Node_V1_WatchAllTelemetryRequest, response: RPCWriter<Limiquantix_Node_V1_VMTelemetry>,
+        context: ServerContext
+    ) async throws {
+        let (latest, samples) = manager.watchAllTelemetry()
+        for sample in latest { try await response.write(sample.proto) }
+        for await sample in samples { try await response.write(sample.proto) }
+    }
+
     // MARK: node
 
     /// The `GetNodeInfo` RPC: inventory, hypervisor and counts.

@@ -7,7 +7,8 @@ import NodeCore
 import ServiceLifecycle
 
 /// Heartbeats to the control plane over mutual TLS with the node's certificate: capacity and
-/// every VM with its state, at the interval the control plane asks for. A failed heartbeat is
+/// every VM with its state, at the interval the control plane asks for, and at once when a VM's
+/// state changes or its agent connects (pushed, not polled). A failed heartbeat is
 /// logged and retried at the next interval; the node keeps running its VMs regardless.
 public final class NodeHeartbeat: Service, Sendable {
     let membership: ClusterMembership
@@ -34,9 +35,18 @@ public final class NodeHeartbeat: Service, Sendable {
             $0.cpus = UInt32(clamping: inventory.cpu.logical)
             $0.memoryMib = inventory.memory.totalBytes / (1024 * 1024)
         }
+        // A VM that changes is reported at once (at most every 100 ms), not at the next interval.
+        let (wake, wakeUp) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let changes = manager.changes()
         try await withGRPCClient(transport: transport) { client in
             let agent = Limiquantix_Compute_V1_NodeAgentService.Client(wrapping: client)
             await cancelWhenGracefulShutdown {
+                // Cancelled by the defer when heartbeats stop.
+                let forward = Task {
+                    for await _ in changes { wakeUp.yield() }
+                }
+                defer { forward.cancel() }
+                var wakeups = wake.makeAsyncIterator()
                 var interval = Duration.milliseconds(max(100, self.membership.heartbeatIntervalMs))
                 var failing = false
                 while !Task.isCancelled {
@@ -62,7 +72,16 @@ public final class NodeHeartbeat: Service, Sendable {
                         }
                         failing = true
                     }
-                    try? await Task.sleep(for: interval)
+                    try? await Task.sleep(for: .milliseconds(100))
+                    // The rest of the interval, or less when a VM changes; the timer is cancelled
+                    // once the wait ends either way.
+                    let rest = interval - .milliseconds(100)
+                    let timer = Task {
+                        try? await Task.sleep(for: rest)
+                        if !Task.isCancelled { wakeUp.yield() }
+                    }
+                    _ = await wakeups.next()
+                    timer.cancel()
                 }
             }
         }

@@ -312,6 +312,19 @@ public enum Limiquantix_Node_V1_Node: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "WatchAllTelemetry" metadata.
+        public enum WatchAllTelemetry: Sendable {
+            /// Request type for "WatchAllTelemetry".
+            public typealias Input = Limiquantix_Node_V1_WatchAllTelemetryRequest
+            /// Response type for "WatchAllTelemetry".
+            public typealias Output = Limiquantix_Node_V1_VMTelemetry
+            /// Descriptor for "WatchAllTelemetry".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.node.v1.Node"),
+                method: "WatchAllTelemetry",
+                type: .serverStreaming
+            )
+        }
         /// Namespace for "GetNodeInfo" metadata.
         public enum GetNodeInfo: Sendable {
             /// Request type for "GetNodeInfo".
@@ -349,6 +362,7 @@ public enum Limiquantix_Node_V1_Node: Sendable {
             Download.descriptor,
             GetTelemetry.descriptor,
             WatchTelemetry.descriptor,
+            WatchAllTelemetry.descriptor,
             GetNodeInfo.descriptor
         ]
     }
@@ -732,6 +746,25 @@ extension Limiquantix_Node_V1_Node {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry>
 
+        /// Handle the "WatchAllTelemetry" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every VM's samples on one stream: the latest of each first, then each new one (what a
+        /// > control plane follows; a slow reader loses the oldest samples, never blocks collection).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Limiquantix_Node_V1_WatchAllTelemetryRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Node_V1_VMTelemetry` messages.
+        func watchAllTelemetry(
+            request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry>
+
         /// Handle the "GetNodeInfo" method.
         ///
         /// - Parameters:
@@ -1108,6 +1141,25 @@ extension Limiquantix_Node_V1_Node {
         /// - Returns: A streaming response of `Limiquantix_Node_V1_VMTelemetry` messages.
         func watchTelemetry(
             request: GRPCCore.ServerRequest<Limiquantix_Node_V1_VMRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry>
+
+        /// Handle the "WatchAllTelemetry" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every VM's samples on one stream: the latest of each first, then each new one (what a
+        /// > control plane follows; a slow reader loses the oldest samples, never blocks collection).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Node_V1_WatchAllTelemetryRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Node_V1_VMTelemetry` messages.
+        func watchAllTelemetry(
+            request: GRPCCore.ServerRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry>
 
@@ -1492,6 +1544,26 @@ extension Limiquantix_Node_V1_Node {
             context: GRPCCore.ServerContext
         ) async throws
 
+        /// Handle the "WatchAllTelemetry" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every VM's samples on one stream: the latest of each first, then each new one (what a
+        /// > control plane follows; a slow reader loses the oldest samples, never blocks collection).
+        ///
+        /// - Parameters:
+        ///   - request: A `Limiquantix_Node_V1_WatchAllTelemetryRequest` message.
+        ///   - response: A response stream of `Limiquantix_Node_V1_VMTelemetry` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func watchAllTelemetry(
+            request: Limiquantix_Node_V1_WatchAllTelemetryRequest,
+            response: GRPCCore.RPCWriter<Limiquantix_Node_V1_VMTelemetry>,
+            context: GRPCCore.ServerContext
+        ) async throws
+
         /// Handle the "GetNodeInfo" method.
         ///
         /// - Parameters:
@@ -1755,6 +1827,17 @@ extension Limiquantix_Node_V1_Node.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Limiquantix_Node_V1_Node.Method.WatchAllTelemetry.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_WatchAllTelemetryRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_VMTelemetry>(),
+            handler: { request, context in
+                try await self.watchAllTelemetry(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Limiquantix_Node_V1_Node.Method.GetNodeInfo.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_NodeInfoRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_NodeInfo>(),
@@ -1996,6 +2079,17 @@ extension Limiquantix_Node_V1_Node.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry> {
         let response = try await self.watchTelemetry(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
+    }
+
+    public func watchAllTelemetry(
+        request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry> {
+        let response = try await self.watchAllTelemetry(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -2310,6 +2404,23 @@ extension Limiquantix_Node_V1_Node.SimpleServiceProtocol {
             metadata: [:],
             producer: { writer in
                 try await self.watchTelemetry(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
+    public func watchAllTelemetry(
+        request: GRPCCore.ServerRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry> {
+        return GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_VMTelemetry>(
+            metadata: [:],
+            producer: { writer in
+                try await self.watchAllTelemetry(
                     request: request.message,
                     response: writer,
                     context: context
@@ -2803,6 +2914,30 @@ extension Limiquantix_Node_V1_Node {
         func watchTelemetry<Result>(
             request: GRPCCore.ClientRequest<Limiquantix_Node_V1_VMRef>,
             serializer: some GRPCCore.MessageSerializer<Limiquantix_Node_V1_VMRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_VMTelemetry>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Limiquantix_Node_V1_VMTelemetry>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "WatchAllTelemetry" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every VM's samples on one stream: the latest of each first, then each new one (what a
+        /// > control plane follows; a slow reader loses the oldest samples, never blocks collection).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Node_V1_WatchAllTelemetryRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Node_V1_WatchAllTelemetryRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Node_V1_VMTelemetry` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func watchAllTelemetry<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_VMTelemetry>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Limiquantix_Node_V1_VMTelemetry>) async throws -> Result
@@ -3544,6 +3679,39 @@ extension Limiquantix_Node_V1_Node {
             )
         }
 
+        /// Call the "WatchAllTelemetry" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every VM's samples on one stream: the latest of each first, then each new one (what a
+        /// > control plane follows; a slow reader loses the oldest samples, never blocks collection).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Node_V1_WatchAllTelemetryRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Node_V1_WatchAllTelemetryRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Node_V1_VMTelemetry` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func watchAllTelemetry<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_VMTelemetry>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Limiquantix_Node_V1_VMTelemetry>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Limiquantix_Node_V1_Node.Method.WatchAllTelemetry.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "GetNodeInfo" method.
         ///
         /// - Parameters:
@@ -4163,6 +4331,34 @@ extension Limiquantix_Node_V1_Node.ClientProtocol {
         try await self.watchTelemetry(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_VMRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_VMTelemetry>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WatchAllTelemetry" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Every VM's samples on one stream: the latest of each first, then each new one (what a
+    /// > control plane follows; a slow reader loses the oldest samples, never blocks collection).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Limiquantix_Node_V1_WatchAllTelemetryRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func watchAllTelemetry<Result>(
+        request: GRPCCore.ClientRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Limiquantix_Node_V1_VMTelemetry>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.watchAllTelemetry(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_WatchAllTelemetryRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_VMTelemetry>(),
             options: options,
             onResponse: handleResponse
@@ -4872,6 +5068,38 @@ extension Limiquantix_Node_V1_Node.ClientProtocol {
             metadata: metadata
         )
         return try await self.watchTelemetry(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WatchAllTelemetry" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Every VM's samples on one stream: the latest of each first, then each new one (what a
+    /// > control plane follows; a slow reader loses the oldest samples, never blocks collection).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func watchAllTelemetry<Result>(
+        _ message: Limiquantix_Node_V1_WatchAllTelemetryRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Limiquantix_Node_V1_VMTelemetry>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Limiquantix_Node_V1_WatchAllTelemetryRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.watchAllTelemetry(
             request: request,
             options: options,
             onResponse: handleResponse

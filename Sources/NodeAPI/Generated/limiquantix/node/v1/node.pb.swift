@@ -800,6 +800,16 @@ public nonisolated struct Limiquantix_Node_V1_VMTelemetry: Sendable {
   fileprivate var _sample: LQXTypes.Limiquantix_Types_V1_TelemetrySample? = nil
 }
 
+public nonisolated struct Limiquantix_Node_V1_WatchAllTelemetryRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Limiquantix_Node_V1_NodeInfoRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -2346,6 +2356,25 @@ nonisolated extension Limiquantix_Node_V1_VMTelemetry: SwiftProtobuf.Message, Sw
     if lhs.vm != rhs.vm {return false}
     if lhs.receivedUnixMs != rhs.receivedUnixMs {return false}
     if lhs._sample != rhs._sample {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Node_V1_WatchAllTelemetryRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WatchAllTelemetryRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Node_V1_WatchAllTelemetryRequest, rhs: Limiquantix_Node_V1_WatchAllTelemetryRequest) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
