@@ -46,6 +46,7 @@ grep -q '^cluster CA' "$WORK/cp.out" || { echo "the control plane did not start:
 cat "$WORK/cp.out"
 API=$(sed -n 's/.* grpc=\([^ ]*\).*/\1/p' "$WORK/cp.out")
 METRICS=$(sed -n 's/.* metrics=\([^ ]*\).*/\1/p' "$WORK/cp.out")
+HTTPS=$(sed -n 's/.* https=\([^ ]*\).*/\1/p' "$WORK/cp.out")
 SHA=$(sed -n 's/^cluster CA: .* (sha256 \([0-9a-f]*\))$/\1/p' "$WORK/cp.out")
 lqx() { echo "\$ lqx $*"; "$BIN/lqx" "$@"; }
 lqx login "$API" --token "$(cat "$WORK/cp/admin.token")" --ca-sha256 "$SHA"
@@ -87,8 +88,17 @@ cmp "$WORK/payload.bin" "$WORK/back.bin" && echo "round trip identical: $(sha256
 lqx metrics demo
 lqx audit --vm demo
 lqx events --vm demo
+if command -v curl >/dev/null; then
+    echo "the same API as JSON over HTTPS (Connect's unary form):"
+    echo "\$ curl -s --cacert ca.crt -X POST https://$HTTPS/limiquantix.compute.v1.VMService/GetVM -H 'Content-Type: application/json' -H 'Authorization: Bearer …' -d '{\"name\":\"demo\"}'"
+    curl -s --cacert "$WORK/cp/pki/ca.crt" -X POST "https://$HTTPS/limiquantix.compute.v1.VMService/GetVM" \
+        -H "Content-Type: application/json" -H "Authorization: Bearer $(cat "$WORK/cp/admin.token")" \
+        -d '{"name":"demo"}' | head -c 700
+    echo
+fi
+lqx metrics demo --since 1m
 echo "control plane /metrics:"
-command -v curl >/dev/null && curl -s "http://$METRICS/metrics" | grep -E '^lqx_controlplane_(nodes|vms)\{' | grep -v ' 0$' || true
+command -v curl >/dev/null && curl -s "http://$METRICS/metrics" | grep -E '^lqx_(controlplane_(nodes|vms)|vm_memory_total_bytes)\{' | grep -v ' 0$' || true
 echo "from a fresh machine to here: $(($(date +%s) - began)) s"
 cat <<EOF
 
