@@ -79,6 +79,20 @@ struct GRPCNodeDriver: NodeDriver {
         }
     }
 
+    func undefine(_ vmID: String, on node: Node) async throws(LQXError) {
+        do {
+            _ = try await nodes.with(node) { stub in
+                try await stub.deleteVM(
+                    .with {
+                        $0.name = vmID
+                        $0.keepDisks = true
+                    }, options: ClientTransport.failFast)
+            }
+        } catch  where error.code == .notFound {
+            // Gone already.
+        }
+    }
+
     /// Runs `body`, then reads the VM back; a `failedPrecondition` answer (already in that
     /// state) is not an error.
     func operation(

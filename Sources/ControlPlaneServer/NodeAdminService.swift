@@ -67,9 +67,58 @@ struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
     func drainNode(
         request: ServerRequest<Limiquantix_Compute_V1_NodeRef>, context: ServerContext
     ) async throws -> StreamingServerResponse<Limiquantix_Compute_V1_DrainProgress> {
-        // Draining needs the reconciler that drives nodes (not built yet): refused clearly.
-        throw RPCErrorMapping.rpcError(
-            LQXError(.failedPrecondition, "drain is not available yet: this control plane does not drive nodes"))
+        let name = request.message.name
+        let cluster = self.cluster
+        let moving = try await auth.call(context, request.metadata) { principal in
+            try await cluster.drainNode(name, by: principal)
+        }
+        return StreamingServerResponse { writer in
+            try await RPCErrorMapping.mapping {
+                let (changes, stop) = cluster.feed.changes()
+                defer { stop() }
+                var updates = changes.makeAsyncIterator()
+                var reported = Set<String>()
+                while true {
+                    guard let node = try await cluster.repository.node(name: name) else {
+                        throw LQXError(.notFound, "node \(name) was removed during the drain")
+                    }
+                    let names = Dictionary(
+                        uniqueKeysWithValues: try await cluster.repository.nodes().map { ($0.meta.id, $0.meta.name) })
+                    var current: [VirtualMachine] = []
+                    for vm in moving {
+                        if let now = try await cluster.repository.vm(id: vm.meta.id) { current.append(now) }
+                    }
+                    let remaining = current.count { $0.status.nodeID == node.meta.id || $0.status.nodeID.isEmpty }
+                    for now in current {
+                        let unschedulable = now.status.conditions["Scheduled"]?.status == false
+                        let key = now.status.nodeID.isEmpty ? (unschedulable ? "wait" : "") : now.status.nodeID
+                        guard !key.isEmpty, now.status.nodeID != node.meta.id,
+                            reported.insert(now.meta.id + key).inserted
+                        else { continue }
+                        try await writer.write(
+                            .with {
+                                $0.vm = "\(now.meta.project)/\(now.meta.name)"
+                                $0.action = "restart"
+                                $0.target = names[now.status.nodeID] ?? ""
+                                $0.done = !now.status.nodeID.isEmpty
+                                $0.remaining = UInt32(clamping: remaining)
+                                if now.status.nodeID.isEmpty {
+                                    $0.error = now.status.conditions["Scheduled"]?.message ?? "waiting for room"
+                                }
+                            })
+                    }
+                    if node.status.phase == .maintenance {
+                        try await writer.write(
+                            .with {
+                                $0.done = true
+                                $0.remaining = 0
+                            })
+                        return [:]
+                    }
+                    guard await updates.next() != nil else { return [:] }
+                }
+            }
+        }
     }
 
     func labelNode(request: ServerRequest<Limiquantix_Compute_V1_LabelNodeRequest>, context: ServerContext)

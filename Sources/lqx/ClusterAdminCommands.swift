@@ -151,7 +151,13 @@
 
         struct Drain: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Move every VM off a node, which ends in MAINTENANCE (the control plane says if it can).")
+                abstract: "Move every VM off a node (stop, then start elsewhere); the node ends in MAINTENANCE.",
+                discussion: """
+                    Each VM is stopped on the node (through its agent), removed there and placed again by the \
+                    scheduler, so it never runs twice. VMs whose disks the node created cannot move yet (no \
+                    shared storage): the drain is then refused, naming them. Live migration comes with shared \
+                    storage. `lqx node uncordon NAME` ends maintenance.
+                    """)
             @OptionGroup var options: ClusterOptions
             @Argument(help: "Node name.") var name: String
             func run() async throws {
@@ -160,7 +166,17 @@
                     let metadata = endpoint.metadata
                     try await endpoint.nodes { client in
                         try await client.drainNode(.with { $0.name = name }, metadata: metadata) { response in
-                            for try await progress in response.messages { print(try nodeJSON(progress)) }
+                            for try await p in response.messages {
+                                if p.vm.isEmpty {
+                                    print("\(name): drained, MAINTENANCE (lqx node uncordon \(name) ends it)")
+                                } else if p.done {
+                                    print(
+                                        "\(TerminalText.safe(p.vm)): stopped here, placed on \(p.target) (\(p.remaining) left)"
+                                    )
+                                } else {
+                                    print("\(TerminalText.safe(p.vm)): waiting: \(TerminalText.safe(p.error))")
+                                }
+                            }
                         }
                     }
                 }

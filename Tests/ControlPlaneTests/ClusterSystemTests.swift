@@ -176,7 +176,9 @@ struct ClusterSystemTests {
         #expect(unknown.status == 255 && unknown.stderr.contains("[not_found]"), "\(unknown)")
     }
 
-    @Test("create → scheduled (spread: one per node) → running with the agent → exec, cp both ways → stop → delete")
+    @Test(
+        "create → scheduled (spread: one per node) → running with the agent → exec, cp both ways, metrics, Prometheus → drain → stop → delete"
+    )
     func endToEnd() async throws {
         guard LibvirtAvailability.available else { return }
         let image = TestGuest.imageDirectory
@@ -299,6 +301,21 @@ struct ClusterSystemTests {
         try await throughCLI(cp, admin: admin, root: root)
         try await telemetry(cp, admin: admin, root: root, nodeOf: placed["web"] ?? "")
 
+        // Drain web's node: web is stopped there, removed, and started on the other node; the
+        // drained node ends in MAINTENANCE.
+        let drained = placed["web"] ?? ""
+        let lqx = ["--server", cp.api.description, "--token", admin, "--ca", cp.caFile]
+        let drain = try await Command.output(Command.binary("lqx"), lqx + ["node", "drain", drained])
+        #expect(drain.status == 0 && drain.stdout.contains("MAINTENANCE"), "\(drain)")
+        let moved = try await waitFor(cp, token: admin, "web") {
+            $0.status.phase == .running && $0.status.agent.connected && $0.status.node != drained
+        }
+        #expect(moved?.status.epoch == 2)
+        let (after, hello) = try await exec(cp, token: admin, "web", ["sh", "-c", "echo moved"])
+        #expect(after == 0 && hello == "moved\n")
+        let uncordon = try await Command.output(Command.binary("lqx"), lqx + ["node", "uncordon", drained])
+        #expect(uncordon.status == 0, "\(uncordon)")
+
         // A viewer reads but cannot exec.
         let viewer = try await cp.tokens { client in
             try await client.createToken(
@@ -331,7 +348,9 @@ struct ClusterSystemTests {
                     || !virsh(["list", "--all", "--name"]).contains(id))
         }
         let reasons = try await cp.events { try await $0.listEvents(.init(), metadata: metadata).events.map(\.reason) }
-        for reason in ["Created", "Scheduled", "Defined", "Running", "AgentConnected", "Stopped", "Deleted"] {
+        for reason in [
+            "Created", "Scheduled", "Defined", "Running", "AgentConnected", "Evicting", "Evicted", "Stopped", "Deleted",
+        ] {
             #expect(reasons.contains(reason), "\(reason) in \(reasons)")
         }
     }

@@ -63,6 +63,10 @@ final class MemoryNodes: NodeDriver {
         try record("delete \(vmID)")
         _ = set(vmID, nil, node)
     }
+    func undefine(_ vmID: String, on node: Node) async throws(LQXError) {
+        try record("undefine \(vmID)")
+        _ = set(vmID, nil, node)
+    }
 }
 
 @Suite("reconciler: decisions")
@@ -210,6 +214,59 @@ struct ReconcilerTests {
             #expect(running?.status.conditions["Reconciled"]?.status == true)
             let events = try await cluster.events(LogQuery(), by: .system)
             #expect(events.contains { $0.reason == "CreateFailed" && $0.type == "Warning" })
+        }
+    }
+
+    @Test("drain: each VM is stopped and removed on its node before it starts on another; the node ends in MAINTENANCE")
+    func drain() async throws {
+        try await withReconciler { cluster, nodes, first, _ in
+            _ = try await cluster.createVM(CreateVM(name: "mover", spec: kernelSpec()), by: .system)
+            _ = try await until(cluster, nodes, first, "mover", .running)
+            let second = try await joinNode(cluster, "n2")
+            try await cluster.heartbeat(nodeID: second.meta.id, vms: [])
+            let moving = try await cluster.drainNode("n1", by: .system)
+            #expect(moving.map(\.meta.name) == ["mover"])
+            var moved: VirtualMachine?
+            for _ in 0..<200 {
+                try await cluster.heartbeat(nodeID: first.meta.id, vms: nodes.report(first))
+                try await cluster.heartbeat(nodeID: second.meta.id, vms: nodes.report(second))
+                moved = try await cluster.repository.vm(project: Cluster.defaultProject, name: "mover")
+                if moved?.status.nodeID == second.meta.id, moved?.status.phase == .running { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(moved?.status.nodeID == second.meta.id && moved?.status.phase == .running)
+            #expect(nodes.states(first).isEmpty)
+            #expect(moved?.status.epoch == 2)
+            // The order that keeps one copy: stop, undefine on n1, then create on n2.
+            let id = moved?.meta.id ?? ""
+            let order = nodes.calls.withLock { $0 }.filter { $0.hasSuffix(id) }
+            #expect(order.suffix(3) == ["stop \(id)", "undefine \(id)", "create \(id)"], "\(order)")
+            var phase: Node.Phase?
+            for _ in 0..<100 {
+                phase = try await cluster.repository.node(name: "n1")?.status.phase
+                if phase == .maintenance { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(phase == .maintenance)
+            let back = try await cluster.setSchedulable("n1", true, by: .system)
+            #expect(back.status.phase == .ready)
+        }
+    }
+
+    @Test("a drain that would strand a VM's node-created disks is refused, naming it, and changes nothing")
+    func drainRefused() async throws {
+        try await withReconciler { cluster, nodes, first, _ in
+            var spec = kernelSpec()
+            spec.machine.disks = [DiskSpec(source: .new(sizeGiB: 1))]
+            _ = try await cluster.createVM(CreateVM(name: "pinned", spec: spec), by: .system)
+            await expectLQXError(.failedPrecondition, containing: "default/pinned") {
+                _ = try await cluster.drainNode("n1", by: .system)
+            }
+            let node = try await cluster.repository.node(name: "n1")
+            #expect(node?.spec.schedulable == true && node?.status.phase == .ready)
+            await expectLQXError(.permissionDenied) {
+                _ = try await cluster.drainNode("n1", by: Principal(user: "o", role: .operator))
+            }
         }
     }
 

@@ -205,6 +205,8 @@ extension Cluster {
     {
         let node = try await updateNode(name, by: principal, reason: schedulable ? "Uncordoned" : "Cordoned") { node in
             node.spec.schedulable = schedulable
+            // Uncordoning ends maintenance (or a drain: VMs already moving finish moving).
+            if schedulable, [.maintenance, .draining].contains(node.status.phase) { node.status.phase = .ready }
             return schedulable ? "node takes new VMs" : "node takes no new VMs"
         }
         if schedulable { try await schedulePending() }

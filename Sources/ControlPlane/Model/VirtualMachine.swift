@@ -86,6 +86,8 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
         public var conditions: [Condition]
         /// Whether the guest agent is connected to its node's broker (as the node last reported).
         public var agentConnected: Bool
+        /// Being moved off its node (a drain): stopped there, removed from it, then placed again.
+        public var evicting: Bool
 
         /// A new VM's status: pending, nowhere.
         public init(
@@ -97,10 +99,11 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
             self.epoch = epoch
             self.conditions = conditions
             self.agentConnected = agentConnected
+            self.evicting = false
         }
 
         private enum CodingKeys: String, CodingKey {
-            case phase, nodeID, epoch, conditions, agentConnected
+            case phase, nodeID, epoch, conditions, agentConnected, evicting
         }
 
         /// Decodes a stored status; fields added later default when absent.
@@ -111,6 +114,7 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
             epoch = try container.decode(Int64.self, forKey: .epoch)
             conditions = try container.decode([Condition].self, forKey: .conditions)
             agentConnected = try container.decodeIfPresent(Bool.self, forKey: .agentConnected) ?? false
+            evicting = try container.decodeIfPresent(Bool.self, forKey: .evicting) ?? false
         }
     }
 }

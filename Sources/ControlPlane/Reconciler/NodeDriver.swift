@@ -19,6 +19,8 @@ public protocol NodeDriver: Sendable {
     func resume(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
     /// Destroys the VM and removes its definition and disks from the node.
     func delete(_ vmID: String, on node: Node) async throws(LQXError)
+    /// Removes a stopped VM's definition from the node, keeping any disk (a VM moving away).
+    func undefine(_ vmID: String, on node: Node) async throws(LQXError)
 }
 
 /// What the reconciler does for one VM in one pass, decided from its spec and what its node
@@ -38,6 +40,8 @@ public enum ReconcileAction: Sendable, Equatable {
     case resume
     /// Remove it from its node, then from the store.
     case delete
+    /// Being moved: remove its definition from this node, then place it again.
+    case release
 
     /// The operation's name in events and conditions (`Start` → `StartFailed`).
     public var name: String {
@@ -49,6 +53,7 @@ public enum ReconcileAction: Sendable, Equatable {
         case .pause: "Pause"
         case .resume: "Resume"
         case .delete: "Delete"
+        case .release: "Release"
         }
     }
 
@@ -57,6 +62,15 @@ public enum ReconcileAction: Sendable, Equatable {
     public static func decide(_ vm: VirtualMachine, observed: ObservedVM?, nodeReady: Bool) -> ReconcileAction {
         guard !vm.status.nodeID.isEmpty, nodeReady else { return .none }
         if vm.meta.deletionRequestedUnixMs != nil { return .delete }
+        if vm.status.evicting {
+            // Stopped first, removed from the node, and only then placed elsewhere: never two copies.
+            switch observed?.state {
+            case nil: return .release
+            case "running", "paused": return .stop
+            case "shutting_down": return .none
+            default: return .release
+            }
+        }
         guard let observed else { return .create(start: vm.spec.runState != .stopped) }
         switch (vm.spec.runState, observed.state) {
         case (.running, "shut_off"), (.running, "crashed"), (.paused, "shut_off"), (.paused, "crashed"):
@@ -73,6 +87,7 @@ public enum ReconcileAction: Sendable, Equatable {
     /// The phase `vm` is in given what its node reports.
     public static func phase(_ vm: VirtualMachine, observed: ObservedVM?) -> VirtualMachine.Phase {
         guard !vm.status.nodeID.isEmpty else { return vm.status.phase }
+        if vm.status.evicting { return .migrating }
         guard let observed else { return .scheduled }
         switch observed.state {
         case "running": return vm.spec.runState == .stopped ? .stopping : .running

@@ -65,6 +65,7 @@ public final class Reconciler: Service, Sendable {
                     passes += 1
                     // Now and then (and first): place VMs that waited for room.
                     if passes % 10 == 1 { _ = try? await self.cluster.schedulePending() }
+                    try? await self.cluster.completeDrains()
                     for (vm, node, action) in await self.pass() {
                         group.addTask { await self.act(action, vm, node) }
                     }
@@ -136,6 +137,12 @@ public final class Reconciler: Service, Sendable {
                 if current != nil { try await driver.delete(id, on: node) }
                 cluster.patchObservation(nodeID: node.meta.id, vmID: id, nil)
                 try await cluster.finishDeletion(vmID: id, node: node.meta.name)
+                state.withLock { _ = $0.backoff.removeValue(forKey: id) }
+                return
+            case .release:
+                if current != nil { try await driver.undefine(id, on: node) }
+                cluster.patchObservation(nodeID: node.meta.id, vmID: id, nil)
+                try await cluster.releasePlacement(vmID: id, from: node)
                 state.withLock { _ = $0.backoff.removeValue(forKey: id) }
                 return
             }
