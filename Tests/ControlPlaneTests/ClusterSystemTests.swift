@@ -198,6 +198,12 @@ struct ClusterSystemTests {
             nodes.append(node)
             #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")
         }
+        // Both nodes READY before the VMs are created, so spread has two to choose from.
+        for _ in 0..<100 {
+            let listed = try await cp.nodeService { try await $0.listNodes(.init(), metadata: metadata).nodes }
+            if listed.count(where: { $0.status.phase == .ready }) == 2 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
         var ids: [String] = []
         // Whatever happens, no domain of this test outlives it.
         defer {
