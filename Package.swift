@@ -246,6 +246,18 @@ let package = Package(
             ],
             path: "benchmarks/AgentBench"
         ),
+        .executableTarget(
+            name: "lqx-cp-bench",
+            dependencies: [
+                "ControlPlane", "ControlPlaneAPI", "LQXModel", "LQXServer", "LQXTestSupport", "LQXTypes", "NodeAPI",
+                "NodeCore", "NodeDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "benchmarks/ControlPlaneBench"
+        ),
         // A misbehaving agent for the test guest (initramfs-hostile.cpio); never packaged.
         .executableTarget(
             name: "lqx-hostile-agent",

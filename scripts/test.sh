@@ -52,6 +52,9 @@ swift test --skip-build --parallel --num-workers 2 \
 # Apart: PostgreSQL and the concurrent-writer tests would take the CPU from the timing-sensitive tests above.
 echo "== control plane: store contract (SQLite, PostgreSQL), durability, scheduler, cluster core, API"
 swift test --skip-build --parallel --num-workers 2 --filter "ControlPlaneTests" --skip "ClusterSystemTests"
+echo "== control plane with 8 simulated nodes and 48 VMs (the scale benchmark's path, small)"
+timeout 300 .build/debug/lqx-cp-bench scale --nodes 8 --vms 48 --interval 1 --window 3 --base-port 21000 \
+    --ramp-timeout 120
 # Apart: its floods would take the CPU from the timing-sensitive tests above.
 echo "== hostile agent against lqx's broker"
 swift test --skip-build --parallel --num-workers 2 --filter "HostileAgentTests"

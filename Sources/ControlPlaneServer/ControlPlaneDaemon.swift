@@ -133,9 +133,10 @@ public struct ControlPlaneDaemon: Sendable {
             ca: ca, heartbeatInterval: configuration.heartbeatInterval, nodePort: nodePort)
         let nodeClient = ClientSecurity.mutualTLS(
             certificateChain: paths.certificate, privateKey: paths.key, caFile: paths.caCertificate)
-        let telemetry = TelemetryCollector(cluster: cluster, nodes: NodeCalls(security: nodeClient), logger: logger)
-        let services = ControlPlaneServer.services(
-            cluster, nodes: nodeFacing, nodeClient: nodeClient, telemetry: telemetry)
+        // One pool of node connections for the reconciler, the relays and the telemetry streams.
+        let calls = NodeCalls(security: nodeClient)
+        let telemetry = TelemetryCollector(cluster: cluster, nodes: calls, logger: logger)
+        let services = ControlPlaneServer.services(cluster, nodes: nodeFacing, calls: calls, telemetry: telemetry)
         let nodeAPI = GRPCService(
             address: configuration.nodeListen,
             security: .mutualTLS(
@@ -148,7 +149,7 @@ public struct ControlPlaneDaemon: Sendable {
             security: .tls(certificateChain: paths.certificate, privateKey: paths.key),
             services: services, gracePeriod: configuration.shutdownGrace)
         let reconciler = Reconciler(
-            cluster: cluster, driver: ControlPlaneServer.nodeDriver(nodeClient), logger: logger)
+            cluster: cluster, driver: GRPCNodeDriver(nodes: calls), logger: logger)
         let routes: [String: @Sendable () async -> HTTPService.Reply] = [
             "/health": { await housekeeping.health() },
             "/metrics": {

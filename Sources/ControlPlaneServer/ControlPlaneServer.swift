@@ -13,13 +13,13 @@ public enum ControlPlaneServer {
     public static func services(
         _ cluster: Cluster, nodes: NodeFacing? = nil, nodeClient: ClientSecurity = .plaintext
     ) -> [any RegistrableRPCService] {
-        services(cluster, nodes: nodes, nodeClient: nodeClient, telemetry: nil)
+        services(cluster, nodes: nodes, calls: NodeCalls(security: nodeClient), telemetry: nil)
     }
 
     static func services(
-        _ cluster: Cluster, nodes: NodeFacing?, nodeClient: ClientSecurity, telemetry: TelemetryCollector?
+        _ cluster: Cluster, nodes: NodeFacing?, calls: NodeCalls, telemetry: TelemetryCollector?
     ) -> [any RegistrableRPCService] {
-        let relay = GuestRelay(cluster: cluster, nodes: NodeCalls(security: nodeClient), telemetry: telemetry)
+        let relay = GuestRelay(cluster: cluster, nodes: calls, telemetry: telemetry)
         var services: [any RegistrableRPCService] = [
             VMService(cluster: cluster, guest: relay), ProjectService(cluster: cluster), TokenService(cluster: cluster),
             NodeAdminService(cluster: cluster, caFingerprint: nodes?.ca.fingerprint ?? ""),

@@ -139,6 +139,13 @@ extension VirtualMachine.Spec {
     }
 }
 
+extension VirtualMachine.Phase {
+    /// The API's phase (the enums list the phases in the same order).
+    var proto: Limiquantix_Compute_V1_VMPhase {
+        Limiquantix_Compute_V1_VMPhase(rawValue: Self.allCases.firstIndex(of: self)!) ?? .unknown
+    }
+}
+
 extension VirtualMachine {
     /// The VM as the API's message; `nodeName` resolves its node's id.
     func proto(nodeName: String) -> CP.VM {
@@ -146,8 +153,7 @@ extension VirtualMachine {
             $0.metadata = meta.proto
             $0.spec = spec.proto
             $0.status = .with {
-                $0.phase =
-                    Limiquantix_Compute_V1_VMPhase(rawValue: Phase.allCases.firstIndex(of: status.phase)!) ?? .unknown
+                $0.phase = status.phase.proto
                 $0.node = nodeName
                 $0.nodeID = status.nodeID
                 $0.epoch = status.epoch

@@ -6,23 +6,63 @@ import LQXModel
 import LQXServer
 import LQXTypes
 import NodeAPI
+import Synchronization
 
 /// The control plane's client of node APIs: mutual TLS with its own certificate, to the
-/// address a node registered. One connection per call (operations and relays are long next to
-/// a TLS handshake on a management network).
-struct NodeCalls: Sendable {
+/// address a node registered. One HTTP/2 connection per node address, kept open and shared by
+/// every call to that node (reconciler operations, relays, the telemetry stream), so a cluster
+/// of 1,000 nodes costs 1,000 connections, not a TLS handshake per operation. A connection
+/// that breaks is re-established by its client; one whose node moved to another address is
+/// closed when the first call to the new address opens its own.
+final class NodeCalls: Sendable {
     typealias Stub = Limiquantix_Node_V1_Node.Client<HTTP2ClientTransport.Posix>
     let security: ClientSecurity
+    private let pool = Mutex<[String: Pooled]>([:])
+
+    private struct Pooled: Sendable {
+        var address: HostPort
+        var client: GRPCClient<HTTP2ClientTransport.Posix>
+    }
+
+    init(security: ClientSecurity) { self.security = security }
+
+    deinit {
+        for pooled in pool.withLock({ Array($0.values) }) { pooled.client.beginGracefulShutdown() }
+    }
+
+    /// The open client for `node`'s address, made (and its connection started) on first use.
+    private func client(_ node: Node, _ address: HostPort) throws(LQXError) -> GRPCClient<HTTP2ClientTransport.Posix> {
+        if let pooled = pool.withLock({ $0[node.meta.id] }), pooled.address == address { return pooled.client }
+        let client = GRPCClient(transport: try ClientTransport.make(address, security: security))
+        let (chosen, replaced) = pool.withLock { pool -> (GRPCClient<HTTP2ClientTransport.Posix>, Pooled?) in
+            if let pooled = pool[node.meta.id], pooled.address == address { return (pooled.client, nil) }
+            let old = pool[node.meta.id]
+            pool[node.meta.id] = Pooled(address: address, client: client)
+            return (client, old)
+        }
+        replaced?.client.beginGracefulShutdown()
+        if chosen === client {
+            Task.detached { try? await client.runConnections() }
+        }
+        return chosen
+    }
 
     func with<T: Sendable>(_ node: Node, _ body: @Sendable @escaping (Stub) async throws -> T) async throws(LQXError)
         -> T
     {
         let address = try HostPort(parsing: node.status.address, for: .connect, field: "node \(node.meta.name) address")
+        let client = try client(node, address)
         do {
-            return try await ClientTransport.with(address, security: security) { client in
-                try await body(Stub(wrapping: client))
+            return try await body(Stub(wrapping: client))
+        } catch let error as LQXError {
+            throw error
+        } catch let error as RPCError {
+            let mapped = RPCErrorMapping.lqxError(error, peer: address.description)
+            if mapped.code == .unavailable {
+                throw LQXError(.unavailable, "node \(node.meta.name) cannot be reached", cause: mapped)
             }
-        } catch  where error.code == .unavailable {
+            throw mapped
+        } catch {
             throw LQXError(.unavailable, "node \(node.meta.name) cannot be reached", cause: error)
         }
     }

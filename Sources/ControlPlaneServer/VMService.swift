@@ -1,5 +1,6 @@
 import ControlPlane
 import ControlPlaneAPI
+import Foundation
 import GRPCCore
 import LQXModel
 import LQXServer
@@ -23,12 +24,19 @@ struct VMService: Limiquantix_Compute_V1_VMService.ServiceProtocol {
 
     /// VMs as messages, with their nodes' names.
     func messages(_ vms: [VirtualMachine]) async throws(LQXError) -> [CP.VM] {
-        let names = Dictionary(
-            uniqueKeysWithValues: try await cluster.repository.nodes().map { ($0.meta.id, $0.meta.name) })
-        let latest = guest.telemetry?.allLatest() ?? [:]
+        // One VM: its node alone; a page: every node in one read.
+        var names: [String: String] = [:]
+        let ids = Set(vms.map(\.status.nodeID)).subtracting([""])
+        if ids.count == 1, let id = ids.first {
+            names[id] = try await cluster.repository.node(id: id)?.meta.name
+        } else if !ids.isEmpty {
+            for node in try await cluster.repository.nodes() where ids.contains(node.meta.id) {
+                names[node.meta.id] = node.meta.name
+            }
+        }
         return vms.map { vm in
             var message = vm.proto(nodeName: names[vm.status.nodeID] ?? "")
-            if let point = latest[vm.meta.id]?.point {
+            if let point = guest.telemetry?.latest(vm.meta.id)?.point {
                 message.status.usage = .with {
                     $0.cpuPercent = point.sample.cpu.totalPercent
                     $0.memoryTotalBytes = point.sample.memory.totalBytes
@@ -73,19 +81,45 @@ struct VMService: Limiquantix_Compute_V1_VMService.ServiceProtocol {
         }
     }
 
+    /// VMs in a page answer by default, and at most.
+    static let defaultPageSize = 500
+    static let maximumPageSize = 1000
+
     func listVMs(request: ServerRequest<Limiquantix_Compute_V1_ListVMsRequest>, context: ServerContext)
         async throws -> ServerResponse<Limiquantix_Compute_V1_ListVMsResponse>
     {
         try await unary(request.metadata, context) { principal in
             let m = request.message
             let selector = try Labels(m.labelSelector, field: "label_selector")
-            var vms = try await cluster.vms(project: m.project.isEmpty ? nil : m.project, by: principal)
-            vms.removeAll { vm in selector.values.contains { vm.meta.labels.values[$0.key] != $0.value } }
-            var messages = try await messages(vms)
-            if !m.node.isEmpty { messages.removeAll { $0.status.node != m.node } }
-            if m.filterPhase { messages.removeAll { $0.status.phase != m.phase } }
-            messages.sort { ($0.metadata.project, $0.metadata.name) < ($1.metadata.project, $1.metadata.name) }
-            return .with { $0.vms = messages }
+            guard m.pageSize <= Self.maximumPageSize else {
+                throw LQXError(.invalidSpec, "page_size: at most \(Self.maximumPageSize) (got \(m.pageSize))")
+            }
+            let after = try PageToken(m.pageToken)
+            var nodeID: String?
+            if !m.node.isEmpty {
+                guard let node = try await cluster.repository.node(name: m.node) else {
+                    return Limiquantix_Compute_V1_ListVMsResponse()
+                }
+                nodeID = node.meta.id
+            }
+            // Read, filtered and paged in the store's order from where the last page ended: a page
+            // costs its own size, not the cluster's (one more VM tells whether another page follows).
+            let size = m.pageSize == 0 ? Self.defaultPageSize : Int(m.pageSize)
+            let phase = m.filterPhase ? m.phase : nil
+            var page = try await cluster.vms(
+                project: m.project.isEmpty ? nil : m.project, after: after.map { ($0.project, $0.name) },
+                limit: size + 1, by: principal
+            ) { vm in
+                !selector.values.contains { vm.meta.labels.values[$0.key] != $0.value }
+                    && (nodeID == nil || vm.status.nodeID == nodeID) && (phase == nil || vm.status.phase.proto == phase)
+            }
+            let more = page.count > size
+            if more { page.removeLast() }
+            let messages = try await messages(page)
+            return .with {
+                $0.vms = messages
+                if more, let last = page.last { $0.nextPageToken = PageToken(last.meta).text }
+            }
         }
     }
 
@@ -193,4 +227,29 @@ struct VMService: Limiquantix_Compute_V1_VMService.ServiceProtocol {
             }
         }
     }
+}
+
+/// Where a page of VMs continues: after this project and name (base64 of both, NUL-separated).
+struct PageToken: Equatable {
+    var project: String
+    var name: String
+
+    init(_ meta: ObjectMeta) {
+        project = meta.project
+        name = meta.name
+    }
+
+    /// The token of a request; nil for the first page.
+    init?(_ text: String) throws(LQXError) {
+        guard !text.isEmpty else { return nil }
+        let parts = Data(base64Encoded: text).map { String(decoding: $0, as: UTF8.self) }?.split(
+            separator: "\u{0}", omittingEmptySubsequences: false)
+        guard let parts, parts.count == 2 else {
+            throw LQXError(.invalidSpec, "page_token: not a next_page_token of this API")
+        }
+        project = String(parts[0])
+        name = String(parts[1])
+    }
+
+    var text: String { Data((project + "\u{0}" + name).utf8).base64EncodedString() }
 }

@@ -240,7 +240,17 @@
                         $0.project = endpoint.project
                         $0.node = node ?? ""
                     }
-                    let vms = try await endpoint.vms { try await $0.listVMs(request, metadata: metadata).vms }
+                    // Every page, on one connection.
+                    let vms = try await endpoint.vms { client in
+                        var vms: [Limiquantix_Compute_V1_VM] = []
+                        var page = request
+                        while true {
+                            let reply = try await client.listVMs(page, metadata: metadata)
+                            vms += reply.vms
+                            guard !reply.nextPageToken.isEmpty else { return vms }
+                            page.pageToken = reply.nextPageToken
+                        }
+                    }
                     try printList(vms, key: "vms", output: output, header: ClusterVM.header, row: ClusterVM.row)
                 }
             }

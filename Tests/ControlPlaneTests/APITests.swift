@@ -146,4 +146,44 @@ struct APITests {
             }
         }
     }
+
+    @Test(
+        "VM lists come in pages ordered by project and name; creates meanwhile neither repeat nor shift; bad paging refused"
+    )
+    func paging() async throws {
+        try await withAPI { grpc, cluster, admin in
+            let vms = Limiquantix_Compute_V1_VMService.Client(wrapping: grpc)
+            for index in 0..<7 {
+                _ = try await cluster.createVM(
+                    CreateVM(name: "vm-\(index)", spec: kernelSpec()), by: .system)
+            }
+            var names: [String] = []
+            var request = Limiquantix_Compute_V1_ListVMsRequest.with { $0.pageSize = 3 }
+            var pages = 0
+            while true {
+                let reply = try await vms.listVMs(request, metadata: bearer(admin))
+                pages += 1
+                names += reply.vms.map(\.metadata.name)
+                if pages == 1 {
+                    // Before the current page and after it: only the later one is listed.
+                    _ = try await cluster.createVM(CreateVM(name: "vm-0a", spec: kernelSpec()), by: .system)
+                    _ = try await cluster.createVM(CreateVM(name: "vm-9", spec: kernelSpec()), by: .system)
+                }
+                guard !reply.nextPageToken.isEmpty else { break }
+                request.pageToken = reply.nextPageToken
+            }
+            #expect(names == ["vm-0", "vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "vm-6", "vm-9"])
+            #expect(pages == 3)
+            let all = try await vms.listVMs(.init(), metadata: bearer(admin))
+            #expect(all.vms.count == 9 && all.nextPageToken.isEmpty)
+            let tooLarge = await failure {
+                _ = try await vms.listVMs(.with { $0.pageSize = 5000 }, metadata: bearer(admin))
+            }
+            #expect(tooLarge?.1 == "invalid_spec" && tooLarge?.2.contains("page_size") == true)
+            let garbage = await failure {
+                _ = try await vms.listVMs(.with { $0.pageToken = "not a token" }, metadata: bearer(admin))
+            }
+            #expect(garbage?.1 == "invalid_spec" && garbage?.2.contains("page_token") == true)
+        }
+    }
 }

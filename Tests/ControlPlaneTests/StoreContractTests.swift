@@ -27,6 +27,26 @@ func withStore<T>(_ kind: StoreKind, _ body: (any Store, StoreLocation) async th
     return try await withStore(at: location) { try await body($0, location) }
 }
 
+/// A store the contract suite runs against: each store alone, and each behind `CachedStore` (the
+/// control plane's view of it), which must keep the same contract.
+enum StoreVariant: String, CaseIterable, CustomTestStringConvertible {
+    case sqlite, postgres
+    case cachedSQLite = "cached-sqlite"
+    case cachedPostgres = "cached-postgres"
+    var testDescription: String { rawValue }
+}
+
+/// A fresh, running store of that variant for `body`; nil when PostgreSQL is not installed here.
+func withContractStore<T>(_ variant: StoreVariant, _ body: (any Store, StoreLocation) async throws -> T) async throws
+    -> T?
+{
+    let kind: StoreKind = variant == .sqlite || variant == .cachedSQLite ? .sqlite : .postgres
+    let cached = variant == .cachedSQLite || variant == .cachedPostgres
+    return try await withStore(kind) { store, location in
+        try await body(cached ? CachedStore(store, feed: ChangeFeed()) : store, location)
+    }
+}
+
 /// The store at `location`, running while `body` runs.
 func withStore<T>(at location: StoreLocation, _ body: (any Store) async throws -> T) async throws -> T {
     var logger = Logger(label: "store-test")
@@ -67,13 +87,13 @@ func expectError(
 }
 
 /// One contract, both stores.
-@Suite("store contract (SQLite and PostgreSQL)")
+@Suite("store contract (SQLite and PostgreSQL, each also behind the control plane's cache)")
 struct StoreContractTests {
     @Test(
         "create, read by id and by name, list in order; the version is the commit's revision",
-        arguments: StoreKind.allCases)
-    func createAndRead(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+        arguments: StoreVariant.allCases)
+    func createAndRead(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             let first = try await store.commit([.create(vmObject("web"))])
             let second = try await store.commit([.create(vmObject("api")), .create(vmObject("db", project: "other"))])
             #expect(second == first + 1)
@@ -87,9 +107,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("a name is unique per kind and project; an id per kind", arguments: StoreKind.allCases)
-    func uniqueness(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("a name is unique per kind and project; an id per kind", arguments: StoreVariant.allCases)
+    func uniqueness(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             try await store.commit([.create(vmObject("web"))])
             var again = vmObject("web")
             again.id = "another-id"
@@ -110,9 +130,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("a write based on a stale version is refused with the current one", arguments: StoreKind.allCases)
-    func optimisticConcurrency(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("a write based on a stale version is refused with the current one", arguments: StoreVariant.allCases)
+    func optimisticConcurrency(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             let v1 = try await store.commit([.create(vmObject("web"))])
             var object = vmObject("web")
             object.body = "{\"v\":2}"
@@ -138,9 +158,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("a transaction applies all of its writes and log entries or none", arguments: StoreKind.allCases)
-    func atomicity(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("a transaction applies all of its writes and log entries or none", arguments: StoreVariant.allCases)
+    func atomicity(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             let v1 = try await store.commit([.create(vmObject("web"))])
             let event = EventRecord(
                 timeUnixMs: 1, kind: .vm, objectID: "id-default-api", objectName: "api", project: "default",
@@ -163,9 +183,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("placements are checked against the node's room in the same transaction", arguments: StoreKind.allCases)
-    func capacity(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("placements are checked against the node's room in the same transaction", arguments: StoreVariant.allCases)
+    func capacity(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             try await store.commit([.create(nodeObject("n1"))])
             try await store.commit([
                 .create(vmObject("a", node: "node-n1", cpus: 2, memory: 1024)),
@@ -190,9 +210,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("a project's quota is checked in the same transaction as the create", arguments: StoreKind.allCases)
-    func quota(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("a project's quota is checked in the same transaction as the create", arguments: StoreVariant.allCases)
+    func quota(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             try await store.commit([.create(StoredObject(kind: .project, id: "p1", name: "team", body: "{}"))])
             let limit = StoreWrite.quota(projectID: "p1", project: "team", vcpus: 3, memoryMiB: 4096, vms: 2)
             try await store.commit([.create(vmObject("a", project: "team", cpus: 2)), limit])
@@ -214,9 +234,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("concurrent writers: of many updates from one version exactly one wins", arguments: StoreKind.allCases)
-    func concurrentUpdates(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("concurrent writers: of many updates from one version exactly one wins", arguments: StoreVariant.allCases)
+    func concurrentUpdates(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             let v1 = try await store.commit([.create(vmObject("web"))])
             let wins = try await withThrowingTaskGroup(of: Bool.self) { group in
                 for writer in 0..<16 {
@@ -240,9 +260,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("concurrent placements never overcommit a node", arguments: StoreKind.allCases)
-    func concurrentPlacements(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("concurrent placements never overcommit a node", arguments: StoreVariant.allCases)
+    func concurrentPlacements(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             try await store.commit([.create(nodeObject("n1"))])
             let placed = try await withThrowingTaskGroup(of: Bool.self) { group in
                 for index in 0..<20 {
@@ -266,9 +286,9 @@ struct StoreContractTests {
         }
     }
 
-    @Test("event and audit logs: ordered, filtered by object and project, paged", arguments: StoreKind.allCases)
-    func logs(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
+    @Test("event and audit logs: ordered, filtered by object and project, paged", arguments: StoreVariant.allCases)
+    func logs(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, _ in
             for index in 0..<5 {
                 let vm = index % 2 == 0 ? "web" : "api"
                 try await store.commit(
@@ -297,9 +317,9 @@ struct StoreContractTests {
 
     @Test(
         "what was committed is there after the store is opened again (migrations run once)",
-        arguments: StoreKind.allCases)
-    func reopen(kind: StoreKind) async throws {
-        try await withStore(kind) { store, location in
+        arguments: StoreVariant.allCases)
+    func reopen(kind: StoreVariant) async throws {
+        try await withContractStore(kind) { store, location in
             let version = try await store.commit([.create(vmObject("web"))])
             let (found, next) = try await withStore(at: location) { again in
                 let found = try await again.object(.vm, id: "id-default-web")
@@ -307,6 +327,31 @@ struct StoreContractTests {
             }
             #expect(found?.version == version)
             #expect(next == version + 1)
+        }
+    }
+}
+
+/// What the cache adds to the contract: writes it did not make are seen.
+@Suite("control-plane store cache")
+struct CachedStoreTests {
+    @Test(
+        "creates, updates and deletes by another writer of the store are seen on the next read",
+        arguments: StoreKind.allCases)
+    func otherWriters(kind: StoreKind) async throws {
+        try await withStore(kind) { base, _ in
+            let cached = CachedStore(base, feed: ChangeFeed())
+            let web = try await cached.commit([.create(vmObject("web"))])
+            #expect(try await cached.objects(.vm, project: nil).map(\.name) == ["web"])
+            var changed = vmObject("web")
+            changed.body = #"{"name":"web","changed":true}"#
+            let update = try await base.commit([.create(vmObject("api")), .update(changed, expected: web)])
+            #expect(try await cached.objects(.vm, project: nil).map(\.name) == ["api", "web"])
+            let bodies = try await cached.values(.vm, project: nil) { $0.body }
+            #expect(bodies == [#"{"name":"api"}"#, changed.body])
+            try await base.commit([.delete(.vm, id: "id-default-api", expected: update)])
+            #expect(try await cached.object(.vm, project: "default", name: "api") == nil)
+            #expect(try await cached.value(.vm, id: "id-default-web") { $0.version } == update)
+            #expect(try await cached.revision() == update + 1)
         }
     }
 }

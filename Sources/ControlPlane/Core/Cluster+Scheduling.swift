@@ -21,8 +21,9 @@ extension Cluster {
                 vm.meta.deletionRequestedUnixMs == nil
             else { return nil }
             let nodes = try await repository.nodes()
-            let snapshot = ClusterSnapshot(nodes: nodes, vms: try await repository.vms(), excluding: vm.meta.id)
-            let decision = scheduler.schedule(SchedulingRequest(vm.spec), on: snapshot)
+            let vms = try await repository.vms()
+            let decision = decide(vm, nodes: nodes, vms: vms)
+            defer { reservations.withLock { _ = $0.removeValue(forKey: vmID) } }
             let expected = vm.meta.resourceVersion
             guard let nodeID = decision.nodeID, let node = nodes.first(where: { $0.meta.id == nodeID }) else {
                 let condition = Condition(
@@ -67,6 +68,34 @@ extension Cluster {
             } catch  where (error.code == .conflict || error.code == .resourceExhausted) && attempt < Self.attempts {
                 attempt += 1
             }
+        }
+    }
+
+    /// The decision for `vm` on the stored nodes and VMs plus the placements other decisions
+    /// reserved and have not committed yet; the chosen node is reserved for `vm` (the caller
+    /// removes the reservation once its commit is done, whether it held or not).
+    private func decide(_ vm: VirtualMachine, nodes: [Node], vms: [VirtualMachine]) -> Decision {
+        var snapshot = ClusterSnapshot(nodes: nodes, vms: vms, excluding: vm.meta.id)
+        // Reservations whose VM the list shows placed are counted there already.
+        let reserved = reservations.withLock { Set($0.keys) }
+        let placed =
+            reserved.isEmpty
+            ? [] : Set(vms.lazy.filter { reserved.contains($0.meta.id) && !$0.status.nodeID.isEmpty }.map(\.meta.id))
+        let request = SchedulingRequest(vm.spec)
+        return reservations.withLock { reservations in
+            let pending = reservations.filter { $0.key != vm.meta.id && !placed.contains($0.key) }
+            if !pending.isEmpty {
+                let positions = Dictionary(
+                    snapshot.nodes.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { first, _ in first })
+                for reservation in pending.values {
+                    if let position = positions[reservation.node] {
+                        snapshot.place(reservation.request, at: position)
+                    }
+                }
+            }
+            let decision = scheduler.schedule(request, on: snapshot)
+            if let node = decision.nodeID { reservations[vm.meta.id] = (node, request) }
+            return decision
         }
     }
 

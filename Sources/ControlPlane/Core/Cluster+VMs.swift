@@ -33,23 +33,27 @@ extension Cluster {
             guard let project = try await repository.project(named: request.project) else {
                 throw LQXError(.notFound, "project \(request.project) does not exist")
             }
-            let existing = try await repository.vms(project: request.project)
-            try Self.checkQuota(project, existing: existing, adding: spec.machine)
             var vm = VirtualMachine(
                 meta: ObjectMeta(
                     id: VMID.random().rawValue, name: request.name, project: request.project, labels: request.labels,
                     createdUnixMs: now()),
                 spec: spec)
-            // The store checks the quota again under the project's lock: concurrent creates cannot
-            // pass it together.
-            vm.meta.resourceVersion = try await store.commit(
-                [.create(try Repository.stored(vm)), Self.quotaCheck(project)],
-                events: [
-                    event(
-                        .vm, vm.meta, "Created",
-                        "VM created (\(spec.machine.vcpus) vCPUs, \(spec.machine.memoryMiB) MiB)")
-                ],
-                audit: [])
+            // The store checks the quota under the project's lock, so concurrent creates cannot
+            // pass it together; only a refusal reads the project's VMs, for the numbers.
+            do throws(LQXError) {
+                vm.meta.resourceVersion = try await store.commit(
+                    [.create(try Repository.stored(vm)), Self.quotaCheck(project)],
+                    events: [
+                        event(
+                            .vm, vm.meta, "Created",
+                            "VM created (\(spec.machine.vcpus) vCPUs, \(spec.machine.memoryMiB) MiB)")
+                    ],
+                    audit: [])
+            } catch  where error.code == .resourceExhausted {
+                let existing = try await repository.vms(project: request.project)
+                try Self.checkQuota(project, existing: existing, adding: spec.machine)
+                throw error
+            }
             return vm
         }
         guard spec.runState != .stopped else { return created }
@@ -99,6 +103,17 @@ extension Cluster {
         let scope = project ?? (principal.project.isEmpty ? nil : principal.project)
         try principal.require(.viewer, project: scope ?? "", to: "list VMs")
         return try await repository.vms(project: scope)
+    }
+
+    /// At most `limit` VMs that pass `filter`, ordered by project and name, after the key
+    /// `after` (a page of a list; viewers of the project).
+    public func vms(
+        project: String?, after: (project: String, name: String)?, limit: Int, by principal: Principal,
+        where filter: (VirtualMachine) -> Bool
+    ) async throws(LQXError) -> [VirtualMachine] {
+        let scope = project ?? (principal.project.isEmpty ? nil : principal.project)
+        try principal.require(.viewer, project: scope ?? "", to: "list VMs")
+        return try await repository.vms(project: scope, after: after, limit: limit, where: filter)
     }
 
     /// Replaces a VM's spec and labels (operators). The same spec again changes nothing; a write

@@ -21,6 +21,9 @@ public final class Cluster: Sendable {
     let logger: Logger
     let heartbeats = Mutex<[String: Int64]>([:])
     let observations = Mutex<[String: NodeObservation]>([:])
+    /// Placements decided and not yet committed, by VM id: later decisions count them, so
+    /// concurrent creates spread over the nodes instead of all racing for the best one.
+    let reservations = Mutex<[String: (node: String, request: SchedulingRequest)]>([:])
 
     /// How often a command retries a commit that lost a race (another writer changed what it read).
     static let attempts = 8
@@ -32,7 +35,7 @@ public final class Cluster: Sendable {
         store: any Store, scheduler: Scheduler = Scheduler(), heartbeatGrace: Duration = .seconds(15),
         logger: Logger, now: @escaping @Sendable () -> Int64 = Cluster.wallClock
     ) {
-        repository = Repository(store: NotifyingStore(store, feed: feed))
+        repository = Repository(store: CachedStore(store, feed: feed))
         self.scheduler = scheduler
         self.heartbeatGrace = heartbeatGrace
         self.logger = logger

@@ -6,9 +6,14 @@ import LQXModel
 public struct Repository: Sendable {
     /// The store underneath.
     public let store: any Store
+    /// The same store when it keeps objects decoded in memory.
+    private let cache: CachedStore?
 
     /// A repository over `store`.
-    public init(store: any Store) { self.store = store }
+    public init(store: any Store) {
+        self.store = store
+        cache = store as? CachedStore
+    }
 
     private static func encode<T: Encodable>(_ value: T) throws(LQXError) -> String {
         let encoder = JSONEncoder()
@@ -47,20 +52,39 @@ public struct Repository: Sendable {
 
     /// The VM of that id, or nil.
     public func vm(id: String) async throws(LQXError) -> VirtualMachine? {
+        if let cache { return try await cache.value(.vm, id: id, Self.vm) }
         guard let object = try await store.object(.vm, id: id) else { return nil }
         return try Self.vm(object)
     }
 
     /// The VM of that name in that project, or nil.
     public func vm(project: String, name: String) async throws(LQXError) -> VirtualMachine? {
+        if let cache { return try await cache.value(.vm, project: project, name: name, Self.vm) }
         guard let object = try await store.object(.vm, project: project, name: name) else { return nil }
         return try Self.vm(object)
     }
 
     /// Every VM (of one project when given).
     public func vms(project: String? = nil) async throws(LQXError) -> [VirtualMachine] {
+        if let cache { return try await cache.values(.vm, project: project, Self.vm) }
         var result: [VirtualMachine] = []
         for object in try await store.objects(.vm, project: project) { result.append(try Self.vm(object)) }
+        return result
+    }
+
+    /// At most `limit` VMs (of one project when given) that pass `filter`, ordered by project
+    /// and name, after `after`.
+    public func vms(
+        project: String?, after: (project: String, name: String)?, limit: Int, where filter: (VirtualMachine) -> Bool
+    ) async throws(LQXError) -> [VirtualMachine] {
+        if let cache {
+            return try await cache.values(.vm, project: project, after: after, limit: limit, where: filter, Self.vm)
+        }
+        var result: [VirtualMachine] = []
+        for vm in try await vms(project: project) where result.count < limit {
+            if let after, (vm.meta.project, vm.meta.name) <= after { continue }
+            if filter(vm) { result.append(vm) }
+        }
         return result
     }
 
@@ -80,14 +104,12 @@ public struct Repository: Sendable {
 
     /// The node of that id, or nil.
     public func node(id: String) async throws(LQXError) -> Node? {
-        try Self.versioned(try await store.object(.node, id: id), Node.self) { $0.meta.resourceVersion = $1 }
+        try await one(.node, id: id, Node.self) { $0.meta.resourceVersion = $1 }
     }
 
     /// The node of that name, or nil.
     public func node(name: String) async throws(LQXError) -> Node? {
-        try Self.versioned(try await store.object(.node, project: "", name: name), Node.self) {
-            $0.meta.resourceVersion = $1
-        }
+        try await one(.node, name: name, Node.self) { $0.meta.resourceVersion = $1 }
     }
 
     /// A project's stored form.
@@ -104,9 +126,7 @@ public struct Repository: Sendable {
 
     /// The project of that name, or nil.
     public func project(named name: String) async throws(LQXError) -> Project? {
-        try Self.versioned(try await store.object(.project, project: "", name: name), Project.self) {
-            $0.meta.resourceVersion = $1
-        }
+        try await one(.project, name: name, Project.self) { $0.meta.resourceVersion = $1 }
     }
 
     /// A token's stored form (only its hash is stored).
@@ -126,21 +146,57 @@ public struct Repository: Sendable {
     }
 
     private static func versioned<T: Decodable>(
-        _ object: StoredObject?, _ type: T.Type, version: (inout T, Int64) -> Void
-    ) throws(LQXError) -> T? {
-        guard let object else { return nil }
+        _ object: StoredObject, _ type: T.Type, version: (inout T, Int64) -> Void
+    ) throws(LQXError) -> T {
         var value = try decode(T.self, object)
         version(&value, object.version)
         return value
     }
 
-    private func all<T: Decodable>(_ kind: ObjectKind, _ type: T.Type, version: (inout T, Int64) -> Void)
-        async throws(LQXError) -> [T]
-    {
+    private static func versionedIfPresent<T: Decodable>(
+        _ object: StoredObject?, _ type: T.Type, version: (inout T, Int64) -> Void
+    ) throws(LQXError) -> T? {
+        guard let object else { return nil }
+        return try versioned(object, T.self, version: version)
+    }
+
+    private func all<T: Decodable & Sendable>(
+        _ kind: ObjectKind, _ type: T.Type, version: (inout T, Int64) -> Void
+    ) async throws(LQXError) -> [T] {
+        if let cache {
+            return try await cache.values(kind, project: nil) { (object) throws(LQXError) -> T in
+                try Self.versioned(object, T.self, version: version)
+            }
+        }
         var result: [T] = []
         for object in try await store.objects(kind, project: nil) {
-            if let value = try Self.versioned(object, T.self, version: version) { result.append(value) }
+            result.append(try Self.versioned(object, T.self, version: version))
         }
         return result
+    }
+
+    /// The cluster-wide object of that id, or nil.
+    private func one<T: Decodable & Sendable>(
+        _ kind: ObjectKind, id: String, _ type: T.Type, version: (inout T, Int64) -> Void
+    ) async throws(LQXError) -> T? {
+        if let cache {
+            return try await cache.value(kind, id: id) { (object) throws(LQXError) -> T in
+                try Self.versioned(object, T.self, version: version)
+            }
+        }
+        return try Self.versionedIfPresent(try await store.object(kind, id: id), T.self, version: version)
+    }
+
+    /// The cluster-wide object of that name, or nil.
+    private func one<T: Decodable & Sendable>(
+        _ kind: ObjectKind, name: String, _ type: T.Type, version: (inout T, Int64) -> Void
+    ) async throws(LQXError) -> T? {
+        if let cache {
+            return try await cache.value(kind, project: "", name: name) { (object) throws(LQXError) -> T in
+                try Self.versioned(object, T.self, version: version)
+            }
+        }
+        return try Self.versionedIfPresent(
+            try await store.object(kind, project: "", name: name), T.self, version: version)
     }
 }

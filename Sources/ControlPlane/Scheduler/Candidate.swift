@@ -38,9 +38,19 @@ public struct NodeCandidate: Sendable, Equatable {
 
     /// Counts a VM placed here.
     public mutating func place(_ request: SchedulingRequest) {
-        allocated.cpus += request.cpus
-        allocated.memoryMiB += request.memoryMiB
-        for group in request.groups { groups[group, default: 0] += 1 }
+        place(cpus: request.cpus, memoryMiB: request.memoryMiB, request.placement)
+    }
+
+    /// Counts a stored VM placed here (without making a request of it: a snapshot counts every VM).
+    mutating func place(_ machine: VMSpec, _ placement: Placement) {
+        place(cpus: machine.vcpus, memoryMiB: machine.memoryMiB, placement)
+    }
+
+    private mutating func place(cpus: Int, memoryMiB: Int, _ placement: Placement) {
+        allocated.cpus += cpus
+        allocated.memoryMiB += memoryMiB
+        for rule in placement.affinity { groups[rule.group, default: 0] += 1 }
+        for rule in placement.antiAffinity { groups[rule.group, default: 0] += 1 }
     }
 }
 
@@ -88,21 +98,32 @@ public struct ClusterSnapshot: Sendable {
     /// whether it runs or not (its definition is there and it may start at any time); `excluding`
     /// leaves one VM out (the one being placed again).
     public init(nodes: [Node], vms: [VirtualMachine], excluding: String? = nil) {
-        var candidates: [String: NodeCandidate] = [:]
-        for node in nodes {
-            candidates[node.meta.id] = NodeCandidate(
+        // The store lists nodes by name already; sorting is only for callers that do not.
+        let ordered =
+            zip(nodes, nodes.dropFirst()).allSatisfy { $0.meta.name <= $1.meta.name }
+            ? nodes : nodes.sorted { $0.meta.name < $1.meta.name }
+        var candidates = ordered.map { node in
+            NodeCandidate(
                 id: node.meta.id, name: node.meta.name, phase: node.status.phase, spec: node.spec,
                 allocatable: node.allocatable)
         }
+        var positions: [String: Int] = [:]
+        positions.reserveCapacity(candidates.count)
+        for (index, candidate) in candidates.enumerated() { positions[candidate.id] = index }
         for vm in vms where !vm.status.nodeID.isEmpty && vm.meta.id != excluding {
-            candidates[vm.status.nodeID]?.place(SchedulingRequest(vm.spec))
+            if let index = positions[vm.status.nodeID] { candidates[index].place(vm.spec.machine, vm.spec.placement) }
         }
-        self.init(nodes: candidates.values.sorted { $0.name < $1.name })
+        self.init(nodes: candidates)
     }
 
     /// Counts a placement (so the next decision sees it).
     public mutating func place(_ request: SchedulingRequest, on nodeID: String) {
         guard let index = nodes.firstIndex(where: { $0.id == nodeID }) else { return }
+        place(request, at: index)
+    }
+
+    /// Counts a placement on `nodes[index]`.
+    public mutating func place(_ request: SchedulingRequest, at index: Int) {
         nodes[index].place(request)
         for group in request.groups { placedGroups[group, default: 0] += 1 }
     }

@@ -84,23 +84,37 @@ public struct Verdict: Sendable, Equatable {
 public struct Decision: Sendable, Equatable {
     /// The chosen node's id, nil when none fits.
     public var nodeID: String?
-    /// Every node: fitting ones by score (best first), then rejected ones by name.
-    public var verdicts: [Verdict]
     /// One line for people.
     public var summary: String
+    /// Every node's verdict in the snapshot's order (sorted only when asked for: placing a VM
+    /// needs the best one, not the order of the other 9,999).
+    private var unsorted: [Verdict]
+
+    /// Every node: fitting ones by score (best first), then rejected ones by name.
+    public var verdicts: [Verdict] {
+        let fitting = unsorted.filter { $0.score != nil }.sorted { Self.better($0, than: $1) }
+        return fitting + unsorted.filter { $0.score == nil }.sorted { $0.node < $1.node }
+    }
 
     /// The chosen node's verdict.
-    public var chosen: Verdict? { verdicts.first { $0.nodeID == nodeID && nodeID != nil } }
+    public var chosen: Verdict? { nodeID.flatMap { id in unsorted.first { $0.nodeID == id } } }
 
-    init(verdicts unsorted: [Verdict], request: SchedulingRequest) {
-        let fitting = unsorted.filter { $0.score != nil }.sorted {
-            ($0.score!, $1.node) > ($1.score!, $0.node)
-        }
-        let rejected = unsorted.filter { $0.score == nil }.sorted { $0.node < $1.node }
-        verdicts = fitting + rejected
-        nodeID = fitting.first?.nodeID
+    /// A higher score wins; between equal scores, the name that sorts first.
+    private static func better(_ a: Verdict, than b: Verdict) -> Bool {
+        (a.score!, b.node) > (b.score!, a.node)
+    }
+
+    init(verdicts: [Verdict], request: SchedulingRequest) {
+        unsorted = verdicts
+        var best: Verdict?
+        var fits = 0
         var counts: [String: (count: Int, largestFree: Int)] = [:]
-        for verdict in rejected {
+        for verdict in verdicts {
+            if verdict.score != nil {
+                fits += 1
+                if best == nil || Self.better(verdict, than: best!) { best = verdict }
+                continue
+            }
             guard let rejection = verdict.rejection else { continue }
             var free = 0
             switch rejection {
@@ -110,6 +124,7 @@ public struct Decision: Sendable, Equatable {
             let entry = counts[rejection.bucket, default: (0, Int.min)]
             counts[rejection.bucket] = (entry.count + 1, max(entry.largestFree, free))
         }
+        nodeID = best?.nodeID
         let parts = counts.sorted { ($0.value.count, $1.key) > ($1.value.count, $0.key) }.map { bucket, entry in
             switch bucket {
             case "insufficient memory":
@@ -119,8 +134,8 @@ public struct Decision: Sendable, Equatable {
             default: "\(entry.count) \(bucket)"
             }
         }
-        var summary = "\(fitting.count)/\(unsorted.count) nodes fit"
-        if let best = fitting.first { summary += "; chose \(best.node) (score \(best.score!))" }
+        var summary = "\(fits)/\(verdicts.count) nodes fit"
+        if let best { summary += "; chose \(best.node) (score \(best.score!))" }
         if !parts.isEmpty { summary += ": " + parts.joined(separator: ", ") }
         self.summary = summary
     }

@@ -40,8 +40,10 @@ public struct Scheduler: Sendable {
         for taint in node.spec.taints where taint.effect != .preferNoSchedule {
             if !placement.tolerations.contains(where: { $0.tolerates(taint) }) { return .taint(taint) }
         }
-        let missing = placement.nodeSelector.values.filter { node.spec.labels[$0.key] != $0.value }
-        if !missing.isEmpty { return .nodeSelector(missing: missing.map { "\($0.key)=\($0.value)" }.sorted()) }
+        if placement.nodeSelector.values.contains(where: { node.spec.labels[$0.key] != $0.value }) {
+            let missing = placement.nodeSelector.values.filter { node.spec.labels[$0.key] != $0.value }
+            return .nodeSelector(missing: missing.map { "\($0.key)=\($0.value)" }.sorted())
+        }
         for rule in placement.antiAffinity where rule.hard && node.groups[rule.group, default: 0] > 0 {
             return .antiAffinity(group: rule.group)
         }

@@ -105,6 +105,9 @@ struct SQLPlan: Sendable {
                 SQLStep(
                     sql: "UPDATE lqx_objects SET version = version WHERE kind = 'project' AND id = ? RETURNING 1",
                     arguments: [.text(quota.id)], expect: .oneRow(.missingProject(quota.project))))
+            // A project without limits (each at least Int32.max) needs no sum over its VMs.
+            let unlimited = Int(Int32.max)
+            if quota.vms >= unlimited && quota.vcpus >= unlimited && quota.memoryMiB >= unlimited { continue }
             steps.append(
                 SQLStep(
                     sql: "SELECT CASE WHEN COUNT(*) <= ? AND COALESCE(SUM(cpus), 0) <= ? "
@@ -187,6 +190,7 @@ struct SQLPlan: Sendable {
 
     /// The read statements both stores use.
     enum Reads {
+        static let revision = "SELECT value FROM lqx_revision WHERE id = 1"
         static let byID = "SELECT \(SQLPlan.objectColumns) FROM lqx_objects WHERE kind = ? AND id = ?"
         static let byName =
             "SELECT \(SQLPlan.objectColumns) FROM lqx_objects WHERE kind = ? AND project = ? AND name = ?"

@@ -29,6 +29,14 @@ extension [SQLValue] {
 }
 
 extension SQLStore {
+    /// See `Store.revision()`.
+    public func revision() async throws(LQXError) -> Int64 {
+        guard let row = try await rows(SQLPlan.Reads.revision, [], columns: [.integer]).first,
+            case .integer(let value) = row.first
+        else { throw LQXError(.internal, "the store has no revision row") }
+        return value
+    }
+
     /// See `Store.object(_:id:)`.
     public func object(_ kind: ObjectKind, id: String) async throws(LQXError) -> StoredObject? {
         try await objects(SQLPlan.Reads.byID, [.text(kind.rawValue), .text(id)]).first

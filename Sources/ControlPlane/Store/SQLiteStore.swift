@@ -14,6 +14,9 @@ public final class SQLiteStore: SQLStore {
         var configuration = Configuration()
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // 32 MiB of pages per connection (SQLite's default is 2 MiB): the capacity and quota
+            // checks of a commit read the VM rows of a node or project.
+            try db.execute(sql: "PRAGMA cache_size = -32768")
         }
         configuration.busyMode = .timeout(10)
         self.path = path

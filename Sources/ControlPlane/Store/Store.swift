@@ -180,6 +180,8 @@ public protocol Store: Service {
     /// revision (the version of every object written).
     @discardableResult
     func commit(_ writes: [StoreWrite], events: [EventRecord], audit: [AuditRecord]) async throws(LQXError) -> Int64
+    /// The revision of the last commit (0 for an empty store); it grows by one per commit.
+    func revision() async throws(LQXError) -> Int64
     /// The object of that id, or nil.
     func object(_ kind: ObjectKind, id: String) async throws(LQXError) -> StoredObject?
     /// The object of that name in that project, or nil.

@@ -673,17 +673,28 @@ public nonisolated struct Limiquantix_Compute_V1_ListVMsRequest: Sendable {
 
   public var filterPhase: Bool = false
 
+  /// 0: 500; at most 1000 (a page stays far below gRPC's 4 MiB)
+  public var pageSize: UInt32 = 0
+
+  /// next_page_token of the previous page; empty: the first page
+  public var pageToken: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
+/// VMs ordered by project and name. A page continues after the last VM of the previous one, so
+/// VMs created or deleted meanwhile neither repeat nor shift the rest.
 public nonisolated struct Limiquantix_Compute_V1_ListVMsResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var vms: [Limiquantix_Compute_V1_VM] = []
+
+  /// empty: this was the last page
+  public var nextPageToken: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2752,7 +2763,7 @@ nonisolated extension Limiquantix_Compute_V1_UpdateVMRequest: SwiftProtobuf.Mess
 
 nonisolated extension Limiquantix_Compute_V1_ListVMsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListVMsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}project\0\u{3}label_selector\0\u{1}node\0\u{1}phase\0\u{3}filter_phase\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}project\0\u{3}label_selector\0\u{1}node\0\u{1}phase\0\u{3}filter_phase\0\u{3}page_size\0\u{3}page_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2765,6 +2776,8 @@ nonisolated extension Limiquantix_Compute_V1_ListVMsRequest: SwiftProtobuf.Messa
       case 3: try { try decoder.decodeSingularStringField(value: &self.node) }()
       case 4: try { try decoder.decodeSingularEnumField(value: &self.phase) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.filterPhase) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.pageSize) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.pageToken) }()
       default: break
       }
     }
@@ -2786,6 +2799,12 @@ nonisolated extension Limiquantix_Compute_V1_ListVMsRequest: SwiftProtobuf.Messa
     if self.filterPhase != false {
       try visitor.visitSingularBoolField(value: self.filterPhase, fieldNumber: 5)
     }
+    if self.pageSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pageSize, fieldNumber: 6)
+    }
+    if !self.pageToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.pageToken, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2795,6 +2814,8 @@ nonisolated extension Limiquantix_Compute_V1_ListVMsRequest: SwiftProtobuf.Messa
     if lhs.node != rhs.node {return false}
     if lhs.phase != rhs.phase {return false}
     if lhs.filterPhase != rhs.filterPhase {return false}
+    if lhs.pageSize != rhs.pageSize {return false}
+    if lhs.pageToken != rhs.pageToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2802,7 +2823,7 @@ nonisolated extension Limiquantix_Compute_V1_ListVMsRequest: SwiftProtobuf.Messa
 
 nonisolated extension Limiquantix_Compute_V1_ListVMsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListVMsResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}vms\0\u{3}next_page_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2811,6 +2832,7 @@ nonisolated extension Limiquantix_Compute_V1_ListVMsResponse: SwiftProtobuf.Mess
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.vms) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nextPageToken) }()
       default: break
       }
     }
@@ -2820,11 +2842,15 @@ nonisolated extension Limiquantix_Compute_V1_ListVMsResponse: SwiftProtobuf.Mess
     if !self.vms.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.vms, fieldNumber: 1)
     }
+    if !self.nextPageToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.nextPageToken, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Limiquantix_Compute_V1_ListVMsResponse, rhs: Limiquantix_Compute_V1_ListVMsResponse) -> Bool {
     if lhs.vms != rhs.vms {return false}
+    if lhs.nextPageToken != rhs.nextPageToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
