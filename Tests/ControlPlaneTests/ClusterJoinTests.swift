@@ -221,4 +221,53 @@ struct ClusterJoinTests {
         let exposition = try await httpGet(cp.metrics, "/metrics")
         #expect(exposition.body.contains("lqx_controlplane_nodes{phase=\"READY\"}"))
     }
+
+    @Test("a control plane killed with -9 after acknowledging a create (its node frozen) finishes it once restarted")
+    func restartMidCreate() async throws {
+        let ports = (api: Daemon.freePort(), nodes: Daemon.freePort())
+        let (root, first) = try await startedControlPlane(ports: ports)
+        var cp = first
+        defer { tearDown(root, cp) }
+        let admin = try cp.adminToken
+        let metadata = bearer(admin)
+        let token = try await cp.nodeService { try await $0.createJoinToken(.init(), metadata: metadata).token }
+        let node = try startNode(root, "node-a", port: Daemon.freePort(), controlPlane: cp, token: token)
+        defer { node.kill() }
+        #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")
+        #expect(try await waitFor("node-a", .ready, cp, token: admin) != nil, "\(node.log)")
+        // The node is frozen while the create is acknowledged and the control plane dies: the
+        // first control plane cannot have defined the VM there, the restarted one must.
+        node.child.signal(SIGSTOP)
+        let created = try await cp.client { client in
+            try await Limiquantix_Compute_V1_VMService.Client(wrapping: client).createVM(
+                .with {
+                    $0.name = "survivor"
+                    $0.spec.machine = .with {
+                        $0.vcpus = 1
+                        $0.memoryMib = 128
+                        $0.kernel = .with { $0.kernel = "/bin/true" }
+                    }
+                }, metadata: metadata)
+        }
+        #expect(created.status.node == "node-a")
+        try await Task.sleep(for: .milliseconds(300))
+        cp.daemon.kill()
+        cp = try await ControlPlaneProcess.start(root, ports: ports)
+        node.child.signal(SIGCONT)
+        let restarted = cp
+        func survivor() async throws -> Limiquantix_Compute_V1_VM {
+            try await restarted.client { client in
+                try await Limiquantix_Compute_V1_VMService.Client(wrapping: client).getVM(
+                    .with { $0.name = "survivor" }, metadata: metadata)
+            }
+        }
+        var vm = try await survivor()
+        for _ in 0..<150 where vm.status.phase != .running {
+            try await Task.sleep(for: .milliseconds(200))
+            vm = try await survivor()
+        }
+        #expect(vm.status.phase == .running, "\(vm.status) \(cp.daemon.log.suffix(3000)) \(node.log.suffix(3000))")
+        // The same placement (epoch 1): the restarted control plane continued, it did not start over.
+        #expect(vm.metadata.id == created.metadata.id && vm.status.node == "node-a" && vm.status.epoch == 1)
+    }
 }

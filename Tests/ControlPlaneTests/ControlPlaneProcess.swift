@@ -22,12 +22,15 @@ struct ControlPlaneProcess {
     let stateDirectory: String
     var caFile: String { stateDirectory + "/pki/ca.crt" }
 
-    static func start(_ root: String) async throws -> ControlPlaneProcess {
+    /// Starts one in `root`; `ports` fixes the API and node ports (a restart must keep them: joined
+    /// nodes heartbeat to the node port they were given).
+    static func start(_ root: String, ports: (api: Int, nodes: Int)? = nil) async throws -> ControlPlaneProcess {
         let state = root + "/controlplane"
         let daemon = try Daemon(
             Command.binary("lqx-controlplane"),
             [
-                "--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                "--listen", "127.0.0.1:\(ports?.api ?? 0)", "--node-listen", "127.0.0.1:\(ports?.nodes ?? 0)",
+                "--metrics-listen", "127.0.0.1:0",
                 "--http-listen", "127.0.0.1:0",
                 "--state-dir", state, "--heartbeat-interval", "0.2", "--heartbeat-grace", "1.5",
             ], logPath: root + "/controlplane.log")
@@ -89,13 +92,13 @@ struct ControlPlaneProcess {
     }
 }
 
-/// A fresh directory with a control plane started in it.
-func startedControlPlane() async throws -> (String, ControlPlaneProcess) {
+/// A fresh directory with a control plane started in it (on fixed ports when given).
+func startedControlPlane(ports: (api: Int, nodes: Int)? = nil) async throws -> (String, ControlPlaneProcess) {
     let root = NSTemporaryDirectory() + "lqx-cp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
     // libvirt's QEMU user reaches the nodes' run directories through it.
     chmod(root, 0o755)
-    return (root, try await ControlPlaneProcess.start(root))
+    return (root, try await ControlPlaneProcess.start(root, ports: ports))
 }
 
 /// Stops the control plane and removes its directory.
