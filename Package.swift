@@ -250,7 +250,7 @@ let package = Package(
             name: "lqx-cp-bench",
             dependencies: [
                 "ControlPlane", "ControlPlaneAPI", "LQXModel", "LQXServer", "LQXTestSupport", "LQXTypes", "NodeAPI",
-                "NodeCore", "NodeDaemon",
+                "NodeCore", "NodeDaemon", "NodeTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),

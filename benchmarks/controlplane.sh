@@ -3,11 +3,13 @@
 #   - scheduler decision p50/p99 at 1,000 and 10,000 nodes holding 10 VMs each
 #   - 1,000 concurrent creates on a nearly full cluster of 1,000 nodes (none over capacity), SQLite and PostgreSQL
 #   - API create/get/list throughput through an lqx-controlplane process, SQLite and PostgreSQL
+#   - relay: exec round trip and cp throughput through the control plane vs. straight to the node (one real
+#     node and test guest; needs libvirtd and packaging/guest-image/build.sh)
 #   - scale: 1,000 simulated nodes and 10,000 VMs streaming telemetry every 5 s against an lqx-controlplane
 #     process: its CPU and RSS, vm get / vm list latency (about 7 minutes, most of it the ramp)
 #
 #   benchmarks/controlplane.sh                 everything
-#   ONLY=scheduler benchmarks/controlplane.sh  one part (scheduler | creates | api | scale), printed, no results file
+#   ONLY=scheduler benchmarks/controlplane.sh  one part (scheduler | creates | api | scale | relay), printed, no results file
 #
 # PostgreSQL: Debian's postgresql 15 (scripts/setup.sh installs it), a temporary server started by the benchmark.
 set -euo pipefail
@@ -15,6 +17,7 @@ cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
 swift build -c release --product lqx-cp-bench
 swift build -c release --product lqx-controlplane
+swift build -c release --product lqx-node
 BENCH=$(swift build -c release --show-bin-path)/lqx-cp-bench
 ONLY=${ONLY:-}
 part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
@@ -72,6 +75,18 @@ part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
         echo "every 5 s. The load tool shares the 2 cores with the control plane. Targets: ≤ 1 core, ≤ 1 GB, p99 ≤ 50 ms."
         echo
         "$BENCH" scale --nodes 1000 --vms 10000 --interval 5 --window 60 | grep -v '^\['
+        echo
+    fi
+    if part relay; then
+        echo "## The in-guest path through the control plane"
+        echo
+        echo "\`lqx-cp-bench relay\`: one real lqx-node (libvirt, QEMU under TCG here) joined to an lqx-controlplane, one"
+        echo "test guest with its agent. The same calls go straight to the node's API (mutual TLS, an operator certificate"
+        echo "of the cluster CA) and through the control plane (TLS and a bearer token; relayed to the node over mutual"
+        echo "TLS), interleaved in the same run. Targets: the relay adds ≤ 1 ms to an exec round trip and keeps ≥ 80 % of"
+        echo "the file-transfer throughput."
+        echo
+        "$BENCH" relay --execs 200 --mib 32 --rounds 3
         echo
     fi
     echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB."

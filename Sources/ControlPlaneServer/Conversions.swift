@@ -158,7 +158,12 @@ extension VirtualMachine {
                 $0.nodeID = status.nodeID
                 $0.epoch = status.epoch
                 $0.conditions = status.conditions.map(\.proto)
-                $0.agent = .with { $0.connected = status.agentConnected }
+                $0.agent = .with {
+                    $0.connected = status.agentConnected
+                    $0.version = status.agent.version
+                    $0.osPrettyName = status.agent.osPrettyName
+                    $0.hostname = status.agent.hostname
+                }
             }
         }
     }

@@ -125,6 +125,9 @@ struct GRPCNodeDriver: NodeDriver {
             case .blocked: "blocked"
             default: "unknown"
             }
-        return ObservedVM(id: vm.name, name: vm.name, state: state, agentConnected: vm.agent.connected)
+        return ObservedVM(
+            id: vm.name, name: vm.name, state: state, agentConnected: vm.agent.connected,
+            agent: VirtualMachine.AgentFacts(
+                version: vm.agent.agentVersion, osPrettyName: vm.agent.osPrettyName, hostname: vm.agent.hostname))
     }
 }

@@ -13,13 +13,18 @@ struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
 
     /// The nodes as messages, each with what its VMs take.
     func messages(_ nodes: [Node]) async throws(LQXError) -> [Limiquantix_Compute_V1_Node] {
-        let vms = try await cluster.repository.vms()
+        let wanted = Set(nodes.map(\.meta.id))
+        var taken: [String: (resources: Node.Resources, count: Int)] = [:]
+        for vm in try await cluster.repository.vms() where wanted.contains(vm.status.nodeID) {
+            var entry = taken[vm.status.nodeID, default: (Node.Resources(), 0)]
+            entry.resources.cpus += vm.spec.machine.vcpus
+            entry.resources.memoryMiB += vm.spec.machine.memoryMiB
+            entry.count += 1
+            taken[vm.status.nodeID] = entry
+        }
         return nodes.map { node in
-            let mine = vms.filter { $0.status.nodeID == node.meta.id }
-            let allocated = Node.Resources(
-                cpus: mine.reduce(0) { $0 + $1.spec.machine.vcpus },
-                memoryMiB: mine.reduce(0) { $0 + $1.spec.machine.memoryMiB })
-            return node.proto(allocated: allocated, vmCount: mine.count)
+            let entry = taken[node.meta.id, default: (Node.Resources(), 0)]
+            return node.proto(allocated: entry.resources, vmCount: entry.count)
         }
     }
 
@@ -32,8 +37,30 @@ struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
     {
         ServerResponse(
             message: try await auth.call(context, request.metadata) { principal in
-                let nodes = try await messages(try await cluster.nodes(by: principal))
-                return .with { $0.nodes = nodes }
+                let m = request.message
+                guard m.pageSize <= VMService.maximumPageSize else {
+                    throw LQXError(
+                        .invalidSpec, "page_size: at most \(VMService.maximumPageSize) (got \(m.pageSize))")
+                }
+                let after = try PageToken(m.pageToken)
+                let size = m.pageSize == 0 ? VMService.defaultPageSize : Int(m.pageSize)
+                // Nodes come sorted by name: the page starts after the previous page's last name.
+                let all = try await cluster.nodes(by: principal)
+                var start = all.startIndex
+                if let after {
+                    var high = all.endIndex
+                    while start < high {
+                        let middle = (start + high) / 2
+                        if all[middle].meta.name <= after.name { start = middle + 1 } else { high = middle }
+                    }
+                }
+                let page = Array(all[start..<min(all.endIndex, start + size)])
+                let more = start + size < all.endIndex
+                let nodes = try await messages(page)
+                return .with {
+                    $0.nodes = nodes
+                    if more, let last = page.last { $0.nextPageToken = PageToken(last.meta).text }
+                }
             })
     }
 

@@ -70,12 +70,20 @@ struct NodeAgentService: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol
         return ServerResponse(
             message: try await RPCErrorMapping.mapping {
                 try requireNode(m.nodeID, context)
-                try await cluster.heartbeat(
+                let wanted = try await cluster.heartbeat(
                     nodeID: m.nodeID, capacity: m.hasCapacity ? Node.Resources(m.capacity) : nil,
                     vms: m.vms.map {
-                        ObservedVM(id: $0.id, name: $0.name, state: $0.state, agentConnected: $0.agentConnected)
-                    })
-                return .with { $0.heartbeatIntervalMs = intervalMilliseconds }
+                        ObservedVM(
+                            id: $0.id, name: $0.name, state: $0.state, agentConnected: $0.agentConnected,
+                            agent: VirtualMachine.AgentFacts(
+                                version: $0.agentVersion, osPrettyName: $0.osPrettyName, hostname: $0.hostname))
+                    },
+                    paths: m.checksPaths
+                        ? Dictionary(m.paths.map { ($0.path, $0.present) }, uniquingKeysWith: { $0 && $1 }) : nil)
+                return .with {
+                    $0.heartbeatIntervalMs = intervalMilliseconds
+                    $0.checkPaths = wanted
+                }
             })
     }
 

@@ -90,7 +90,16 @@
             func run() async throws {
                 try await clusterCall(options) { endpoint in
                     let metadata = endpoint.metadata
-                    let nodes = try await endpoint.nodes { try await $0.listNodes(.init(), metadata: metadata).nodes }
+                    let nodes = try await endpoint.nodes { client in
+                        var nodes: [Limiquantix_Compute_V1_Node] = []
+                        var page = Limiquantix_Compute_V1_ListNodesRequest()
+                        while true {
+                            let reply = try await client.listNodes(page, metadata: metadata)
+                            nodes += reply.nodes
+                            guard !reply.nextPageToken.isEmpty else { return nodes }
+                            page.pageToken = reply.nextPageToken
+                        }
+                    }
                     try printList(nodes, key: "nodes", output: output, header: ClusterNode.header, row: ClusterNode.row)
                 }
             }

@@ -275,7 +275,14 @@
                     print("id:        \(vm.metadata.id) (resource_version \(vm.metadata.resourceVersion))")
                     print("phase:     \(cells[2]) on \(cells[3]), epoch \(vm.status.epoch)")
                     print("machine:   \(cells[4]) vCPUs, \(cells[5]) MiB, run state \(vm.spec.runState)")
-                    print("agent:     \(vm.status.agent.connected ? "connected" : "not connected")")
+                    let agent = vm.status.agent
+                    let facts = [
+                        agent.version.isEmpty ? "" : "lqx-agent \(TerminalText.safe(agent.version))",
+                        TerminalText.safe(agent.osPrettyName),
+                        agent.hostname.isEmpty ? "" : "host \(TerminalText.safe(agent.hostname))",
+                    ].filter { !$0.isEmpty }.joined(separator: ", ")
+                    print(
+                        "agent:     \(agent.connected ? "connected" : "not connected")\(facts.isEmpty ? "" : ", " + facts)")
                     for (key, value) in vm.metadata.labels.sorted(by: { $0.key < $1.key }) {
                         print("label:     \(TerminalText.safe(key))=\(TerminalText.safe(value))")
                     }

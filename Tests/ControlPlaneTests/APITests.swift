@@ -184,6 +184,28 @@ struct APITests {
                 _ = try await vms.listVMs(.with { $0.pageToken = "not a token" }, metadata: bearer(admin))
             }
             #expect(garbage?.1 == "invalid_spec" && garbage?.2.contains("page_token") == true)
+
+            // Nodes page the same way, by name, each with what its VMs take.
+            let nodes = Limiquantix_Compute_V1_NodeService.Client(wrapping: grpc)
+            for name in ["n3", "n1", "n5", "n2", "n4"] { try await joinNode(cluster, name) }
+            var nodeNames: [String] = []
+            var nodePage = Limiquantix_Compute_V1_ListNodesRequest.with { $0.pageSize = 2 }
+            var nodePages = 0
+            var vmCount: UInt32 = 0
+            while true {
+                let reply = try await nodes.listNodes(nodePage, metadata: bearer(admin))
+                nodePages += 1
+                nodeNames += reply.nodes.map(\.metadata.name)
+                vmCount += reply.nodes.reduce(0) { $0 + $1.status.vmCount }
+                guard !reply.nextPageToken.isEmpty else { break }
+                nodePage.pageToken = reply.nextPageToken
+            }
+            #expect(nodeNames == ["n1", "n2", "n3", "n4", "n5"] && nodePages == 3)
+            #expect(vmCount == 9, "every VM placed, counted once on its node")
+            let nodesTooLarge = await failure {
+                _ = try await nodes.listNodes(.with { $0.pageSize = 1001 }, metadata: bearer(admin))
+            }
+            #expect(nodesTooLarge?.1 == "invalid_spec" && nodesTooLarge?.2.contains("page_size") == true)
         }
     }
 }

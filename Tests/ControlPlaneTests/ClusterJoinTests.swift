@@ -235,20 +235,36 @@ struct ClusterJoinTests {
         defer { node.kill() }
         #expect(await node.line()?.hasPrefix("lqx-node listening") == true, "\(node.log)")
         #expect(try await waitFor("node-a", .ready, cp, token: admin) != nil, "\(node.log)")
+        func create(_ name: String) async throws -> Limiquantix_Compute_V1_VM {
+            try await cp.client { client in
+                try await Limiquantix_Compute_V1_VMService.Client(wrapping: client).createVM(
+                    .with {
+                        $0.name = name
+                        $0.spec.machine = .with {
+                            $0.vcpus = 1
+                            $0.memoryMib = 128
+                            $0.kernel = .with { $0.kernel = "/bin/true" }
+                        }
+                    }, metadata: metadata)
+            }
+        }
+        // A first VM naming the kernel waits for the node to answer whether it has it (the next
+        // heartbeat round), then is placed by itself.
+        let warm = try await create("warm")
+        #expect(warm.status.node == "" && warm.status.conditions.first?.message.contains("not yet checked /bin/true") == true)
+        var placed = warm
+        for _ in 0..<50 where placed.status.node.isEmpty {
+            try await Task.sleep(for: .milliseconds(100))
+            placed = try await cp.client { client in
+                try await Limiquantix_Compute_V1_VMService.Client(wrapping: client).getVM(
+                    .with { $0.name = "warm" }, metadata: metadata)
+            }
+        }
+        #expect(placed.status.node == "node-a", "\(placed.status)")
         // The node is frozen while the create is acknowledged and the control plane dies: the
         // first control plane cannot have defined the VM there, the restarted one must.
         node.child.signal(SIGSTOP)
-        let created = try await cp.client { client in
-            try await Limiquantix_Compute_V1_VMService.Client(wrapping: client).createVM(
-                .with {
-                    $0.name = "survivor"
-                    $0.spec.machine = .with {
-                        $0.vcpus = 1
-                        $0.memoryMib = 128
-                        $0.kernel = .with { $0.kernel = "/bin/true" }
-                    }
-                }, metadata: metadata)
-        }
+        let created = try await create("survivor")
         #expect(created.status.node == "node-a")
         try await Task.sleep(for: .milliseconds(300))
         cp.daemon.kill()

@@ -176,6 +176,72 @@ struct ClusterSystemTests {
         #expect(unknown.status == 255 && unknown.stderr.contains("[not_found]"), "\(unknown)")
     }
 
+    /// Placement through real nodes (their heartbeats, capacity and answers about paths): pack
+    /// goes to the busier node, hard anti-affinity separates, a NoSchedule taint repels, a
+    /// kernel no node has leaves the VM PENDING with the reason. Each VM is deleted after.
+    func placements(
+        _ cp: ControlPlaneProcess, admin: String, kernel: String, initrd: String, busy: String, empty: String,
+        ids: inout [String]
+    ) async throws {
+        let metadata = bearer(admin)
+        let lqx = ["--server", cp.api.description, "--token", admin, "--ca", cp.caFile]
+        func create(_ name: String, kernel: String = kernel, _ placement: Limiquantix_Compute_V1_Placement)
+            async throws -> Limiquantix_Compute_V1_VM
+        {
+            let vm = try await vms(cp) { client in
+                try await client.createVM(
+                    .with {
+                        $0.name = name
+                        $0.spec.placement = placement
+                        $0.spec.machine = .with {
+                            $0.vcpus = 1
+                            $0.memoryMib = 128
+                            $0.kernel = .with {
+                                $0.kernel = kernel
+                                $0.initrd = initrd
+                                $0.cmdline = TestGuest.cmdline
+                            }
+                        }
+                    }, metadata: metadata)
+            }
+            TestRun.record(domain: vm.metadata.id)
+            return vm
+        }
+        var names: [String] = []
+        func placed(_ name: String, _ placement: Limiquantix_Compute_V1_Placement) async throws -> String {
+            ids.append(try await create(name, placement).metadata.id)
+            names.append(name)
+            return try await waitFor(cp, token: admin, name, timeout: .seconds(30)) { !$0.status.node.isEmpty }?
+                .status.node ?? ""
+        }
+        #expect(try await placed("packed", .with { $0.strategy = .pack }) == busy)
+        let apart = Limiquantix_Compute_V1_Placement.with {
+            $0.strategy = .pack
+            $0.antiAffinity = [.with { $0.group = "ha" }]  // hard: soft is false
+        }
+        #expect(try await placed("apart-1", apart) == busy)
+        #expect(try await placed("apart-2", apart) == empty, "hard anti-affinity")
+        let taint = try await Command.output(
+            Command.binary("lqx"), lqx + ["node", "taint", busy, "dedicated=db:NoSchedule"])
+        #expect(taint.status == 0, "\(taint)")
+        #expect(try await placed("repelled", .with { $0.strategy = .pack }) == empty, "NoSchedule taint")
+        let untaint = try await Command.output(Command.binary("lqx"), lqx + ["node", "taint", busy, "dedicated-"])
+        #expect(untaint.status == 0, "\(untaint)")
+        // A kernel no node has: asked in the next heartbeat replies, answered, explained.
+        let missing = "/nonexistent-\(getpid())/vmlinuz"
+        ids.append(try await create("nowhere", kernel: missing, .init()).metadata.id)
+        names.append("nowhere")
+        let pending = try await waitFor(cp, token: admin, "nowhere", timeout: .seconds(30)) {
+            $0.status.conditions.contains { $0.type == "Scheduled" && $0.message.contains("2 missing \(missing)") }
+        }
+        #expect(pending?.status.phase == .pending && pending?.status.node == "")
+        let explain = try await Command.output(Command.binary("lqx"), lqx + ["vm", "explain", "nowhere"])
+        #expect(explain.stdout.contains("no \(missing) on the node"), "\(explain)")
+        for name in names {
+            _ = try await vms(cp) { try await $0.deleteVM(.with { $0.name = name }, metadata: metadata) }
+        }
+    }
+
     @Test(
         "create → scheduled (spread: one per node) → running with the agent → exec, cp both ways, metrics, Prometheus → drain → stop → delete"
     )
@@ -252,6 +318,9 @@ struct ClusterSystemTests {
                 return
             }
             placed[name] = vm.status.node
+            // What the agent said of itself, relayed by the node's heartbeat.
+            #expect(vm.status.agent.osPrettyName == "limiquantix test guest (busybox)", "\(vm.status.agent)")
+            #expect(!vm.status.agent.version.isEmpty && !vm.status.agent.hostname.isEmpty, "\(vm.status.agent)")
         }
         #expect(Set(placed.values).count == 2, "spread puts the two VMs on two nodes: \(placed)")
 
@@ -321,6 +390,24 @@ struct ClusterSystemTests {
         #expect(after == 0 && hello == "moved\n")
         let uncordon = try await Command.output(Command.binary("lqx"), lqx + ["node", "uncordon", drained])
         #expect(uncordon.status == 0, "\(uncordon)")
+        let busy = moved?.status.node ?? ""
+        try await placements(cp, admin: admin, kernel: kernel, initrd: initrd, busy: busy, empty: drained, ids: &ids)
+
+        // A NoExecute taint on the node both VMs run on now: each is stopped there and started
+        // on the other node (web: epoch 3, db: 2); a tolerating VM would stay (core test).
+        let taint = try await Command.output(
+            Command.binary("lqx"), lqx + ["node", "taint", busy, "evict=now:NoExecute"])
+        #expect(taint.status == 0, "\(taint)")
+        for (name, epoch) in [("web", 3), ("db", 2)] {
+            let evicted = try await waitFor(cp, token: admin, name) {
+                $0.status.phase == .running && $0.status.agent.connected && $0.status.node == drained
+            }
+            #expect(evicted?.status.epoch == Int64(epoch), "\(name): \(evicted.map { "\($0.status)" } ?? "")")
+        }
+        let (evictedCode, evictedOut) = try await exec(cp, token: admin, "db", ["sh", "-c", "echo evicted"])
+        #expect(evictedCode == 0 && evictedOut == "evicted\n")
+        let untaint = try await Command.output(Command.binary("lqx"), lqx + ["node", "taint", busy, "evict-"])
+        #expect(untaint.status == 0, "\(untaint)")
 
         // A viewer reads but cannot exec.
         let viewer = try await cp.tokens { client in

@@ -236,6 +236,44 @@ struct ClusterTests {
         }
     }
 
+    @Test(
+        "a VM is placed only on a node that has its paths: nodes are asked in heartbeat replies, unknown waits, missing is explained"
+    )
+    func pathsOnNodes() async throws {
+        try await withStore(.sqlite) { store, _ in
+            let cluster = try await makeCluster(store, clock: TestClock())
+            let first = try await joinNode(cluster, "n1")
+            let second = try await joinNode(cluster, "n2")
+            // Both check paths and were asked nothing yet.
+            for node in [first, second] { #expect(try await cluster.heartbeat(nodeID: node.meta.id, paths: [:]) == []) }
+            var spec = kernelSpec()
+            spec.machine.disks = [DiskSpec(source: .clone(backing: "/images/base.qcow2"))]
+            let vm = try await cluster.createVM(CreateVM(name: "needs", spec: spec), by: .system)
+            #expect(vm.status.nodeID.isEmpty)
+            #expect(vm.status.conditions["Scheduled"]?.message == "0/2 nodes fit: 2 not yet checked /k")
+            // The next replies ask about the VM's paths.
+            let asked = try await cluster.heartbeat(nodeID: first.meta.id, paths: [:])
+            #expect(asked == ["/images/base.qcow2", "/k"])
+            try await cluster.heartbeat(nodeID: first.meta.id, paths: ["/k": true, "/images/base.qcow2": false])
+            var explained = try await cluster.explain("default", "needs", by: .system)
+            #expect(explained.verdicts.map(\.rejection) == [.missingPath("/images/base.qcow2"), .pathNotChecked("/k")])
+            #expect(explained.summary.contains("1 missing /images/base.qcow2"), "\(explained.summary)")
+            // An answer nobody asked for is not kept.
+            try await cluster.heartbeat(nodeID: second.meta.id, paths: ["/k": true, "/etc/shadow": true])
+            explained = try await cluster.explain("default", "needs", by: .system)
+            #expect(explained.verdicts.last?.rejection == .pathNotChecked("/images/base.qcow2"))
+            // The node that has both takes it, by itself.
+            try await cluster.heartbeat(nodeID: second.meta.id, paths: ["/k": true, "/images/base.qcow2": true])
+            let placed = try await cluster.vm("default", "needs", by: .system)
+            #expect(placed.status.nodeID == second.meta.id && placed.status.phase == .scheduled)
+            // A node that does not check paths (nil) is taken to have them.
+            try await cluster.heartbeat(nodeID: first.meta.id, paths: nil)
+            let other = try await cluster.createVM(
+                CreateVM(name: "other", spec: kernelSpec(placement: Placement(nodeSelector: [:]))), by: .system)
+            #expect(!other.status.nodeID.isEmpty)
+        }
+    }
+
     @Test("join tokens work once and expire; heartbeats keep a node READY, silence makes it NOT_READY")
     func joinAndHeartbeat() async throws {
         try await withStore(.sqlite) { store, _ in

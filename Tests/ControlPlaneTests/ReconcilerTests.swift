@@ -253,6 +253,52 @@ struct ReconcilerTests {
         }
     }
 
+    @Test(
+        "a NoExecute taint evicts the VMs that do not tolerate it (stop, remove, start elsewhere); tolerating VMs and VMs with node-made disks stay"
+    )
+    func noExecute() async throws {
+        try await withReconciler { cluster, nodes, first, _ in
+            var tolerant = kernelSpec()
+            tolerant.placement.tolerations = [Placement.Toleration(key: "maintenance", effect: .noExecute)]
+            var pinned = kernelSpec()
+            pinned.machine.disks = [DiskSpec(source: .new(sizeGiB: 1))]
+            for (name, spec) in [("mover", kernelSpec()), ("stayer", tolerant), ("pinned", pinned)] {
+                _ = try await cluster.createVM(CreateVM(name: name, spec: spec), by: .system)
+                _ = try await until(cluster, nodes, first, name, .running)
+            }
+            let second = try await joinNode(cluster, "n2")
+            try await cluster.heartbeat(nodeID: second.meta.id, vms: [])
+            _ = try await cluster.setTaint("n1", key: "maintenance", value: "now", effect: .noExecute, by: .system)
+            var moved: VirtualMachine?
+            var refused: VirtualMachine?
+            for _ in 0..<200 {
+                try await cluster.heartbeat(nodeID: first.meta.id, vms: nodes.report(first))
+                try await cluster.heartbeat(nodeID: second.meta.id, vms: nodes.report(second))
+                moved = try await cluster.repository.vm(project: Cluster.defaultProject, name: "mover")
+                refused = try await cluster.repository.vm(project: Cluster.defaultProject, name: "pinned")
+                if moved?.status.nodeID == second.meta.id, moved?.status.phase == .running,
+                    refused?.status.conditions["Evicted"] != nil
+                {
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(moved?.status.nodeID == second.meta.id && moved?.status.phase == .running)
+            #expect(moved?.status.epoch == 2)
+            let id = moved?.meta.id ?? ""
+            let order = nodes.calls.withLock { $0 }.filter { $0.hasSuffix(id) }
+            #expect(order.suffix(3) == ["stop \(id)", "undefine \(id)", "create \(id)"], "\(order)")
+            let stayer = try await cluster.repository.vm(project: Cluster.defaultProject, name: "stayer")
+            #expect(stayer?.status.nodeID == first.meta.id && stayer?.status.phase == .running)
+            #expect(refused?.status.nodeID == first.meta.id && refused?.status.phase == .running)
+            #expect(refused?.status.conditions["Evicted"]?.reason == "CannotMove")
+            #expect(refused?.status.conditions["Evicted"]?.message.contains("maintenance=now:NoExecute") == true)
+            let events = try await cluster.events(LogQuery(), by: .system)
+            #expect(events.contains { $0.reason == "Evicting" && $0.message.contains("taint maintenance=now:NoExecute") })
+            #expect(events.filter { $0.reason == "EvictionRefused" }.count == 1)
+        }
+    }
+
     @Test("a drain that would strand a VM's node-created disks is refused, naming it, and changes nothing")
     func drainRefused() async throws {
         try await withReconciler { cluster, nodes, first, _ in

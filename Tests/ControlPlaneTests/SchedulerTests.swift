@@ -99,6 +99,43 @@ struct SchedulerFilterTests {
         #expect(d.verdicts.first { $0.node == "c" }?.rejection == .nodeSelector(missing: ["disk=ssd"]))
     }
 
+    @Test("paths: a node that checks paths must have each one the VM names; one that does not check takes any")
+    func paths() {
+        var request = small
+        request.paths = ["/k", "/img"]
+        var lacking = node("a")
+        lacking.paths = ["/k": true, "/img": false]
+        var unknown = node("b")
+        unknown.paths = ["/k": true]
+        var having = node("c", used: (7, 7000))
+        having.paths = ["/k": true, "/img": true]
+        let d = decide(request, [lacking, unknown, having])
+        #expect(d.nodeID == "id-c")
+        #expect(d.verdicts.map(\.rejection) == [nil, .missingPath("/img"), .pathNotChecked("/img")])
+        #expect(decide(request, [lacking, node("plain")]).nodeID == "id-plain")
+        #expect(
+            decide(request, [lacking]).summary == "0/1 nodes fit: 1 missing /img")
+        let spec = VMSpec(
+            name: "v", boot: .kernel(path: "/boot/k", initrd: "/boot/i", cmdline: ""),
+            disks: [
+                DiskSpec(source: .path("/d")), DiskSpec(source: .new(sizeGiB: 1)),
+                DiskSpec(source: .clone(backing: "/base")),
+            ])
+        #expect(spec.nodePaths == ["/boot/k", "/boot/i", "/d", "/base"])
+    }
+
+    @Test("agent facts from the guest are cut to 256 bytes at a character boundary")
+    func agentFacts() {
+        let facts = VirtualMachine.AgentFacts(
+            version: String(repeating: "v", count: 300), osPrettyName: String(repeating: "é", count: 200),
+            hostname: "web")
+        #expect(facts.version.utf8.count == 256)
+        #expect(facts.osPrettyName == String(repeating: "é", count: 128))
+        #expect(facts.hostname == "web")
+        #expect(VirtualMachine.AgentFacts(version: "0.3.0", hostname: "web").summary == " (agent 0.3.0, host web)")
+        #expect(VirtualMachine.AgentFacts().summary.isEmpty)
+    }
+
     @Test("hard anti-affinity keeps group members apart; soft only prefers to")
     func antiAffinity() throws {
         var request = small

@@ -16,7 +16,7 @@ struct ControlPlaneBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lqx-cp-bench",
         abstract: "Benchmarks of the control plane: scheduler decisions, concurrent creates, the API.",
-        subcommands: [SchedulerBench.self, CreatesBench.self, APIBench.self, ScaleBench.self])
+        subcommands: [SchedulerBench.self, CreatesBench.self, APIBench.self, ScaleBench.self, RelayBench.self])
 }
 
 /// Scheduler decision latency on synthetic clusters.
@@ -439,9 +439,15 @@ struct ScaleBench: AsyncParsableCommand {
                     }
                 }
                 for attempt in 1... {
-                    let notReady = try await api.nodes {
-                        try await $0.listNodes(.init(), metadata: metadata).nodes.filter { $0.status.phase != .ready }
-                            .map(\.metadata.name)
+                    let notReady = try await api.nodes { client in
+                        var names: [String] = []
+                        var page = Limiquantix_Compute_V1_ListNodesRequest.with { $0.pageSize = 1000 }
+                        while true {
+                            let reply = try await client.listNodes(page, metadata: metadata)
+                            names += reply.nodes.filter { $0.status.phase != .ready }.map(\.metadata.name)
+                            guard !reply.nextPageToken.isEmpty else { return names }
+                            page.pageToken = reply.nextPageToken
+                        }
                     }
                     if notReady.isEmpty { break }
                     if attempt % 10 == 0 { say("[\(elapsed())] not READY yet: \(notReady.prefix(10))") }

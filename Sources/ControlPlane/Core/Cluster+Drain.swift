@@ -12,12 +12,7 @@ extension Cluster {
             throw LQXError(.notFound, "node \(name) does not exist")
         }
         let vms = try await repository.vms().filter { $0.status.nodeID == node.meta.id }
-        let pinned = vms.filter { vm in
-            vm.spec.machine.disks.contains {
-                if case .path = $0.source { return false }
-                return true
-            }
-        }
+        let pinned = vms.filter(Self.hasNodeDisks)
         if !pinned.isEmpty {
             let names = pinned.map { "\($0.meta.project)/\($0.meta.name)" }.joined(separator: ", ")
             throw LQXError(
@@ -30,11 +25,48 @@ extension Cluster {
             if node.status.phase != .maintenance { node.status.phase = vms.isEmpty ? .maintenance : .draining }
             return vms.isEmpty ? "no VMs: in maintenance" : "moving \(vms.count) VMs away"
         }
-        for vm in vms { try await evict(vm.meta.id, from: name) }
+        for vm in vms { try await evict(vm.meta.id, from: name, why: "drain") }
         return vms
     }
 
-    func evict(_ vmID: String, from node: String) async throws(LQXError) {
+    /// Whether some disk of `vm` was created by its node (a clone or a new disk): such a VM
+    /// cannot move to another node without shared storage.
+    static func hasNodeDisks(_ vm: VirtualMachine) -> Bool {
+        vm.spec.machine.disks.contains {
+            if case .path = $0.source { return false }
+            return true
+        }
+    }
+
+    /// A VM on a node with a NoExecute taint it does not tolerate is evicted like a drained one
+    /// (stopped, removed there, placed again where it is tolerated). One whose disks that node
+    /// created cannot leave: it keeps running and its `Evicted` condition says why (once).
+    /// Returns whether the VM was marked for eviction.
+    func enforceNoExecute(_ vm: VirtualMachine, on node: Node) async throws(LQXError) -> Bool {
+        guard !vm.status.evicting, vm.meta.deletionRequestedUnixMs == nil,
+            let taint = Scheduler.evictingTaint(vm.spec.placement, on: node.spec)
+        else { return false }
+        guard Self.hasNodeDisks(vm) else {
+            try await evict(vm.meta.id, from: node.meta.name, why: "taint \(taint.display)")
+            return true
+        }
+        let message =
+            "not evicted for taint \(taint.display): its disks were created on node \(node.meta.name) (no shared storage yet)"
+        guard vm.status.conditions["Evicted"]?.message != message else { return false }
+        var updated = vm
+        updated.status.conditions.set(
+            Condition(type: "Evicted", status: false, reason: "CannotMove", message: message, lastTransitionUnixMs: now()))
+        do {
+            try await store.commit(
+                [.update(try Repository.stored(updated), expected: vm.meta.resourceVersion)],
+                events: [event(.vm, vm.meta, "EvictionRefused", message, warning: true)], audit: [])
+        } catch where error.code == .conflict {
+            // Changed meanwhile: the next pass looks again.
+        }
+        return false
+    }
+
+    func evict(_ vmID: String, from node: String, why: String) async throws(LQXError) {
         try await retrying { () async throws(LQXError) in
             guard var vm = try await repository.vm(id: vmID), !vm.status.evicting else { return }
             let expected = vm.meta.resourceVersion
@@ -42,7 +74,7 @@ extension Cluster {
             try await store.commit(
                 [.update(try Repository.stored(vm), expected: expected)],
                 events: [
-                    event(.vm, vm.meta, "Evicting", "moving off node \(node) (drain): stop, then start elsewhere")
+                    event(.vm, vm.meta, "Evicting", "moving off node \(node) (\(why)): stop, then start elsewhere")
                 ],
                 audit: [])
         }

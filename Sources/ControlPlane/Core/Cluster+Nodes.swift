@@ -36,13 +36,19 @@ public struct ObservedVM: Sendable, Equatable {
     public var state: String
     /// Whether its agent is connected.
     public var agentConnected: Bool
+    /// What its agent said of itself (empty: nothing yet, or a node that does not tell).
+    public var agent: VirtualMachine.AgentFacts
 
     /// Creates an observation.
-    public init(id: String, name: String, state: String, agentConnected: Bool) {
+    public init(
+        id: String, name: String, state: String, agentConnected: Bool,
+        agent: VirtualMachine.AgentFacts = VirtualMachine.AgentFacts()
+    ) {
         self.id = id
         self.name = name
         self.state = state
         self.agentConnected = agentConnected
+        self.agent = agent
     }
 }
 
@@ -116,10 +122,13 @@ extension Cluster {
 
     /// A node's heartbeat: it is READY from now on until `heartbeatGrace` passes without one.
     /// Only changes of phase or capacity are written (and place VMs that waited for room); what
-    /// the node reports of its VMs is kept in memory as its latest observation.
+    /// the node reports of its VMs is kept in memory as its latest observation. `paths` are its
+    /// answers about the paths it was asked for (nil: a node that does not check paths). Returns
+    /// the paths to ask it about next (those that VMs being placed name).
+    @discardableResult
     public func heartbeat(
-        nodeID: String, capacity: Node.Resources? = nil, vms: [ObservedVM]? = nil
-    ) async throws(LQXError) {
+        nodeID: String, capacity: Node.Resources? = nil, vms: [ObservedVM]? = nil, paths answers: [String: Bool]? = nil
+    ) async throws(LQXError) -> [String] {
         let time = now()
         heartbeats.withLock { $0[nodeID] = time }
         if let vms {
@@ -149,7 +158,9 @@ extension Cluster {
                 events: [event(.node, node.meta, "NodeReady", reasons.joined(separator: "; "))], audit: [])
             return true
         }
-        if changed { try await schedulePending() }
+        let learnt = paths.report(node: nodeID, answers)
+        if changed || learnt { try await schedulePending() }
+        return answers == nil ? [] : paths.wanted(now: time)
     }
 
     /// Marks READY nodes whose last heartbeat is older than the grace period NOT_READY (one

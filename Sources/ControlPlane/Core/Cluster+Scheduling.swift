@@ -4,9 +4,11 @@ extension Cluster {
     /// The scheduler's decision for a VM, without placing it (`lqx vm explain`).
     public func explain(_ project: String, _ name: String, by principal: Principal) async throws(LQXError) -> Decision {
         let vm = try await vm(project, name, by: principal)
-        let snapshot = ClusterSnapshot(
+        var snapshot = ClusterSnapshot(
             nodes: try await repository.nodes(), vms: try await repository.vms(), excluding: vm.meta.id)
-        return scheduler.schedule(SchedulingRequest(vm.spec), on: snapshot)
+        let request = SchedulingRequest(vm.spec)
+        attachPaths(request, to: &snapshot)
+        return scheduler.schedule(request, on: snapshot)
     }
 
     /// Places a VM that is on no node: writes the chosen node, a new epoch and a `Scheduled`
@@ -82,6 +84,7 @@ extension Cluster {
             reserved.isEmpty
             ? [] : Set(vms.lazy.filter { reserved.contains($0.meta.id) && !$0.status.nodeID.isEmpty }.map(\.meta.id))
         let request = SchedulingRequest(vm.spec)
+        attachPaths(request, to: &snapshot)
         return reservations.withLock { reservations in
             let pending = reservations.filter { $0.key != vm.meta.id && !placed.contains($0.key) }
             if !pending.isEmpty {
@@ -97,6 +100,14 @@ extension Cluster {
             if let node = decision.nodeID { reservations[vm.meta.id] = (node, request) }
             return decision
         }
+    }
+
+    /// Gives the nodes that check paths their answers, and asks them (in their next heartbeat
+    /// replies) about the paths `request` names.
+    private func attachPaths(_ request: SchedulingRequest, to snapshot: inout ClusterSnapshot) {
+        guard !request.paths.isEmpty else { return }
+        paths.want(request.paths, now: now())
+        snapshot.attach(paths: paths.facts())
     }
 
     /// Tries to place every VM that waits for a node (after a node joined or became READY, a VM

@@ -24,6 +24,8 @@ public final class Cluster: Sendable {
     /// Placements decided and not yet committed, by VM id: later decisions count them, so
     /// concurrent creates spread over the nodes instead of all racing for the best one.
     let reservations = Mutex<[String: (node: String, request: SchedulingRequest)]>([:])
+    /// Which nodes have the paths VMs name.
+    let paths = NodePaths()
 
     /// How often a command retries a commit that lost a race (another writer changed what it read).
     static let attempts = 8

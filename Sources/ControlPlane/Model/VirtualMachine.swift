@@ -86,6 +86,8 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
         public var conditions: [Condition]
         /// Whether the guest agent is connected to its node's broker (as the node last reported).
         public var agentConnected: Bool
+        /// What the agent last said of itself (kept while it is disconnected).
+        public var agent: AgentFacts
         /// Being moved off its node (a drain): stopped there, removed from it, then placed again.
         public var evicting: Bool
 
@@ -99,11 +101,12 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
             self.epoch = epoch
             self.conditions = conditions
             self.agentConnected = agentConnected
+            self.agent = AgentFacts()
             self.evicting = false
         }
 
         private enum CodingKeys: String, CodingKey {
-            case phase, nodeID, epoch, conditions, agentConnected, evicting
+            case phase, nodeID, epoch, conditions, agentConnected, agent, evicting
         }
 
         /// Decodes a stored status; fields added later default when absent.
@@ -114,7 +117,49 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
             epoch = try container.decode(Int64.self, forKey: .epoch)
             conditions = try container.decode([Condition].self, forKey: .conditions)
             agentConnected = try container.decodeIfPresent(Bool.self, forKey: .agentConnected) ?? false
+            agent = try container.decodeIfPresent(AgentFacts.self, forKey: .agent) ?? AgentFacts()
             evicting = try container.decodeIfPresent(Bool.self, forKey: .evicting) ?? false
+        }
+    }
+
+    /// What a guest agent says of itself in its hello, relayed by its node. The guest writes
+    /// these: each is cut to `limit` bytes (at a character boundary) before it is kept.
+    public struct AgentFacts: Sendable, Equatable, Codable {
+        /// The most bytes kept of each field.
+        public static let limit = 256
+        /// The agent's version.
+        public var version: String
+        /// The guest OS (`PRETTY_NAME` of os-release).
+        public var osPrettyName: String
+        /// The guest's host name.
+        public var hostname: String
+
+        /// Facts, each cut to `limit` bytes.
+        public init(version: String = "", osPrettyName: String = "", hostname: String = "") {
+            self.version = Self.bounded(version)
+            self.osPrettyName = Self.bounded(osPrettyName)
+            self.hostname = Self.bounded(hostname)
+        }
+
+        /// Whether the agent told nothing yet.
+        public var isEmpty: Bool { version.isEmpty && osPrettyName.isEmpty && hostname.isEmpty }
+
+        /// ` (agent VERSION, OS, host NAME)` for messages, or empty when nothing is known.
+        public var summary: String {
+            let parts = [
+                version.isEmpty ? "" : "agent \(version)", osPrettyName, hostname.isEmpty ? "" : "host \(hostname)",
+            ].filter { !$0.isEmpty }
+            return parts.isEmpty ? "" : " (\(parts.joined(separator: ", ")))"
+        }
+
+        static func bounded(_ text: String) -> String {
+            guard text.utf8.count > limit else { return text }
+            var cut = ""
+            for character in text {
+                guard cut.utf8.count + character.utf8.count <= limit else { break }
+                cut.append(character)
+            }
+            return cut
         }
     }
 }

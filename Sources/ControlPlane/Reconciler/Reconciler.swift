@@ -98,6 +98,12 @@ public final class Reconciler: Service, Sendable {
             if ready, report != nil, vm.meta.deletionRequestedUnixMs == nil {
                 await writeStatus(vm, observed: observed, node: node)
             }
+            if !vm.status.evicting, Scheduler.evictingTaint(vm.spec.placement, on: node.spec) != nil {
+                // Marked now, moved by the next pass (which reads the VM again).
+                do { if try await cluster.enforceNoExecute(vm, on: node) { continue } } catch {
+                    logger.warning("cannot evict \(vm.meta.name): \(error.fullMessage)")
+                }
+            }
             let action = ReconcileAction.decide(vm, observed: observed, nodeReady: ready && report != nil)
             guard action != .none else { continue }
             let admitted = state.withLock { state -> Bool in
@@ -178,6 +184,7 @@ public final class Reconciler: Service, Sendable {
         let time = cluster.now()
         if let observed {
             updated.status.agentConnected = observed.agentConnected
+            if !observed.agent.isEmpty { updated.status.agent = observed.agent }
         }
         if let (action, error) = failure {
             updated.status.conditions.set(
@@ -206,7 +213,7 @@ public final class Reconciler: Service, Sendable {
             events.append(
                 cluster.event(
                     .vm, vm.meta, updated.status.agentConnected ? "AgentConnected" : "AgentDisconnected",
-                    updated.status.agentConnected ? "the guest agent connected" : "the guest agent is not connected"))
+                    updated.status.agentConnected ? "the guest agent connected\(updated.status.agent.summary)" : "the guest agent is not connected"))
         }
         if let (action, error) = failure, vm.status.conditions["Reconciled"]?.message != error.fullMessage {
             events.append(

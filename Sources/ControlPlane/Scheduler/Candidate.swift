@@ -16,11 +16,15 @@ public struct NodeCandidate: Sendable, Equatable {
     public var allocated: Node.Resources
     /// Affinity and anti-affinity groups of the VMs placed on it, with how many of each.
     public var groups: [String: Int]
+    /// Which of the paths placements asked about the node has (true) or lacks (false); nil for a
+    /// node that does not check paths (every path is taken to be there).
+    public var paths: [String: Bool]?
 
     /// Creates a candidate.
     public init(
         id: String, name: String, phase: Node.Phase = .ready, spec: NodeSpec = NodeSpec(),
-        allocatable: Node.Resources, allocated: Node.Resources = Node.Resources(), groups: [String: Int] = [:]
+        allocatable: Node.Resources, allocated: Node.Resources = Node.Resources(), groups: [String: Int] = [:],
+        paths: [String: Bool]? = nil
     ) {
         self.id = id
         self.name = name
@@ -29,6 +33,7 @@ public struct NodeCandidate: Sendable, Equatable {
         self.allocatable = allocatable
         self.allocated = allocated
         self.groups = groups
+        self.paths = paths
     }
 
     /// Room left.
@@ -62,17 +67,22 @@ public struct SchedulingRequest: Sendable, Equatable {
     public var memoryMiB: Int
     /// Selector, tolerations, groups, strategy.
     public var placement: Placement
+    /// Paths the node must have (kernel, initrd, images).
+    public var paths: [String]
 
     /// Creates a request.
-    public init(cpus: Int, memoryMiB: Int, placement: Placement = Placement()) {
+    public init(cpus: Int, memoryMiB: Int, placement: Placement = Placement(), paths: [String] = []) {
         self.cpus = cpus
         self.memoryMiB = memoryMiB
         self.placement = placement
+        self.paths = paths
     }
 
     /// The request for a VM's spec.
     public init(_ spec: VirtualMachine.Spec) {
-        self.init(cpus: spec.machine.vcpus, memoryMiB: spec.machine.memoryMiB, placement: spec.placement)
+        self.init(
+            cpus: spec.machine.vcpus, memoryMiB: spec.machine.memoryMiB, placement: spec.placement,
+            paths: spec.machine.nodePaths)
     }
 
     /// Every group the VM is a member of (affinity and anti-affinity alike).
@@ -114,6 +124,12 @@ public struct ClusterSnapshot: Sendable {
             if let index = positions[vm.status.nodeID] { candidates[index].place(vm.spec.machine, vm.spec.placement) }
         }
         self.init(nodes: candidates)
+    }
+
+    /// Gives each node that checks paths its answers (`facts` by node id; see `NodeCandidate.paths`).
+    public mutating func attach(paths facts: [String: [String: Bool]]) {
+        guard !facts.isEmpty else { return }
+        for index in nodes.indices { nodes[index].paths = facts[nodes[index].id] }
     }
 
     /// Counts a placement (so the next decision sees it).

@@ -10,6 +10,11 @@ public enum Rejection: Sendable, Equatable {
     case taint(NodeSpec.Taint)
     /// The node lacks labels the VM's node selector asks for.
     case nodeSelector(missing: [String])
+    /// The node does not have a path the VM names (kernel, initrd, image).
+    case missingPath(String)
+    /// The node has not answered yet whether it has a path the VM names (it is asked in its
+    /// next heartbeat reply and answers in the heartbeat after).
+    case pathNotChecked(String)
     /// A VM of a hard anti-affinity group runs there.
     case antiAffinity(group: String)
     /// No VM of a hard affinity group runs there (while some run elsewhere).
@@ -26,6 +31,8 @@ public enum Rejection: Sendable, Equatable {
         case .cordoned: "NodeUnschedulable"
         case .taint: "TaintNotTolerated"
         case .nodeSelector: "NodeSelectorMismatch"
+        case .missingPath: "PathMissing"
+        case .pathNotChecked: "PathNotChecked"
         case .antiAffinity: "AntiAffinity"
         case .affinity: "Affinity"
         case .insufficientCPU: "InsufficientCPU"
@@ -40,6 +47,8 @@ public enum Rejection: Sendable, Equatable {
         case .cordoned: "node is cordoned"
         case .taint(let taint): "taint \(taint.display) not tolerated"
         case .nodeSelector(let missing): "node selector: no label \(missing.joined(separator: ", "))"
+        case .missingPath(let path): "no \(path) on the node"
+        case .pathNotChecked(let path): "not yet known whether the node has \(path) (asked in its next heartbeat)"
         case .antiAffinity(let group): "anti-affinity: a VM of group \(group) runs there"
         case .affinity(let group): "affinity: no VM of group \(group) runs there"
         case .insufficientCPU(let need, let free): "insufficient vCPUs (need \(need), free \(free))"
@@ -54,6 +63,8 @@ public enum Rejection: Sendable, Equatable {
         case .cordoned: "cordoned"
         case .taint(let taint): "taint \(taint.display)"
         case .nodeSelector: "node selector mismatch"
+        case .missingPath(let path): "missing \(path)"
+        case .pathNotChecked(let path): "not yet checked \(path)"
         case .antiAffinity(let group): "anti-affinity \(group)"
         case .affinity(let group): "affinity \(group)"
         case .insufficientCPU: "insufficient vCPUs"

@@ -1,6 +1,7 @@
 import LQXModel
 
-/// Decides where a VM runs: filters (ready, schedulable, taints, node selector, hard affinity and
+/// Decides where a VM runs: filters (ready, schedulable, taints, node selector, the paths the VM
+/// names (on nodes that check them), hard affinity and
 /// anti-affinity, CPU and memory with overcommit and reserved resources), then scores (spread or
 /// pack, soft affinity and anti-affinity, PreferNoSchedule taints). Pure and deterministic: the
 /// same snapshot and request give the same decision, ties broken by node name. Every node gets a
@@ -43,6 +44,15 @@ public struct Scheduler: Sendable {
         if placement.nodeSelector.values.contains(where: { node.spec.labels[$0.key] != $0.value }) {
             let missing = placement.nodeSelector.values.filter { node.spec.labels[$0.key] != $0.value }
             return .nodeSelector(missing: missing.map { "\($0.key)=\($0.value)" }.sorted())
+        }
+        if let facts = node.paths {
+            for path in request.paths {
+                switch facts[path] {
+                case true?: continue
+                case false?: return .missingPath(path)
+                case nil: return .pathNotChecked(path)
+                }
+            }
         }
         for rule in placement.antiAffinity where rule.hard && node.groups[rule.group, default: 0] > 0 {
             return .antiAffinity(group: rule.group)

@@ -1,4 +1,5 @@
 import ControlPlaneAPI
+import Foundation
 import GRPCCore
 import LQXModel
 import LQXServer
@@ -49,12 +50,20 @@ public final class NodeHeartbeat: Service, Sendable {
                 var wakeups = wake.makeAsyncIterator()
                 var interval = Duration.milliseconds(max(100, self.membership.heartbeatIntervalMs))
                 var failing = false
+                // The paths the control plane asked about in its last reply.
+                var asked: [String] = []
                 while !Task.isCancelled {
                     do {
-                        let request = try await self.request(capacity: capacity)
+                        let request = try await self.request(capacity: capacity, paths: asked)
                         let response = try await agent.heartbeat(request, options: ClientTransport.failFast)
                         if response.heartbeatIntervalMs > 0 {
                             interval = .milliseconds(max(100, Int(response.heartbeatIntervalMs)))
+                        }
+                        let next = Array(response.checkPaths.prefix(Self.maxPaths))
+                        if next != asked {
+                            // New questions are answered at once (a VM waits for the answer).
+                            asked = next
+                            wakeUp.yield()
                         }
                         if failing {
                             self.logger.notice(
@@ -87,21 +96,45 @@ public final class NodeHeartbeat: Service, Sendable {
         }
     }
 
-    func request(capacity: Limiquantix_Compute_V1_Resources) async throws(LQXError)
+    /// The most paths answered in one heartbeat.
+    static let maxPaths = 256
+
+    func request(capacity: Limiquantix_Compute_V1_Resources, paths: [String] = []) async throws(LQXError)
         -> Limiquantix_Compute_V1_HeartbeatRequest
     {
         let vms = try await manager.hypervisor.list()
         return .with {
             $0.nodeID = membership.nodeID
             $0.capacity = capacity
+            $0.checksPaths = true
+            $0.paths = paths.map { path in
+                .with {
+                    $0.path = path
+                    $0.present = Self.present(path)
+                }
+            }
             $0.vms = vms.map { vm in
                 .with {
                     $0.id = vm.uuid
                     $0.name = vm.name
                     $0.state = vm.state.rawValue
                     $0.agentConnected = manager.agentConnected(vm.name)
+                    if let info = manager.agentInfo(vm.name) {
+                        $0.agentVersion = info.agentVersion
+                        $0.osPrettyName = info.os.prettyName
+                        $0.hostname = info.hostname
+                    }
                 }
             }
         }
+    }
+
+    /// Whether this host has `path` for a VM: absolute, a readable regular file or block device.
+    static func present(_ path: String) -> Bool {
+        guard path.hasPrefix("/"), path.utf8.count <= 4096, !path.utf8.contains(0) else { return false }
+        var info = stat()
+        guard stat(path, &info) == 0, access(path, R_OK) == 0 else { return false }
+        let type = info.st_mode & S_IFMT
+        return type == S_IFREG || type == S_IFBLK
     }
 }

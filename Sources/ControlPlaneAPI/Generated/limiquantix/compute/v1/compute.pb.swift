@@ -1337,17 +1337,27 @@ public nonisolated struct Limiquantix_Compute_V1_ListNodesRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// 0: 500; at most 1000
+  public var pageSize: UInt32 = 0
+
+  /// next_page_token of the previous page; empty: the first page
+  public var pageToken: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
+/// Nodes ordered by name; a page continues after the last node of the previous one.
 public nonisolated struct Limiquantix_Compute_V1_ListNodesResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var nodes: [Limiquantix_Compute_V1_Node] = []
+
+  /// empty on the last page
+  public var nextPageToken: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1612,6 +1622,30 @@ public nonisolated struct Limiquantix_Compute_V1_NodeVM: Sendable {
 
   public var agentConnected: Bool = false
 
+  /// What the agent said of itself in its last hello (guest-controlled: the control plane keeps
+  /// at most 256 bytes of each; empty until an agent connected once).
+  public var agentVersion: String = String()
+
+  public var osPrettyName: String = String()
+
+  public var hostname: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Whether a node has a path the control plane asked about.
+public nonisolated struct Limiquantix_Compute_V1_NodePath: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var path: String = String()
+
+  /// a readable regular file or block device
+  public var present: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1635,6 +1669,12 @@ public nonisolated struct Limiquantix_Compute_V1_HeartbeatRequest: Sendable {
 
   public var vms: [Limiquantix_Compute_V1_NodeVM] = []
 
+  /// The node answers the check_paths of the previous reply (VMs are placed only on nodes that
+  /// have the paths they name). A node that does not check paths leaves checks_paths false.
+  public var checksPaths: Bool = false
+
+  public var paths: [Limiquantix_Compute_V1_NodePath] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1648,6 +1688,10 @@ public nonisolated struct Limiquantix_Compute_V1_HeartbeatResponse: Sendable {
   // methods supported on all messages.
 
   public var heartbeatIntervalMs: UInt32 = 0
+
+  /// Paths VMs being placed name (at most 256): answered in the next heartbeat, which the node
+  /// sends at once when this list changed.
+  public var checkPaths: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4003,18 +4047,34 @@ nonisolated extension Limiquantix_Compute_V1_NodeRef: SwiftProtobuf.Message, Swi
 
 nonisolated extension Limiquantix_Compute_V1_ListNodesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListNodesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}page_size\0\u{3}page_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.pageSize) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.pageToken) }()
+      default: break
+      }
+    }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.pageSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pageSize, fieldNumber: 1)
+    }
+    if !self.pageToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.pageToken, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Limiquantix_Compute_V1_ListNodesRequest, rhs: Limiquantix_Compute_V1_ListNodesRequest) -> Bool {
+    if lhs.pageSize != rhs.pageSize {return false}
+    if lhs.pageToken != rhs.pageToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4022,7 +4082,7 @@ nonisolated extension Limiquantix_Compute_V1_ListNodesRequest: SwiftProtobuf.Mes
 
 nonisolated extension Limiquantix_Compute_V1_ListNodesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListNodesResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nodes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nodes\0\u{3}next_page_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4031,6 +4091,7 @@ nonisolated extension Limiquantix_Compute_V1_ListNodesResponse: SwiftProtobuf.Me
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.nodes) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nextPageToken) }()
       default: break
       }
     }
@@ -4040,11 +4101,15 @@ nonisolated extension Limiquantix_Compute_V1_ListNodesResponse: SwiftProtobuf.Me
     if !self.nodes.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.nodes, fieldNumber: 1)
     }
+    if !self.nextPageToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.nextPageToken, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Limiquantix_Compute_V1_ListNodesResponse, rhs: Limiquantix_Compute_V1_ListNodesResponse) -> Bool {
     if lhs.nodes != rhs.nodes {return false}
+    if lhs.nextPageToken != rhs.nextPageToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4488,7 +4553,7 @@ nonisolated extension Limiquantix_Compute_V1_JoinResponse: SwiftProtobuf.Message
 
 nonisolated extension Limiquantix_Compute_V1_NodeVM: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeVM"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}state\0\u{3}agent_connected\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}state\0\u{3}agent_connected\0\u{3}agent_version\0\u{3}os_pretty_name\0\u{1}hostname\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4500,6 +4565,9 @@ nonisolated extension Limiquantix_Compute_V1_NodeVM: SwiftProtobuf.Message, Swif
       case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.state) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.agentConnected) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.agentVersion) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.osPrettyName) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
       default: break
       }
     }
@@ -4518,6 +4586,15 @@ nonisolated extension Limiquantix_Compute_V1_NodeVM: SwiftProtobuf.Message, Swif
     if self.agentConnected != false {
       try visitor.visitSingularBoolField(value: self.agentConnected, fieldNumber: 4)
     }
+    if !self.agentVersion.isEmpty {
+      try visitor.visitSingularStringField(value: self.agentVersion, fieldNumber: 5)
+    }
+    if !self.osPrettyName.isEmpty {
+      try visitor.visitSingularStringField(value: self.osPrettyName, fieldNumber: 6)
+    }
+    if !self.hostname.isEmpty {
+      try visitor.visitSingularStringField(value: self.hostname, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4526,6 +4603,44 @@ nonisolated extension Limiquantix_Compute_V1_NodeVM: SwiftProtobuf.Message, Swif
     if lhs.name != rhs.name {return false}
     if lhs.state != rhs.state {return false}
     if lhs.agentConnected != rhs.agentConnected {return false}
+    if lhs.agentVersion != rhs.agentVersion {return false}
+    if lhs.osPrettyName != rhs.osPrettyName {return false}
+    if lhs.hostname != rhs.hostname {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_NodePath: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NodePath"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0\u{1}present\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.present) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 1)
+    }
+    if self.present != false {
+      try visitor.visitSingularBoolField(value: self.present, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_NodePath, rhs: Limiquantix_Compute_V1_NodePath) -> Bool {
+    if lhs.path != rhs.path {return false}
+    if lhs.present != rhs.present {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4533,7 +4648,7 @@ nonisolated extension Limiquantix_Compute_V1_NodeVM: SwiftProtobuf.Message, Swif
 
 nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}capacity\0\u{1}vms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}capacity\0\u{1}vms\0\u{3}checks_paths\0\u{1}paths\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4544,6 +4659,8 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
       case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._capacity) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.vms) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.checksPaths) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.paths) }()
       default: break
       }
     }
@@ -4563,6 +4680,12 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
     if !self.vms.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.vms, fieldNumber: 3)
     }
+    if self.checksPaths != false {
+      try visitor.visitSingularBoolField(value: self.checksPaths, fieldNumber: 4)
+    }
+    if !self.paths.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.paths, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4570,6 +4693,8 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs._capacity != rhs._capacity {return false}
     if lhs.vms != rhs.vms {return false}
+    if lhs.checksPaths != rhs.checksPaths {return false}
+    if lhs.paths != rhs.paths {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4577,7 +4702,7 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
 
 nonisolated extension Limiquantix_Compute_V1_HeartbeatResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}heartbeat_interval_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}heartbeat_interval_ms\0\u{3}check_paths\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4586,6 +4711,7 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatResponse: SwiftProtobuf.Me
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.heartbeatIntervalMs) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.checkPaths) }()
       default: break
       }
     }
@@ -4595,11 +4721,15 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatResponse: SwiftProtobuf.Me
     if self.heartbeatIntervalMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.heartbeatIntervalMs, fieldNumber: 1)
     }
+    if !self.checkPaths.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.checkPaths, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Limiquantix_Compute_V1_HeartbeatResponse, rhs: Limiquantix_Compute_V1_HeartbeatResponse) -> Bool {
     if lhs.heartbeatIntervalMs != rhs.heartbeatIntervalMs {return false}
+    if lhs.checkPaths != rhs.checkPaths {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
