@@ -282,7 +282,8 @@
                         agent.hostname.isEmpty ? "" : "host \(TerminalText.safe(agent.hostname))",
                     ].filter { !$0.isEmpty }.joined(separator: ", ")
                     print(
-                        "agent:     \(agent.connected ? "connected" : "not connected")\(facts.isEmpty ? "" : ", " + facts)")
+                        "agent:     \(agent.connected ? "connected" : "not connected")\(facts.isEmpty ? "" : ", " + facts)"
+                    )
                     for (key, value) in vm.metadata.labels.sorted(by: { $0.key < $1.key }) {
                         print("label:     \(TerminalText.safe(key))=\(TerminalText.safe(value))")
                     }

@@ -251,7 +251,9 @@ struct ClusterJoinTests {
         // A first VM naming the kernel waits for the node to answer whether it has it (the next
         // heartbeat round), then is placed by itself.
         let warm = try await create("warm")
-        #expect(warm.status.node == "" && warm.status.conditions.first?.message.contains("not yet checked /bin/true") == true)
+        #expect(
+            warm.status.node == ""
+                && warm.status.conditions.first?.message.contains("not yet checked /bin/true") == true)
         var placed = warm
         for _ in 0..<50 where placed.status.node.isEmpty {
             try await Task.sleep(for: .milliseconds(100))

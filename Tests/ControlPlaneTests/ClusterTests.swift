@@ -241,7 +241,8 @@ struct ClusterTests {
     )
     func pathsOnNodes() async throws {
         try await withStore(.sqlite) { store, _ in
-            let cluster = try await makeCluster(store, clock: TestClock())
+            let clock = TestClock()
+            let cluster = try await makeCluster(store, clock: clock)
             let first = try await joinNode(cluster, "n1")
             let second = try await joinNode(cluster, "n2")
             // Both check paths and were asked nothing yet.
@@ -271,6 +272,23 @@ struct ClusterTests {
             let other = try await cluster.createVM(
                 CreateVM(name: "other", spec: kernelSpec(placement: Placement(nodeSelector: [:]))), by: .system)
             #expect(!other.status.nodeID.isEmpty)
+            // While a node that checks has not answered a path asked about less than a grace
+            // ago, the VM waits (the first node to answer would otherwise take every VM).
+            try await cluster.heartbeat(nodeID: first.meta.id, paths: [:])
+            spec.machine.disks = [DiskSpec(source: .clone(backing: "/images/two.qcow2"))]
+            _ = try await cluster.createVM(CreateVM(name: "twin", spec: spec), by: .system)
+            try await cluster.heartbeat(nodeID: second.meta.id, paths: ["/k": true, "/images/two.qcow2": true])
+            var twin = try await cluster.vm("default", "twin", by: .system)
+            #expect(twin.status.nodeID.isEmpty && twin.status.phase == .pending)
+            #expect(twin.status.conditions["Scheduled"]?.reason == "WaitingForNodes")
+            #expect(
+                twin.status.conditions["Scheduled"]?.message
+                    == "waiting for 1 node (n1) to say whether it has /k (asked in its next heartbeat)")
+            // A node silent past the grace is not waited for.
+            clock.advance(seconds: 16)
+            try await cluster.schedulePending()
+            twin = try await cluster.vm("default", "twin", by: .system)
+            #expect(twin.status.nodeID == second.meta.id)
         }
     }
 

@@ -294,7 +294,8 @@ struct ReconcilerTests {
             #expect(refused?.status.conditions["Evicted"]?.reason == "CannotMove")
             #expect(refused?.status.conditions["Evicted"]?.message.contains("maintenance=now:NoExecute") == true)
             let events = try await cluster.events(LogQuery(), by: .system)
-            #expect(events.contains { $0.reason == "Evicting" && $0.message.contains("taint maintenance=now:NoExecute") })
+            #expect(
+                events.contains { $0.reason == "Evicting" && $0.message.contains("taint maintenance=now:NoExecute") })
             #expect(events.filter { $0.reason == "EvictionRefused" }.count == 1)
         }
     }

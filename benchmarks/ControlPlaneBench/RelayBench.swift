@@ -35,7 +35,8 @@ struct RelayBench: AsyncParsableCommand {
     func run() async throws {
         let directory = try TempDir()
         defer { directory.remove() }
-        let (controlPlane, api) = try await ControlPlaneProcess.start(nil, db: "sqlite:" + directory.file("store.db"), in: directory)
+        let (controlPlane, api) = try await ControlPlaneProcess.start(
+            nil, db: "sqlite:" + directory.file("store.db"), in: directory)
         defer { _ = controlPlane.kill() }
         let metadata = api.metadata
         let caPEM = try String(contentsOfFile: api.caFile, encoding: .utf8)
@@ -84,7 +85,8 @@ struct RelayBench: AsyncParsableCommand {
         }
         // An operator certificate of the cluster CA, as an operator calling a node directly holds.
         let ca = try ClusterCA(
-            certificatePEM: caPEM, keyPEM: try String(contentsOfFile: directory.file("state/pki/ca.key"), encoding: .utf8))
+            certificatePEM: caPEM,
+            keyPEM: try String(contentsOfFile: directory.file("state/pki/ca.key"), encoding: .utf8))
         let operatorKey = try KeyAndRequest.generate(commonName: "operator:bench")
         let certificate = try ca.sign(requestDER: operatorKey.requestDER, for: .operator("bench"), hosts: [])
         try PKIFiles.write(operatorKey.keyPEM, to: directory.file("operator.key"))
@@ -126,7 +128,8 @@ struct RelayBench: AsyncParsableCommand {
         print("|---|---|---|---|---|")
         print(
             String(
-                format: "| exec `true` round trip, p50 / p99 (n=%d each, interleaved) | %.2f / %.2f ms | %.2f / %.2f ms | +%.2f ms at p50 | ≤ +1 ms (ratio %.2f) |",
+                format:
+                    "| exec `true` round trip, p50 / p99 (n=%d each, interleaved) | %.2f / %.2f ms | %.2f / %.2f ms | +%.2f ms at p50 | ≤ +1 ms (ratio %.2f) |",
                 execs, directRTT.percentile(0.5) * 1000, directRTT.percentile(0.99) * 1000,
                 relayRTT.percentile(0.5) * 1000, relayRTT.percentile(0.99) * 1000, added, added / 1.0))
         func throughput(_ label: String, _ pair: (direct: Samples, relay: Samples)) {
@@ -134,7 +137,8 @@ struct RelayBench: AsyncParsableCommand {
             let straight = megabytes / pair.direct.percentile(0.5), relayed = megabytes / pair.relay.percentile(0.5)
             print(
                 String(
-                    format: "| %@ %d MiB, median of %d | %.1f MiB/s | %.1f MiB/s | %.0f %% of straight | ≥ 80 %% (ratio %.2f) |",
+                    format:
+                        "| %@ %d MiB, median of %d | %.1f MiB/s | %.1f MiB/s | %.0f %% of straight | ≥ 80 %% (ratio %.2f) |",
                     label, mib, rounds, straight, relayed, relayed / straight * 100, relayed / straight / 0.8))
         }
         throughput("cp to the guest (upload)", upload)
@@ -168,7 +172,9 @@ struct RelayBench: AsyncParsableCommand {
                 }
                 return code
             })
-        guard code == 0 else { throw ValidationError("exec straight to the node ended with \(String(describing: code))") }
+        guard code == 0 else {
+            throw ValidationError("exec straight to the node ended with \(String(describing: code))")
+        }
     }
 
     static func exec(relay client: API.VMClient, _ metadata: Metadata) async throws {
@@ -190,7 +196,9 @@ struct RelayBench: AsyncParsableCommand {
                 }
                 return code
             })
-        guard code == 0 else { throw ValidationError("exec through the control plane ended with \(String(describing: code))") }
+        guard code == 0 else {
+            throw ValidationError("exec through the control plane ended with \(String(describing: code))")
+        }
     }
 
     static let chunk = 256 * 1024

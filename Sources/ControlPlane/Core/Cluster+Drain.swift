@@ -55,12 +55,13 @@ extension Cluster {
         guard vm.status.conditions["Evicted"]?.message != message else { return false }
         var updated = vm
         updated.status.conditions.set(
-            Condition(type: "Evicted", status: false, reason: "CannotMove", message: message, lastTransitionUnixMs: now()))
+            Condition(
+                type: "Evicted", status: false, reason: "CannotMove", message: message, lastTransitionUnixMs: now()))
         do {
             try await store.commit(
                 [.update(try Repository.stored(updated), expected: vm.meta.resourceVersion)],
                 events: [event(.vm, vm.meta, "EvictionRefused", message, warning: true)], audit: [])
-        } catch where error.code == .conflict {
+        } catch  where error.code == .conflict {
             // Changed meanwhile: the next pass looks again.
         }
         return false

@@ -29,15 +29,18 @@ extension Cluster {
             let expected = vm.meta.resourceVersion
             guard let nodeID = decision.nodeID, let node = nodes.first(where: { $0.meta.id == nodeID }) else {
                 let condition = Condition(
-                    type: "Scheduled", status: false, reason: "Unschedulable", message: decision.summary,
-                    lastTransitionUnixMs: now())
+                    type: "Scheduled", status: false, reason: decision.waiting ? "WaitingForNodes" : "Unschedulable",
+                    message: decision.summary, lastTransitionUnixMs: now())
                 guard vm.status.conditions["Scheduled"]?.message != decision.summary else { return decision }
                 vm.status.conditions.set(condition)
                 vm.status.phase = .pending
                 do {
+                    // Waiting for answers is normal, not worth a warning event.
+                    let events =
+                        decision.waiting
+                        ? [] : [event(.vm, vm.meta, "FailedScheduling", decision.summary, warning: true)]
                     try await store.commit(
-                        [.update(try Repository.stored(vm), expected: expected)],
-                        events: [event(.vm, vm.meta, "FailedScheduling", decision.summary, warning: true)], audit: [])
+                        [.update(try Repository.stored(vm), expected: expected)], events: events, audit: [])
                 } catch  where error.code == .conflict && attempt < Self.attempts {
                     attempt += 1
                     continue
@@ -85,6 +88,8 @@ extension Cluster {
             ? [] : Set(vms.lazy.filter { reserved.contains($0.meta.id) && !$0.status.nodeID.isEmpty }.map(\.meta.id))
         let request = SchedulingRequest(vm.spec)
         attachPaths(request, to: &snapshot)
+        // Paths asked about less than a heartbeat grace ago: wait for every node's answer.
+        let recent = paths.recent(request.paths, since: now() - heartbeatGrace.components.seconds * 1000)
         return reservations.withLock { reservations in
             let pending = reservations.filter { $0.key != vm.meta.id && !placed.contains($0.key) }
             if !pending.isEmpty {
@@ -96,7 +101,13 @@ extension Cluster {
                     }
                 }
             }
-            let decision = scheduler.schedule(request, on: snapshot)
+            var decision = scheduler.schedule(request, on: snapshot)
+            let unanswered = decision.unchecked.filter { recent.contains($0.path) }
+            if decision.nodeID != nil, !unanswered.isEmpty {
+                decision = decision.waiting(
+                    for: Array(Set(unanswered.map(\.node))).sorted(), paths: Array(Set(unanswered.map(\.path))).sorted()
+                )
+            }
             if let node = decision.nodeID { reservations[vm.meta.id] = (node, request) }
             return decision
         }

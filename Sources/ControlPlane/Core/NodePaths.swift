@@ -16,8 +16,8 @@ final class NodePaths: Sendable {
     private struct State {
         /// Per node id: its latest answers; no entry for a node that does not check paths.
         var facts: [String: [String: Bool]] = [:]
-        /// Per path: when a placement last wanted it (Unix ms).
-        var interest: [String: Int64] = [:]
+        /// Per path: when placements first and last wanted it (Unix ms).
+        var interest: [String: (first: Int64, last: Int64)] = [:]
     }
     private let state = Mutex(State())
 
@@ -37,9 +37,11 @@ final class NodePaths: Sendable {
     func want(_ paths: [String], now: Int64) {
         guard !paths.isEmpty else { return }
         state.withLock { state in
-            for path in paths where path.utf8.count <= Self.maxPathBytes { state.interest[path] = now }
+            for path in paths where path.utf8.count <= Self.maxPathBytes {
+                state.interest[path] = (state.interest[path]?.first ?? now, now)
+            }
             guard state.interest.count > Self.maxPaths else { return }
-            let kept = state.interest.sorted { $0.value > $1.value }.prefix(Self.maxPaths)
+            let kept = state.interest.sorted { $0.value.last > $1.value.last }.prefix(Self.maxPaths)
             state.interest = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
         }
     }
@@ -47,9 +49,14 @@ final class NodePaths: Sendable {
     /// The paths to ask nodes about (wanted within `interestMilliseconds`), sorted.
     func wanted(now: Int64) -> [String] {
         state.withLock { state in
-            state.interest = state.interest.filter { now - $0.value <= Self.interestMilliseconds }
+            state.interest = state.interest.filter { now - $0.value.last <= Self.interestMilliseconds }
             return state.interest.keys.sorted()
         }
+    }
+
+    /// Those of `paths` first wanted after `since` (Unix ms): nodes may not have been asked yet.
+    func recent(_ paths: [String], since: Int64) -> Set<String> {
+        state.withLock { state in Set(paths.filter { (state.interest[$0]?.first ?? .min) > since }) }
     }
 
     /// Every checking node's answers, by node id.

@@ -213,7 +213,9 @@ public final class Reconciler: Service, Sendable {
             events.append(
                 cluster.event(
                     .vm, vm.meta, updated.status.agentConnected ? "AgentConnected" : "AgentDisconnected",
-                    updated.status.agentConnected ? "the guest agent connected\(updated.status.agent.summary)" : "the guest agent is not connected"))
+                    updated.status.agentConnected
+                        ? "the guest agent connected\(updated.status.agent.summary)"
+                        : "the guest agent is not connected"))
         }
         if let (action, error) = failure, vm.status.conditions["Reconciled"]?.message != error.fullMessage {
             events.append(

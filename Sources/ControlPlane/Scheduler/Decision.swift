@@ -97,6 +97,9 @@ public struct Decision: Sendable, Equatable {
     public var nodeID: String?
     /// One line for people.
     public var summary: String
+    /// Whether the decision waits for nodes to answer about paths before it places the VM
+    /// (see `waiting(for:)`): the VM stays PENDING without a warning.
+    public private(set) var waiting = false
     /// Every node's verdict in the snapshot's order (sorted only when asked for: placing a VM
     /// needs the best one, not the order of the other 9,999).
     private var unsorted: [Verdict]
@@ -149,5 +152,27 @@ public struct Decision: Sendable, Equatable {
         if let best { summary += "; chose \(best.node) (score \(best.score!))" }
         if !parts.isEmpty { summary += ": " + parts.joined(separator: ", ") }
         self.summary = summary
+    }
+
+    /// The paths fitting nodes have not answered about yet, by node name (sorted).
+    public var unchecked: [(node: String, path: String)] {
+        unsorted.compactMap { verdict in
+            guard case .pathNotChecked(let path) = verdict.rejection else { return nil }
+            return (verdict.node, path)
+        }.sorted { ($0.node, $0.path) < ($1.node, $1.path) }
+    }
+
+    /// This decision held back: no node is chosen while `nodes` have not said whether they have
+    /// `paths` (otherwise the first node to answer would take every VM that waits).
+    public func waiting(for nodes: [String], paths: [String]) -> Decision {
+        var decision = self
+        decision.nodeID = nil
+        decision.waiting = true
+        let (count, have, their) =
+            nodes.count == 1 ? ("1 node", "it has", "its") : ("\(nodes.count) nodes", "they have", "their")
+        decision.summary =
+            "waiting for \(count) (\(nodes.joined(separator: ", "))) to say whether \(have) "
+            + paths.joined(separator: ", ") + " (asked in \(their) next heartbeat)"
+        return decision
     }
 }
