@@ -31,7 +31,9 @@ struct GRPCNodeDriver: NodeDriver {
                 try await stub.createVM(.with { $0.spec = spec }, options: ClientTransport.failFast)
             }
         } catch  where error.code == .alreadyExists {
-            // Defined by an earlier attempt whose answer was lost.
+            // Defined by an earlier attempt whose answer was lost — unless the node has no such
+            // VM, when what is in the way (e.g. disks kept from an earlier definition) is the error.
+            guard try await get(machine.name, on: node) != nil else { throw error }
         }
         return start ? try await self.start(machine.name, on: node) : try await read(machine.name, on: node)
     }

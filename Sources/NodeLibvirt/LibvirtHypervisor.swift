@@ -127,6 +127,11 @@ public final class LibvirtHypervisor: Hypervisor {
                 try makeDirectory(parent, mode: 0o755)
             }
             for dir in [stateDir, runDir] {
+                // An empty directory is what a definition removed with its disks kept leaves when
+                // there was no disk to keep: nothing of a VM is in it.
+                if (try? FileManager.default.contentsOfDirectory(atPath: dir))?.isEmpty == true {
+                    try? FileManager.default.removeItem(atPath: dir)
+                }
                 guard !FileManager.default.fileExists(atPath: dir) else {
                     throw LQXError(.alreadyExists, "\(dir) exists; a VM named \(spec.name) was not cleaned up")
                 }
@@ -295,6 +300,8 @@ public final class LibvirtHypervisor: Hypervisor {
                 for entry in entries where !entry.hasSuffix(".qcow2") {
                     try? FileManager.default.removeItem(atPath: "\(stateDir)/\(entry)")
                 }
+                // No disk to keep: nothing is left of the VM, and its name is free again.
+                rmdir(stateDir)
             }
             logger.info("VM deleted", metadata: ["vm": "\(name)", "disks.deleted": "\(deleteDisks)"])
         }

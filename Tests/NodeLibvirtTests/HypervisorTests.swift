@@ -45,6 +45,32 @@ struct HypervisorTests {
         #expect(missing?.code == .notFound)
     }
 
+    @Test("delete keeping disks: a VM without node-created disks can be defined again; kept disks are never overwritten")
+    func keepDisksThenCreateAgain() async throws {
+        guard LibvirtAvailability.available else { return }
+        let node = try TestNode()
+        defer { node.remove() }
+        let hypervisor = try LibvirtHypervisor(layout: node.layout)
+        // A kernel-booted VM moving away and back (a drain, a NoExecute eviction): nothing kept.
+        let moving = TestNode.vmName("moving")
+        _ = try await hypervisor.create(spec(moving))
+        try await hypervisor.delete(moving, force: false, deleteDisks: false)
+        #expect(!FileManager.default.fileExists(atPath: node.layout.vmState(moving)))
+        #expect(try await hypervisor.create(spec(moving)).state == .shutOff)
+        try await hypervisor.delete(moving, force: false, deleteDisks: true)
+        // A VM with a disk the node created: the kept image blocks a new definition by name.
+        let kept = TestNode.vmName("kept")
+        let withDisk = VMSpec(name: kept, memoryMiB: 128, boot: .disk, disks: [.init(source: .new(sizeGiB: 1))])
+        _ = try await hypervisor.create(withDisk)
+        try await hypervisor.delete(kept, force: false, deleteDisks: false)
+        let image = node.layout.vmState(kept) + "/disk0.qcow2"
+        #expect(FileManager.default.fileExists(atPath: image))
+        let refused = await #expect(throws: LQXError.self) { try await hypervisor.create(withDisk) }
+        #expect(refused?.code == .alreadyExists)
+        #expect(refused?.message.contains("was not cleaned up") == true)
+        #expect(FileManager.default.fileExists(atPath: image))
+    }
+
     @Test("two nodes on one libvirtd: neither lists, reads or deletes the other's VM")
     func nodesSharingLibvirt() async throws {
         guard LibvirtAvailability.available else { return }
