@@ -45,7 +45,8 @@ struct HypervisorTests {
         #expect(missing?.code == .notFound)
     }
 
-    @Test("delete keeping disks: a VM without node-created disks can be defined again; kept disks are never overwritten")
+    @Test(
+        "delete keeping disks: a VM without node-created disks can be defined again; kept disks are never overwritten")
     func keepDisksThenCreateAgain() async throws {
         guard LibvirtAvailability.available else { return }
         let node = try TestNode()
