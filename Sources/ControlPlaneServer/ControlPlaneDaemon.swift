@@ -163,9 +163,10 @@ public struct ControlPlaneDaemon: Sendable {
         if let address = configuration.httpListen {
             let json = JSONGateway(
                 api: { () async throws(LQXError) -> HostPort in try await api.boundAddress() },
-                security: .tls(caFile: paths.caCertificate))
+                security: .tls(caFile: paths.caCertificate), proxyKey: cluster.authFailures.proxyKey)
             https = try HTTPService(
-                address: address, routes: routes, post: { await json.handle(path: $0, authorization: $1, body: $2) },
+                address: address, routes: routes,
+                post: { await json.handle(path: $0, authorization: $1, body: $2, peer: $3) },
                 certificateChain: paths.certificate, privateKey: paths.key, logger: logger)
             gateway = json
         }

@@ -22,7 +22,7 @@ public enum ControlPlaneServer {
         let relay = GuestRelay(cluster: cluster, nodes: calls, telemetry: telemetry)
         var services: [any RegistrableRPCService] = [
             VMService(cluster: cluster, guest: relay), ProjectService(cluster: cluster), TokenService(cluster: cluster),
-            NodeAdminService(cluster: cluster, caFingerprint: nodes?.ca.fingerprint ?? ""),
+            NodeAdminService(cluster: cluster, ca: nodes?.ca),
             EventService(cluster: cluster),
         ]
         if let nodes {

@@ -95,6 +95,36 @@ struct GRPCNodeDriver: NodeDriver {
         }
     }
 
+    func prepareIncoming(_ machine: VMSpec, on node: Node) async throws(LQXError) {
+        let spec = machine.proto
+        _ = try await nodes.with(node) { stub in
+            try await stub.prepareIncomingVM(.with { $0.spec = spec }, options: ClientTransport.failFast)
+        }
+    }
+
+    func migrate(_ vmID: String, from source: Node, to target: Node) async throws(LQXError) {
+        guard let destination = target.status.migration else {
+            throw LQXError(.failedPrecondition, "node \(target.meta.name) takes no live migrations")
+        }
+        let done = try await nodes.with(source) { stub in
+            try await stub.migrateVM(
+                .with {
+                    $0.name = vmID
+                    $0.destinationUri = destination.uri
+                    $0.migrationAddress = destination.address
+                }, options: ClientTransport.failFast
+            ) { response in
+                var done = false
+                for try await progress in response.messages where progress.done { done = true }
+                return done
+            }
+        }
+        guard done else {
+            throw LQXError(
+                .unavailable, "node \(source.meta.name) ended the migration of \(vmID) without saying it was done")
+        }
+    }
+
     /// Runs `body`, then reads the VM back; a `failedPrecondition` answer (already in that
     /// state) is not an error.
     func operation(

@@ -23,11 +23,16 @@ final class JSONGateway: Service, Sendable {
     let security: ClientSecurity
     let client = OneShot<Client>()
     let calls: [String: Call]
+    /// The API's `FailureLimiter.proxyKey`, sent with each client's address.
+    let proxyKey: String
 
     /// A gateway to the API at `api()` (known once bound), trusting it with `security`.
-    init(api: @escaping @Sendable () async throws(LQXError) -> HostPort, security: ClientSecurity) {
+    init(
+        api: @escaping @Sendable () async throws(LQXError) -> HostPort, security: ClientSecurity, proxyKey: String
+    ) {
         self.api = api
         self.security = security
+        self.proxyKey = proxyKey
         typealias VMs = Limiquantix_Compute_V1_VMService.Method
         typealias Nodes = Limiquantix_Compute_V1_NodeService.Method
         typealias Projects = Limiquantix_Compute_V1_ProjectService.Method
@@ -57,6 +62,9 @@ final class JSONGateway: Service, Sendable {
                 Nodes.SetNodeResources.Output.self),
             Self.unary(
                 Nodes.CreateJoinToken.descriptor, Nodes.CreateJoinToken.Input.self, Nodes.CreateJoinToken.Output.self),
+            Self.unary(
+                Nodes.IssueOperatorCertificate.descriptor, Nodes.IssueOperatorCertificate.Input.self,
+                Nodes.IssueOperatorCertificate.Output.self),
             Self.unary(
                 Projects.CreateProject.descriptor, Projects.CreateProject.Input.self,
                 Projects.CreateProject.Output.self),
@@ -104,12 +112,15 @@ final class JSONGateway: Service, Sendable {
     }
 
     /// Answers one POST.
-    func handle(path: String, authorization: String?, body: String) async -> HTTPService.Reply {
+    func handle(path: String, authorization: String?, body: String, peer: String) async -> HTTPService.Reply {
         guard let call = calls[path] else {
             return Self.error(.notFound, "no unary method \(path) (streams — exec, cp, watches — are gRPC only)")
         }
         var metadata: Metadata = [:]
         if let authorization { metadata.addString(authorization, forKey: "authorization") }
+        // Failed tokens count against the HTTP client, not against this gateway's connection.
+        metadata.addString(peer, forKey: Authentication.forwardedPeerKey)
+        metadata.addString(proxyKey, forKey: Authentication.proxyKeyKey)
         do {
             let client = try await client.wait()
             return .init(contentType: "application/json", body: try await call(client, body, metadata))

@@ -1,5 +1,6 @@
 import ControlPlane
 import ControlPlaneAPI
+import Foundation
 import GRPCCore
 import LQXModel
 import LQXServer
@@ -7,8 +8,10 @@ import LQXServer
 /// `NodeService`: the operators' view of nodes (list, cordon, labels, taints, resources, join tokens).
 struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
     let cluster: Cluster
-    /// The cluster CA's fingerprint, returned with join tokens (empty when there is none).
-    var caFingerprint = ""
+    /// The cluster CA: its fingerprint is returned with join tokens, and it signs operator
+    /// certificates (nil: a control plane without the node side has neither).
+    var ca: ClusterCA?
+    var caFingerprint: String { ca?.fingerprint ?? "" }
     var auth: Authentication { Authentication(cluster: cluster) }
 
     /// The nodes as messages, each with what its VMs take.
@@ -199,6 +202,36 @@ struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
                     $0.token = issued.token
                     $0.expiresUnixMs = issued.expiresUnixMs
                     $0.caSha256 = caFingerprint
+                }
+            })
+    }
+
+    func issueOperatorCertificate(
+        request: ServerRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Limiquantix_Compute_V1_OperatorCertificate> {
+        ServerResponse(
+            message: try await auth.call(context, request.metadata) { principal in
+                let m = request.message
+                let ttl = m.ttlSeconds == 0 ? Cluster.operatorCertificateTTL.default : .seconds(Int64(m.ttlSeconds))
+                let user = try cluster.authorizeOperatorCertificate(ttl: ttl, by: principal)
+                guard let ca else {
+                    throw LQXError(.failedPrecondition, "this control plane has no cluster CA (no node listener)")
+                }
+                let identity = ClusterIdentity.operator(user)
+                let certificate = try ca.sign(
+                    requestDER: Array(m.certificateRequest), for: identity, hosts: [],
+                    validity: TimeInterval(ttl.components.seconds))
+                let fingerprint = PKIFiles.fingerprint(of: certificate)
+                let pem = try PKIFiles.pem(certificate)
+                try await cluster.recordAudit(
+                    principal, project: "", vmName: "", action: "operator-certificate",
+                    detail: "\(identity) for \(ttl.components.seconds) s", result: "sha256 \(fingerprint)")
+                return .with {
+                    $0.certificatePem = pem
+                    $0.caPem = ca.certificatePEM
+                    $0.identity = identity.description
+                    $0.expiresUnixMs = Int64(certificate.notValidAfter.timeIntervalSince1970 * 1000)
+                    $0.sha256 = fingerprint
                 }
             })
     }

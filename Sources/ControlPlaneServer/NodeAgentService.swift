@@ -42,12 +42,14 @@ struct NodeAgentService: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol
         return ServerResponse(
             message: try await RPCErrorMapping.mapping {
                 let csr = Array(m.certificateRequest)
+                // An address that keeps sending bad join tokens is refused for a while.
+                try cluster.authFailures.check(context.remotePeer)
                 // The request is checked before the token is spent on it.
                 _ = try ca.sign(requestDER: csr, for: .node("check"), hosts: [])
                 let registration = NodeRegistration(
                     name: m.name, address: m.address, capacity: Node.Resources(m.capacity),
                     inventory: Node.Inventory(m.inventory), version: m.version)
-                let node = try await cluster.registerNode(joinToken: m.joinToken, registration)
+                let node = try await register(m.joinToken, registration, peer: context.remotePeer)
                 let host = try HostPort(parsing: node.status.address, for: .connect, field: "address").host
                 let certificate = try PKIFiles.der(
                     try ca.sign(requestDER: csr, for: .node(node.meta.id), hosts: [host]))
@@ -63,6 +65,16 @@ struct NodeAgentService: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol
             })
     }
 
+    /// Registers the node; a bad token counts against the caller's address.
+    func register(_ token: String, _ registration: NodeRegistration, peer: String) async throws(LQXError) -> Node {
+        do {
+            return try await cluster.registerNode(joinToken: token, registration)
+        } catch {
+            if error.code == .unauthenticated { cluster.authFailures.failed(peer) }
+            throw error
+        }
+    }
+
     func heartbeat(request: ServerRequest<Limiquantix_Compute_V1_HeartbeatRequest>, context: ServerContext)
         async throws -> ServerResponse<Limiquantix_Compute_V1_HeartbeatResponse>
     {
@@ -70,6 +82,9 @@ struct NodeAgentService: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol
         return ServerResponse(
             message: try await RPCErrorMapping.mapping {
                 try requireNode(m.nodeID, context)
+                let migration =
+                    m.migrationUri.isEmpty
+                    ? nil : try Node.MigrationTarget(uri: m.migrationUri, address: m.migrationAddress)
                 let wanted = try await cluster.heartbeat(
                     nodeID: m.nodeID, capacity: m.hasCapacity ? Node.Resources(m.capacity) : nil,
                     vms: m.vms.map {
@@ -79,7 +94,8 @@ struct NodeAgentService: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol
                                 version: $0.agentVersion, osPrettyName: $0.osPrettyName, hostname: $0.hostname))
                     },
                     paths: m.checksPaths
-                        ? Dictionary(m.paths.map { ($0.path, $0.present) }, uniquingKeysWith: { $0 && $1 }) : nil)
+                        ? Dictionary(m.paths.map { ($0.path, $0.present) }, uniquingKeysWith: { $0 && $1 }) : nil,
+                    migration: migration)
                 return .with {
                     $0.heartbeatIntervalMs = intervalMilliseconds
                     $0.checkPaths = wanted

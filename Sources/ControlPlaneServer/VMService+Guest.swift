@@ -27,14 +27,14 @@ func transcode<Target: SwiftProtobuf.Message>(_ message: some SwiftProtobuf.Mess
 
 extension VMService {
     /// The caller's principal, or the call fails before any stream is opened.
-    func principal(_ metadata: Metadata) async throws -> Principal {
-        try await RPCErrorMapping.mapping { try await auth.principal(metadata) }
+    func principal(_ metadata: Metadata, _ context: ServerContext) async throws -> Principal {
+        try await RPCErrorMapping.mapping { try await auth.principal(metadata, context: context) }
     }
 
     func exec(request: StreamingServerRequest<Limiquantix_Compute_V1_ExecInput>, context: ServerContext)
         async throws -> StreamingServerResponse<Limiquantix_Compute_V1_ExecOutput>
     {
-        let principal = try await principal(request.metadata)
+        let principal = try await principal(request.metadata, context)
         let guest = self.guest
         return StreamingServerResponse { writer in
             try await RPCErrorMapping.mapping {
@@ -102,7 +102,7 @@ extension VMService {
     func upload(request: StreamingServerRequest<Limiquantix_Compute_V1_UploadInput>, context: ServerContext)
         async throws -> ServerResponse<Limiquantix_Types_V1_TransferResult>
     {
-        let principal = try await principal(request.metadata)
+        let principal = try await principal(request.metadata, context)
         return ServerResponse(
             message: try await RPCErrorMapping.mapping {
                 let inputs = RemainingMessages(request.messages)
@@ -144,7 +144,7 @@ extension VMService {
     func download(request: ServerRequest<Limiquantix_Compute_V1_DownloadRequest>, context: ServerContext)
         async throws -> StreamingServerResponse<Limiquantix_Compute_V1_DownloadOutput>
     {
-        let principal = try await principal(request.metadata)
+        let principal = try await principal(request.metadata, context)
         let m = request.message
         let guest = self.guest
         let (vm, node) = try await RPCErrorMapping.mapping {
@@ -228,7 +228,7 @@ extension VMService {
     func watchTelemetry(request: ServerRequest<Limiquantix_Compute_V1_VMRef>, context: ServerContext) async throws
         -> StreamingServerResponse<Limiquantix_Compute_V1_VMTelemetry>
     {
-        let principal = try await principal(request.metadata)
+        let principal = try await principal(request.metadata, context)
         let ref = request.message
         let guest = self.guest
         let (vm, node) = try await RPCErrorMapping.mapping {

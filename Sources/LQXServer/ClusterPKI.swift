@@ -116,9 +116,11 @@ public struct ClusterCA: Sendable {
     public var fingerprint: String { PKIFiles.fingerprint(of: certificate) }
 
     /// A certificate for `identity` with `publicKey`, valid for `hosts` (DNS names or IP
-    /// addresses; server certificates need them, client-only ones may have none).
+    /// addresses; server certificates need them, client-only ones may have none) and for
+    /// `validity` seconds from `now`.
     public func issue(
-        for identity: ClusterIdentity, publicKey: Certificate.PublicKey, hosts: [String], now: Date = Date()
+        for identity: ClusterIdentity, publicKey: Certificate.PublicKey, hosts: [String], now: Date = Date(),
+        validity: TimeInterval = leafValidity
     ) throws(LQXError) -> Certificate {
         do {
             let subject = try DistinguishedName {
@@ -136,7 +138,7 @@ public struct ClusterCA: Sendable {
             let authority = try certificate.extensions.subjectKeyIdentifier?.keyIdentifier
             return try Certificate(
                 version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: publicKey,
-                notValidBefore: now - 300, notValidAfter: now + Self.leafValidity, issuer: certificate.subject,
+                notValidBefore: now - 300, notValidAfter: now + validity, issuer: certificate.subject,
                 subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
                 extensions: try Certificate.Extensions {
                     Critical(BasicConstraints.notCertificateAuthority)
@@ -150,10 +152,11 @@ public struct ClusterCA: Sendable {
         }
     }
 
-    /// Signs a node's certificate request (PKCS#10 DER): the request must be signed by its own
-    /// key; the subject it asks for is ignored, the certificate names `identity` and `hosts`.
+    /// Signs a certificate request (PKCS#10 DER) of a node or an operator: the request must be
+    /// signed by its own key; the subject it asks for is ignored, the certificate names
+    /// `identity` and `hosts`.
     public func sign(
-        requestDER: [UInt8], for identity: ClusterIdentity, hosts: [String]
+        requestDER: [UInt8], for identity: ClusterIdentity, hosts: [String], validity: TimeInterval = leafValidity
     ) throws(LQXError) -> Certificate {
         guard !requestDER.isEmpty, requestDER.count <= 16 * 1024 else {
             throw LQXError(.invalidSpec, "certificate_request must be a PKCS#10 request of at most 16 KiB")
@@ -167,7 +170,7 @@ public struct ClusterCA: Sendable {
         guard request.publicKey.isValidSignature(request.signature, for: request) else {
             throw LQXError(.invalidSpec, "certificate_request is not signed by its own key")
         }
-        return try issue(for: identity, publicKey: request.publicKey, hosts: hosts)
+        return try issue(for: identity, publicKey: request.publicKey, hosts: hosts, validity: validity)
     }
 
     /// Whether `certificate` was signed by this CA.

@@ -13,8 +13,28 @@ import ServiceLifecycle
 public final class HTTPService: Service, Sendable {
     /// An HTTP status.
     public typealias Status = HTTPResponse.Status
-    /// Answers a POST: its path, its `Authorization` header and its body (JSON).
-    public typealias Post = @Sendable (_ path: String, _ authorization: String?, _ body: String) async -> Reply
+    /// Answers a POST: its path, its `Authorization` header, its body (JSON) and the client's
+    /// address (as gRPC writes a peer: `ipv4:HOST:PORT`, `ipv6:[HOST]:PORT`).
+    public typealias Post =
+        @Sendable (_ path: String, _ authorization: String?, _ body: String, _ peer: String) async -> Reply
+
+    /// A request's context with the client's address.
+    struct PeerContext: RequestContext {
+        var coreContext: CoreRequestContextStorage
+        /// The client, as gRPC names a peer.
+        let peer: String
+
+        init(source: ApplicationRequestContextSource) {
+            coreContext = .init(source: source)
+            peer =
+                switch source.channel.remoteAddress {
+                case .v4(let address)?: "ipv4:\(address.host):\(source.channel.remoteAddress?.port ?? 0)"
+                case .v6(let address)?: "ipv6:[\(address.host)]:\(source.channel.remoteAddress?.port ?? 0)"
+                case .unixDomainSocket?: "unix:"
+                case nil: "<unknown>"
+                }
+        }
+    }
 
     /// One route's answer.
     public struct Reply: Sendable {
@@ -35,7 +55,7 @@ public final class HTTPService: Service, Sendable {
         }
     }
 
-    private let application: Application<RouterResponder<BasicRequestContext>>
+    private let application: Application<RouterResponder<PeerContext>>
     private let bound = OneShot<HostPort>()
     /// What the service listens on, as configured.
     public let address: HostPort
@@ -68,16 +88,16 @@ public final class HTTPService: Service, Sendable {
         address: HostPort, routes: [String: @Sendable () async -> Reply], post: (Post, Int)?,
         server: HTTPServerBuilder, logger: Logger
     ) {
-        let router = Router()
+        let router = Router(context: PeerContext.self)
         if let (post, maximum) = post {
-            router.post("**") { request, _ -> Response in
+            router.post("**") { request, context -> Response in
                 let type = request.headers[.contentType] ?? "application/json"
                 let reply: Reply
                 if !type.hasPrefix("application/json") {
                     reply = Reply(status: .unsupportedMediaType, body: "send Content-Type: application/json\n")
                 } else if let body = try? await request.body.collect(upTo: maximum) {
                     reply = await post(
-                        request.uri.path, request.headers[.authorization], String(buffer: body))
+                        request.uri.path, request.headers[.authorization], String(buffer: body), context.peer)
                 } else {
                     reply = Reply(status: .contentTooLarge, body: "the body is larger than \(maximum) bytes\n")
                 }
@@ -87,7 +107,7 @@ public final class HTTPService: Service, Sendable {
             }
         }
         for (path, reply) in routes {
-            @Sendable func respond(_ request: Request, _ context: BasicRequestContext) async -> Response {
+            @Sendable func respond(_ request: Request, _ context: PeerContext) async -> Response {
                 let reply = await reply()
                 return Response(
                     status: reply.status, headers: [.contentType: reply.contentType],

@@ -52,6 +52,9 @@ public protocol Hypervisor: Sendable {
     /// task aborts the hypervisor's migration job; the VM then keeps running here.
     func migrate(_ vm: String, _ request: MigrationRequest, progress: @escaping @Sendable (JobProgress) -> Void)
         async throws(LQXError)
+    /// Makes this node ready to receive a live migration of the VM `spec` describes (its files
+    /// here; the migration defines the domain). Only disks given by path can follow a VM.
+    func prepareIncoming(_ spec: VMSpec) async throws(LQXError)
     /// What the hypervisor is and can do.
     func hypervisorInfo() async throws(LQXError) -> HypervisorInfo
     /// Whether the connection to the hypervisor works (for `/health`).

@@ -163,6 +163,12 @@ public struct VMController: Sendable {
         try await hypervisor.migrate(vm, request, progress: progress)
     }
 
+    /// Makes this node ready to receive a live migration of `spec`'s VM.
+    public func prepareIncoming(_ spec: VMSpec) async throws(LQXError) {
+        try spec.validate()
+        try await hypervisor.prepareIncoming(spec)
+    }
+
     /// A live session with the VM's agent, waiting up to the policy's agent time for it.
     public func session(_ vm: String) async throws(LQXError) -> AgentSession {
         _ = try await status(vm)

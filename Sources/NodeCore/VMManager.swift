@@ -40,7 +40,8 @@ public final class VMManager: Service, Sendable {
         /// Finishing it ends the VM's broker task (see `run`).
         var stopBroker: AsyncStream<Never>.Continuation?
         var telemetry: VMTelemetry?
-        var info: AgentInfo?
+        /// What the agent said of itself, and the session it said it on.
+        var info: (session: UInt64, info: AgentInfo)?
     }
 
     /// A broker to start: `run` adds it to its task group.
@@ -140,8 +141,8 @@ public final class VMManager: Service, Sendable {
     private func runBroker(_ launch: Launch, interval: Duration, logger: Logger) async {
         let name = launch.name, client = launch.client
         let store: @Sendable (TelemetrySample) -> Void = { [weak self] sample in self?.store(name, sample) }
-        let info: @Sendable (AgentInfo) -> Void = { [weak self] info in
-            self?.state.withLock { $0.vms[name]?.info = info }
+        let info: @Sendable (UInt64, AgentInfo) -> Void = { [weak self] session, info in
+            self?.state.withLock { $0.vms[name]?.info = (session, info) }
             self?.announceChange()
         }
         await withTaskGroup(of: Void.self) { group in
@@ -205,9 +206,12 @@ public final class VMManager: Service, Sendable {
         return stream
     }
 
-    /// What the VM's agent reported about itself when its current session began.
+    /// What the VM's agent reported about itself when its current session began; nil while no
+    /// session is open or the current one has not answered yet (never an earlier boot's facts).
     public func agentInfo(_ name: String) -> AgentInfo? {
-        state.withLock { $0.vms[name]?.info }
+        let (agent, known) = state.withLock { ($0.vms[name]?.agent, $0.vms[name]?.info) }
+        guard let known, let session = agent?.currentSession, session.id == known.session else { return nil }
+        return known.info
     }
 
     /// Whether the VM's agent has a session open now.
@@ -376,13 +380,13 @@ public final class VMManager: Service, Sendable {
 
     /// Keeps a telemetry subscription open on the VM's agent, across reconnects, until cancelled.
     private static func collectTelemetry(
-        _ client: AgentClient, every interval: Duration, info: @Sendable (AgentInfo) -> Void,
+        _ client: AgentClient, every interval: Duration, info: @Sendable (UInt64, AgentInfo) -> Void,
         store: @Sendable (TelemetrySample) -> Void
     ) async {
         while !Task.isCancelled {
             do {
                 let session = try await client.session(timeout: .seconds(60))
-                info(try await session.info())
+                info(session.id, try await session.info())
                 for try await sample in session.telemetry(every: interval) { store(sample) }
             } catch {
                 try? await Task.sleep(for: .seconds(1))

@@ -95,6 +95,12 @@ public final class FakeHypervisor: Hypervisor {
         return status
     }
 
+    /// Records that an incoming migration of the VM was prepared.
+    public func prepareIncoming(_ spec: VMSpec) async throws(LQXError) {
+        try record("prepareIncoming", spec.name)
+        try spec.validate()
+    }
+
     /// Starts a stopped VM and emits `started`.
     public func start(_ name: String) async throws(LQXError) {
         try record("start", name)

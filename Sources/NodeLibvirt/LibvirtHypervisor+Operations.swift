@@ -265,6 +265,7 @@ extension LibvirtHypervisor {
             }
             throw LQXError(.hypervisor, "migration of \(vm)", cause: error)
         }
+        try? await blocking { [self] () throws(LQXError) in removeLeftovers(vm) }
         logger.info("VM migrated", metadata: ["vm": "\(vm)", "destination": "\(request.destinationURI)"])
     }
 

@@ -119,26 +119,8 @@ public final class LibvirtHypervisor: Hypervisor {
         }
 
         let stateDir = layout.vmState(spec.name), runDir = layout.vmRun(spec.name)
-        var created: [String] = []
+        let created = try makeVMDirectories(spec.name)
         do throws(LQXError) {
-            // The parents are traversable; each VM's own directories belong to libvirt's QEMU user,
-            // which opens the disks there and creates the agent socket.
-            for parent in ["\(layout.stateDirectory)/vms", "\(layout.runDirectory)/vms"] {
-                try makeDirectory(parent, mode: 0o755)
-            }
-            for dir in [stateDir, runDir] {
-                // An empty directory is what a definition removed with its disks kept leaves when
-                // there was no disk to keep: nothing of a VM is in it.
-                if (try? FileManager.default.contentsOfDirectory(atPath: dir))?.isEmpty == true {
-                    try? FileManager.default.removeItem(atPath: dir)
-                }
-                guard !FileManager.default.fileExists(atPath: dir) else {
-                    throw LQXError(.alreadyExists, "\(dir) exists; a VM named \(spec.name) was not cleaned up")
-                }
-                try makeDirectory(dir, mode: 0o750)
-                created.append(dir)
-                if let user = facts.qemuUser { chown(dir, user.uid, user.gid) }
-            }
             let uuid = VMID.random().rawValue
             var disks: [DomainPlan.PlannedDisk] = []
             for (index, disk) in spec.disks.enumerated() {
@@ -181,6 +163,81 @@ public final class LibvirtHypervisor: Hypervisor {
             for dir in created.reversed() { try? FileManager.default.removeItem(atPath: dir) }
             throw error
         }
+    }
+
+    /// Makes the VM's state and run directories (owned by libvirt's QEMU user, which opens the
+    /// disks there and creates the agent socket) and returns them. What an earlier definition
+    /// left there without a disk image (a console log, a spec, an empty directory) is cleared;
+    /// kept disk images refuse the name, so they are never overwritten.
+    func makeVMDirectories(_ name: String) throws(LQXError) -> [String] {
+        var created: [String] = []
+        do throws(LQXError) {
+            // The parents are traversable.
+            for parent in ["\(layout.stateDirectory)/vms", "\(layout.runDirectory)/vms"] {
+                try makeDirectory(parent, mode: 0o755)
+            }
+            for dir in [layout.vmState(name), layout.vmRun(name)] {
+                if let entries = try? FileManager.default.contentsOfDirectory(atPath: dir),
+                    !entries.contains(where: { $0.hasSuffix(".qcow2") })
+                {
+                    try? FileManager.default.removeItem(atPath: dir)
+                }
+                guard !FileManager.default.fileExists(atPath: dir) else {
+                    throw LQXError(
+                        .alreadyExists, "\(dir) holds disk images; a VM named \(name) was not cleaned up")
+                }
+                try makeDirectory(dir, mode: 0o750)
+                created.append(dir)
+                if let user = facts.qemuUser { chown(dir, user.uid, user.gid) }
+            }
+        } catch {
+            for dir in created.reversed() { try? FileManager.default.removeItem(atPath: dir) }
+            throw error
+        }
+        return created
+    }
+
+    /// Makes this node ready to receive a live migration of `spec`'s VM: checks the files it
+    /// refers to exist here, creates its directories and keeps its spec (no domain: the
+    /// migration defines it). Only disks given by path can follow a VM.
+    public func prepareIncoming(_ spec: VMSpec) async throws(LQXError) {
+        try spec.validate()
+        try await blocking { [self] () throws(LQXError) in
+            if try connection.domain(named: spec.name) != nil {
+                throw LQXError(.alreadyExists, "a VM named \(spec.name) exists already")
+            }
+            if case .kernel(let kernel, let initrd, _) = spec.boot {
+                try requireFile(kernel, field: "kernel")
+                if let initrd { try requireFile(initrd, field: "initrd") }
+            }
+            for (index, disk) in spec.disks.enumerated() {
+                guard case .path(let path) = disk.source else {
+                    throw LQXError(
+                        .invalidSpec, "disks[\(index)]: only a disk given by path can follow a live migration")
+                }
+                try requireFile(path, field: "disks[\(index)].path")
+            }
+            let created = try makeVMDirectories(spec.name)
+            do throws(LQXError) {
+                try saveSpec(spec)
+            } catch {
+                for dir in created.reversed() { try? FileManager.default.removeItem(atPath: dir) }
+                throw error
+            }
+            logger.info("ready for an incoming migration", metadata: ["vm": "\(spec.name)"])
+        }
+    }
+
+    /// Removes what a VM that left this node (a migration) had here: its run directory and its
+    /// state apart from disk images.
+    func removeLeftovers(_ name: String) {
+        try? FileManager.default.removeItem(atPath: layout.vmRun(name))
+        let stateDir = layout.vmState(name)
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: stateDir)) ?? []
+        where !entry.hasSuffix(".qcow2") {
+            try? FileManager.default.removeItem(atPath: "\(stateDir)/\(entry)")
+        }
+        rmdir(stateDir)
     }
 
     func requireFile(_ path: String, field: String) throws(LQXError) {
@@ -291,17 +348,13 @@ public final class LibvirtHypervisor: Hypervisor {
                 try domain.destroy()
             }
             try domain.undefine()
-            try? FileManager.default.removeItem(atPath: layout.vmRun(name))
-            let stateDir = layout.vmState(name)
             if deleteDisks {
-                try? FileManager.default.removeItem(atPath: stateDir)
-            } else if let entries = try? FileManager.default.contentsOfDirectory(atPath: stateDir) {
-                // Keep the node-created disk images; drop the rest (console log, NVRAM).
-                for entry in entries where !entry.hasSuffix(".qcow2") {
-                    try? FileManager.default.removeItem(atPath: "\(stateDir)/\(entry)")
-                }
-                // No disk to keep: nothing is left of the VM, and its name is free again.
-                rmdir(stateDir)
+                try? FileManager.default.removeItem(atPath: layout.vmRun(name))
+                try? FileManager.default.removeItem(atPath: layout.vmState(name))
+            } else {
+                // Keep the node-created disk images; drop the rest (console log, NVRAM). With no
+                // disk to keep nothing is left, and the name is free again.
+                removeLeftovers(name)
             }
             logger.info("VM deleted", metadata: ["vm": "\(name)", "disks.deleted": "\(deleteDisks)"])
         }

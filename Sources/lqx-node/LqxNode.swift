@@ -85,6 +85,23 @@ struct LqxNode: AsyncParsableCommand {
     )
     var advertiseAddress: String?
 
+    @Option(
+        name: .customLong("migration-uri"),
+        help: ArgumentHelp(
+            "The libvirt URI other nodes' libvirtd reach this host's with, to live-migrate VMs here.",
+            discussion: """
+                e.g. qemu+tls://host-b.example/system (libvirt's TLS or SSH transport between hosts, set up \
+                as libvirt documents). Reported to the control plane, which then drains other nodes onto \
+                this one by live migration; without it this node takes no live migrations (VMs come here \
+                by stop and start).
+                """))
+    var migrationURI: String?
+
+    @Option(
+        name: .customLong("migration-address"),
+        help: "Host or IP the migration stream comes to on this host (default: libvirt's choice, the host name).")
+    var migrationAddress: String?
+
     @Flag(
         name: .customLong("insecure-listen"),
         help: "A joined node serves its API without TLS (development only: anyone who reaches it controls the node).")
@@ -166,6 +183,14 @@ struct LqxNode: AsyncParsableCommand {
             memoryTrim: memoryTrim > 0 ? .milliseconds(Int64(memoryTrim * 1000)) : nil)
         configuration.join = join
         configuration.insecureListen = insecureListen
+        if let migrationURI {
+            guard migrationURI.contains("://") else {
+                throw ValidationError("--migration-uri \(migrationURI): a libvirt URI (SCHEME://HOST/system)")
+            }
+            configuration.migration = .init(uri: migrationURI, address: migrationAddress ?? "")
+        } else if migrationAddress != nil {
+            throw ValidationError("--migration-address needs --migration-uri")
+        }
         let node: NodeServer
         do {
             node = try await NodeServer.build(configuration, logger: logger)

@@ -50,9 +50,11 @@
 
     struct ClusterNode: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "node", abstract: "Nodes of the cluster: list, cordon, labels, taints, join tokens.",
+            commandName: "node",
+            abstract: "Nodes of the cluster: list, cordon, labels, taints, join tokens, operator certificates.",
             subcommands: [
                 List.self, Get.self, Cordon.self, Uncordon.self, Drain.self, Label.self, Taint.self, JoinToken.self,
+                OperatorCert.self,
             ])
 
         static let header = ["NAME", "PHASE", "ADDRESS", "VCPUS", "MIB", "VMS", "SCHEDULABLE", "LABELS", "TAINTS"]
@@ -91,13 +93,8 @@
                 try await clusterCall(options) { endpoint in
                     let metadata = endpoint.metadata
                     let nodes = try await endpoint.nodes { client in
-                        var nodes: [Limiquantix_Compute_V1_Node] = []
-                        var page = Limiquantix_Compute_V1_ListNodesRequest()
-                        while true {
-                            let reply = try await client.listNodes(page, metadata: metadata)
-                            nodes += reply.nodes
-                            guard !reply.nextPageToken.isEmpty else { return nodes }
-                            page.pageToken = reply.nextPageToken
+                        try await everyPage(Limiquantix_Compute_V1_ListNodesRequest()) {
+                            try await client.listNodes($0, metadata: metadata)
                         }
                     }
                     try printList(nodes, key: "nodes", output: output, header: ClusterNode.header, row: ClusterNode.row)
@@ -257,6 +254,70 @@
                             $0.value = value
                             $0.effect = effect
                         }, metadata: metadata)
+                }
+            }
+        }
+
+        struct OperatorCert: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                commandName: "operator-cert",
+                abstract: "Client certificates for calling joined nodes directly (lqx --node).",
+                subcommands: [Create.self])
+
+            struct Create: AsyncParsableCommand {
+                static let configuration = CommandConfiguration(
+                    abstract: "Get a certificate of the cluster CA naming you, for node APIs (admins).",
+                    discussion: """
+                        Makes a P-256 key here (it never leaves this machine), has the control plane sign \
+                        a certificate for it naming operator:<your user>, and writes operator.key (0600), \
+                        operator.crt and ca.crt into --out. Joined nodes admit it on their mutual-TLS API: \
+                        lqx --node HOST:PORT --node-credentials DIR vm list. Certificates cannot be revoked \
+                        yet: keep them short-lived (12 h by default, at most 30 days). Each one issued is in \
+                        the audit log with its SHA-256.
+                        """)
+                @OptionGroup var options: ClusterOptions
+                @Option(help: "How long it is valid: 30m, 12h (default), 7d, or seconds (at most 30d).")
+                var ttl: String = "12h"
+                @Option(
+                    help: "Directory to write into (default: ~/.config/limiquantix/node-credentials).",
+                    completion: .directory)
+                var out: String?
+                @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
+
+                func run() async throws {
+                    guard let seconds = durationSeconds(ttl), seconds > 0 else {
+                        throw ValidationError("--ttl takes a duration like 30m, 12h or 7d (at most 30d)")
+                    }
+                    let directory =
+                        out ?? ((ClusterConfig.path as NSString).deletingLastPathComponent + "/node-credentials")
+                    try await clusterCall(options) { endpoint in
+                        let metadata = endpoint.metadata
+                        let key = try KeyAndRequest.generate(commonName: "operator")
+                        let issued = try await endpoint.nodes { client in
+                            try await client.issueOperatorCertificate(
+                                .with {
+                                    $0.certificateRequest = Data(key.requestDER)
+                                    $0.ttlSeconds = seconds
+                                }, metadata: metadata)
+                        }
+                        let files = NodeTarget.credentialFiles
+                        try PKIFiles.write(key.keyPEM, to: "\(directory)/\(files.key)")
+                        try PKIFiles.write(issued.certificatePem, to: "\(directory)/\(files.certificate)", mode: 0o644)
+                        try PKIFiles.write(issued.caPem, to: "\(directory)/\(files.ca)", mode: 0o644)
+                        if output == .json {
+                            print(try nodeJSON(issued))
+                            return
+                        }
+                        print(directory)
+                        FileHandle.standardError.write(
+                            Data(
+                                """
+                                \(issued.identity), valid until \(time(issued.expiresUnixMs)) (sha256 \(issued.sha256)). Use it with:
+                                  lqx --node HOST:PORT --node-credentials \(directory) vm list
+                                  (or export LQX_NODE_CREDENTIALS=\(directory))
+
+                                """.utf8))
+                    }
                 }
             }
         }

@@ -242,14 +242,7 @@
                     }
                     // Every page, on one connection.
                     let vms = try await endpoint.vms { client in
-                        var vms: [Limiquantix_Compute_V1_VM] = []
-                        var page = request
-                        while true {
-                            let reply = try await client.listVMs(page, metadata: metadata)
-                            vms += reply.vms
-                            guard !reply.nextPageToken.isEmpty else { return vms }
-                            page.pageToken = reply.nextPageToken
-                        }
+                        try await everyPage(request) { try await client.listVMs($0, metadata: metadata) }
                     }
                     try printList(vms, key: "vms", output: output, header: ClusterVM.header, row: ClusterVM.row)
                 }

@@ -12,13 +12,13 @@
     /// in-guest messages are the commands' own; the cluster API shares their fields and numbers
     /// apart from how the VM is named, so they are re-read as its messages on the way.
     enum GuestRoute: Sendable {
-        case node(String)
+        case node(NodeTarget)
         case cluster(ClusterEndpoint)
 
         /// Where errors say the call went.
         var peer: String {
             switch self {
-            case .node(let address): "the node at \(address)"
+            case .node(let target): "the node at \(target.address)"
             case .cluster(let endpoint): "the control plane at \(endpoint.address)"
             }
         }
@@ -29,8 +29,8 @@
                 @Sendable @escaping (RPCAsyncSequence<Limiquantix_Node_V1_ExecOutput, any Error>) async throws -> R
         ) async throws -> R {
             switch self {
-            case .node(let address):
-                return try await NodeConnection.with(address) { stub in
+            case .node(let target):
+                return try await NodeConnection.with(target) { stub in
                     try await stub.exec(
                         options: NodeConnection.callOptions, requestProducer: requestProducer,
                         onResponse: { try await onResponse($0.messages) })
@@ -62,8 +62,8 @@
             requestProducer: @Sendable @escaping (RPCWriter<Limiquantix_Node_V1_UploadInput>) async throws -> Void
         ) async throws -> Limiquantix_Types_V1_TransferResult {
             switch self {
-            case .node(let address):
-                return try await NodeConnection.with(address) { stub in
+            case .node(let target):
+                return try await NodeConnection.with(target) { stub in
                     try await stub.upload(
                         options: NodeConnection.callOptions, requestProducer: requestProducer,
                         onResponse: { try $0.message })
@@ -101,8 +101,8 @@
                 -> R
         ) async throws -> R {
             switch self {
-            case .node(let address):
-                return try await NodeConnection.with(address) { stub in
+            case .node(let target):
+                return try await NodeConnection.with(target) { stub in
                     try await stub.download(
                         .with {
                             $0.vm = vm
@@ -126,8 +126,8 @@
         /// The VM's latest in-guest telemetry sample.
         func telemetry(vm: String) async throws -> Limiquantix_Types_V1_TelemetrySample {
             switch self {
-            case .node(let address):
-                return try await NodeConnection.with(address) {
+            case .node(let target):
+                return try await NodeConnection.with(target) {
                     try await $0.getTelemetry(.with { $0.name = vm }, options: NodeConnection.callOptions).sample
                 }
             case .cluster(let endpoint):
@@ -146,7 +146,9 @@
         /// nil with `--agent` (or nothing configured: the agent path reports what is missing).
         func guestRoute() throws -> GuestRoute? {
             guard agent == nil else { return nil }
-            if let node = nodeAddress { return .node(node) }
+            if let node = nodeAddress {
+                return .node(try NodeTarget(address: node, credentials: nodeCredentialsDirectory))
+            }
             if cluster.configured { return .cluster(try cluster.endpoint()) }
             return nil
         }
@@ -158,8 +160,8 @@
             vm: String, _ body: @Sendable @escaping (Limiquantix_Types_V1_TelemetrySample) async throws -> Void
         ) async throws {
             switch self {
-            case .node(let address):
-                try await NodeConnection.with(address) { stub in
+            case .node(let target):
+                try await NodeConnection.with(target) { stub in
                     try await stub.watchTelemetry(.with { $0.name = vm }, options: NodeConnection.callOptions) {
                         for try await telemetry in $0.messages { try await body(telemetry.sample) }
                     }

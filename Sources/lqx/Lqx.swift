@@ -105,6 +105,25 @@ struct AgentOptions: ParsableArguments {
         return env.isEmpty ? nil : env
     }
 
+    @Option(
+        name: .customLong("node-credentials"),
+        help: ArgumentHelp(
+            "Directory with an operator certificate for --node (default: $LQX_NODE_CREDENTIALS).",
+            discussion: """
+                A node that joined a cluster serves its API with mutual TLS only: it admits the control \
+                plane and operators holding a certificate of the cluster CA. `lqx node operator-cert create \
+                --out DIR` (admins, through the control plane) writes one into DIR; without this option the \
+                node is called in plaintext, as a standalone node serves on localhost.
+                """), completion: .directory)
+    var nodeCredentials: String?
+
+    /// The credentials directory for --node, from the option or the environment.
+    var nodeCredentialsDirectory: String? {
+        if let nodeCredentials { return nodeCredentials }
+        let env = ProcessInfo.processInfo.environment["LQX_NODE_CREDENTIALS"] ?? ""
+        return env.isEmpty ? nil : env
+    }
+
     @OptionGroup var cluster: ClusterOptions
 
     /// Whether commands name VMs (through a node or the control plane) instead of an agent.

@@ -4,48 +4,63 @@
     import GRPCCore
     import GRPCNIOTransportHTTP2Posix
     import LQXModel
+    import LQXServer
     import NodeAPI
     import SwiftProtobuf
 
     typealias NodeStub = Limiquantix_Node_V1_Node.Client<HTTP2ClientTransport.Posix>
 
+    /// A node daemon to call and how: plaintext (a standalone node, on localhost by default) or
+    /// mutual TLS with an operator certificate of the cluster CA (a joined node).
+    struct NodeTarget: Sendable {
+        var address: String
+        var security: ClientSecurity = .plaintext
+
+        /// The files `lqx node operator-cert create` writes into a credentials directory.
+        static let credentialFiles = (certificate: "operator.crt", key: "operator.key", ca: "ca.crt")
+
+        /// `address` reached with the operator credentials in `directory` (nil: plaintext).
+        init(address: String, credentials directory: String?) throws {
+            self.address = address
+            guard let directory else { return }
+            let files = Self.credentialFiles
+            let paths = [files.certificate, files.key, files.ca].map { "\(directory)/\($0)" }
+            for path in paths where !FileManager.default.isReadableFile(atPath: path) {
+                throw CLIError(
+                    "--node-credentials \(directory): \(path) is missing or unreadable (lqx node operator-cert create --out \(directory) writes it)"
+                )
+            }
+            security = .mutualTLS(certificateChain: paths[0], privateKey: paths[1], caFile: paths[2])
+        }
+    }
+
     /// A gRPC connection to one node daemon for the length of a command.
     enum NodeConnection {
         /// Calls fail at once when the node cannot be reached (instead of waiting for it).
-        static let callOptions: CallOptions = {
-            var options = CallOptions.defaults
-            options.waitForReady = false
-            return options
-        }()
+        static let callOptions = ClientTransport.failFast
 
         static func with<T: Sendable>(
-            _ address: String, _ body: @Sendable @escaping (NodeStub) async throws -> T
+            _ target: NodeTarget, _ body: @Sendable @escaping (NodeStub) async throws -> T
         ) async throws -> T {
-            let (host, port) = try parse(address)
-            let octets = host.split(separator: ".")
-            let transport =
-                if host.contains(":") {
-                    try HTTP2ClientTransport.Posix(
-                        target: .ipv6(address: host, port: port), transportSecurity: .plaintext)
-                } else if octets.count == 4, octets.allSatisfy({ UInt8($0) != nil }) {
-                    try HTTP2ClientTransport.Posix(
-                        target: .ipv4(address: host, port: port), transportSecurity: .plaintext)
-                } else {
-                    try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: .plaintext)
-                }
+            let address = try parse(target.address)
+            let transport: HTTP2ClientTransport.Posix
+            do {
+                transport = try ClientTransport.make(address, security: target.security)
+            } catch {
+                throw CLIError(error.fullMessage)
+            }
             do {
                 return try await withGRPCClient(transport: transport) { client in
                     try await body(NodeStub(wrapping: client))
                 }
             } catch let error as RPCError {
-                throw NodeCallError(error, node: address)
+                throw NodeCallError(error, node: target.address, plaintext: target.security == .plaintext)
             }
         }
 
-        static func parse(_ address: String) throws -> (String, Int) {
+        static func parse(_ address: String) throws -> HostPort {
             do {
-                let parsed = try HostPort(parsing: address, for: .connect, field: "--node")
-                return (parsed.host, parsed.port)
+                return try HostPort(parsing: address, for: .connect, field: "--node")
             } catch {
                 throw CLIError(error.message)
             }
@@ -56,9 +71,12 @@
     struct NodeCallError: Error, CustomStringConvertible {
         let error: RPCError
         let node: String
-        init(_ error: RPCError, node: String) {
+        /// Whether the call went without TLS (a joined node then refuses the connection).
+        var plaintext = true
+        init(_ error: RPCError, node: String, plaintext: Bool) {
             self.error = error
             self.node = node
+            self.plaintext = plaintext
         }
 
         var description: String {
@@ -68,7 +86,11 @@
             }
             // Without the node's own code, the call did not reach the node's service.
             if error.code == .unavailable, code == nil {
-                return "cannot reach the node at \(node): \(error.message)"
+                let hint =
+                    plaintext
+                    ? " (a node that joined a cluster serves mutual TLS only: give --node-credentials DIR, made by `lqx node operator-cert create`)"
+                    : ""
+                return "cannot reach the node at \(node): \(error.message)\(hint)"
             }
             return "\(error.message) [\(code ?? "\(error.code)")]"
         }

@@ -15,7 +15,8 @@
                         ? "this command goes through a node daemon: use --node HOST:PORT instead of --agent"
                         : "--node HOST:PORT is required (or set LQX_NODE)")
             }
-            return try await NodeConnection.with(address, body)
+            return try await NodeConnection.with(
+                try NodeTarget(address: address, credentials: nodeCredentialsDirectory), body)
         }
     }
 

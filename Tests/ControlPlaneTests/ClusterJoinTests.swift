@@ -148,6 +148,28 @@ struct ClusterJoinTests {
         let (unknown, notFound) = try await curl(
             "/limiquantix.compute.v1.VMService/GetVM", token: admin, body: "{\"name\": \"nope\"}")
         #expect(unknown == 404 && notFound.contains("nope"), "\(unknown) \(notFound)")
+
+        // Wrong tokens: 20 from one address, then that address is refused (its valid token too,
+        // over gRPC as well) until a failure's worth of time (3 s) has passed.
+        var failures = 0
+        var limited = (0, "")
+        while failures <= 25 {
+            let (code, answer) = try await curl(nodes, token: "lqx_0123456789abcdef_wrong")
+            guard code == 401 else {
+                limited = (code, answer)
+                break
+            }
+            failures += 1
+        }
+        #expect(failures == 20)
+        #expect(
+            limited.0 == 429 && limited.1.contains("too many failed authentications from 127.0.0.1"), "\(limited)")
+        await expectLQXError(.resourceExhausted) {
+            _ = try await cp.nodeService { try await $0.listNodes(.init(), metadata: bearer(admin)) }
+        }
+        try await Task.sleep(for: .milliseconds(3_300))
+        let (again, _) = try await curl(nodes, token: admin)
+        #expect(again == 200)
         let (form, _) = try await curl(nodes, token: admin, type: "application/x-www-form-urlencoded")
         #expect(form == 415)
         let health = try await Command.output(
@@ -195,6 +217,7 @@ struct ClusterJoinTests {
             _ = try await info(
                 .mutualTLS(certificateChain: other + "/node.crt", privateKey: other + "/node.key", caFile: cp.caFile))
         }
+        try await operatorCertificates(cp, admin: admin, root: root, node: address)
         // A node cannot heartbeat in another's name.
         await expectLQXError(.permissionDenied) {
             _ = try await ClientTransport.with(
@@ -220,6 +243,57 @@ struct ClusterJoinTests {
         #expect(health.status == 200)
         let exposition = try await httpGet(cp.metrics, "/metrics")
         #expect(exposition.body.contains("lqx_controlplane_nodes{phase=\"READY\"}"))
+    }
+
+    /// `lqx node operator-cert create` → a key made here and a certificate naming the admin, with
+    /// which `lqx --node … --node-credentials DIR` calls the joined node; plaintext gets a hint;
+    /// a viewer gets none; a TTL past 30 days is refused; every issue is audited.
+    func operatorCertificates(_ cp: ControlPlaneProcess, admin: String, root: String, node: HostPort) async throws {
+        let lqx = Command.binary("lqx")
+        let server = ["--server", cp.api.description, "--ca", cp.caFile]
+        let out = root + "/operator"
+        let created = try await Command.output(
+            lqx, server + ["--token", admin, "node", "operator-cert", "create", "--ttl", "1h", "--out", out])
+        #expect(created.status == 0 && created.stdout == out + "\n", "\(created)")
+        #expect(created.stderr.contains("operator:admin, valid until"), "\(created)")
+        let mode = try FileManager.default.attributesOfItem(atPath: out + "/operator.key")[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let certificate = try PKIFiles.certificate(
+            pem: try String(contentsOfFile: out + "/operator.crt", encoding: .utf8))
+        #expect(ClusterIdentity(certificate: certificate) == .operator("admin"))
+        let lifetime = certificate.notValidAfter.timeIntervalSince(certificate.notValidBefore)
+        #expect(lifetime == 3600 + 300, "valid \(lifetime) s")
+
+        let info = try await Command.output(
+            lqx, ["--node", node.description, "--node-credentials", out, "node", "info", "-o", "json"])
+        #expect(info.status == 0 && info.stdout.contains("\"hostname\":\"one\""), "\(info)")
+        let plaintext = try await Command.output(lqx, ["--node", node.description, "node", "info"])
+        #expect(plaintext.status != 0 && plaintext.stderr.contains("--node-credentials DIR"), "\(plaintext)")
+        let missing = try await Command.output(
+            lqx, ["--node", node.description, "--node-credentials", root + "/nowhere", "node", "info"])
+        #expect(missing.status != 0 && missing.stderr.contains("operator.crt is missing"), "\(missing)")
+
+        let viewer = try await cp.tokens { client in
+            try await client.createToken(
+                .with {
+                    $0.user = "watcher"
+                    $0.role = .viewer
+                }, metadata: bearer(admin)
+            ).token
+        }
+        let refused = try await Command.output(
+            lqx, server + ["--token", viewer, "node", "operator-cert", "create", "--out", root + "/viewer"])
+        #expect(refused.status != 0 && refused.stderr.contains("needs the admin role"), "\(refused)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/viewer/operator.key"))
+        let tooLong = try await Command.output(
+            lqx, server + ["--token", admin, "node", "operator-cert", "create", "--ttl", "31d", "--out", out])
+        #expect(tooLong.status != 0 && tooLong.stderr.contains("at most 30 days"), "\(tooLong)")
+        let audit = try await cp.events { try await $0.listAudit(.init(), metadata: bearer(admin)).records }
+        let fingerprint = PKIFiles.fingerprint(of: certificate)
+        #expect(
+            audit.contains {
+                $0.action == "operator-certificate" && $0.user == "admin" && $0.result == "sha256 \(fingerprint)"
+            }, "\(audit)")
     }
 
     @Test("a control plane killed with -9 after acknowledging a create (its node frozen) finishes it once restarted")

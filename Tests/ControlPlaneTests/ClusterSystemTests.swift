@@ -57,6 +57,33 @@ struct ClusterSystemTests {
         }
     }
 
+    /// Creates a VM booting the test guest's kernel through the control plane (its domain
+    /// recorded for the test script's cleanup).
+    func createGuest(
+        _ cp: ControlPlaneProcess, token: String, _ name: String, kernel: String, initrd: String, memory: UInt64,
+        placement: Limiquantix_Compute_V1_Placement = .init()
+    ) async throws -> Limiquantix_Compute_V1_VM {
+        let metadata = bearer(token)
+        let vm = try await vms(cp) { client in
+            try await client.createVM(
+                .with {
+                    $0.name = name
+                    $0.spec.placement = placement
+                    $0.spec.machine = .with {
+                        $0.vcpus = 1
+                        $0.memoryMib = memory
+                        $0.kernel = .with {
+                            $0.kernel = kernel
+                            $0.initrd = initrd
+                            $0.cmdline = TestGuest.cmdline
+                        }
+                    }
+                }, metadata: metadata)
+        }
+        TestRun.record(domain: vm.metadata.id)
+        return vm
+    }
+
     func waitFor(
         _ cp: ControlPlaneProcess, token: String, _ name: String, timeout: Duration = .seconds(180),
         _ condition: @Sendable (Limiquantix_Compute_V1_VM) -> Bool
@@ -188,24 +215,8 @@ struct ClusterSystemTests {
         func create(_ name: String, kernel: String = kernel, _ placement: Limiquantix_Compute_V1_Placement)
             async throws -> Limiquantix_Compute_V1_VM
         {
-            let vm = try await vms(cp) { client in
-                try await client.createVM(
-                    .with {
-                        $0.name = name
-                        $0.spec.placement = placement
-                        $0.spec.machine = .with {
-                            $0.vcpus = 1
-                            $0.memoryMib = 128
-                            $0.kernel = .with {
-                                $0.kernel = kernel
-                                $0.initrd = initrd
-                                $0.cmdline = TestGuest.cmdline
-                            }
-                        }
-                    }, metadata: metadata)
-            }
-            TestRun.record(domain: vm.metadata.id)
-            return vm
+            try await createGuest(
+                cp, token: admin, name, kernel: kernel, initrd: initrd, memory: 128, placement: placement)
         }
         var names: [String] = []
         func placed(_ name: String, _ placement: Limiquantix_Compute_V1_Placement) async throws -> String {
@@ -279,24 +290,9 @@ struct ClusterSystemTests {
             }
         }
         for name in ["web", "db"] {
-            let vm = try await vms(cp) { client in
-                try await client.createVM(
-                    .with {
-                        $0.name = name
-                        $0.spec.machine = .with {
-                            $0.vcpus = 1
-                            $0.memoryMib = 384
-                            $0.kernel = .with {
-                                $0.kernel = kernel
-                                $0.initrd = initrd
-                                $0.cmdline = TestGuest.cmdline
-                            }
-                        }
-                    }, metadata: metadata)
-            }
-            // The node names its domain by the VM's id: recorded for the test script's cleanup.
-            TestRun.record(domain: vm.metadata.id)
-            ids.append(vm.metadata.id)
+            // The node names its domain by the VM's id.
+            ids.append(
+                try await createGuest(cp, token: admin, name, kernel: kernel, initrd: initrd, memory: 384).metadata.id)
         }
         func dump() {
             for node in nodes { print(node.log.suffix(3000)) }
@@ -312,7 +308,11 @@ struct ClusterSystemTests {
         for name in ["web", "db"] {
             guard
                 let vm = try await waitFor(
-                    cp, token: admin, name, { $0.status.phase == .running && $0.status.agent.connected })
+                    cp, token: admin, name,
+                    {
+                        // The facts follow the session by one round trip to the agent.
+                        $0.status.phase == .running && $0.status.agent.connected && !$0.status.agent.version.isEmpty
+                    })
             else {
                 dump()
                 return

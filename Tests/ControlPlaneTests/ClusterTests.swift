@@ -330,6 +330,61 @@ struct ClusterTests {
             #expect(reasons == ["Joined", "NodeReady", "NodeNotReady", "NodeReady"])
         }
     }
+
+    @Test("silent nodes: DRAINING → NOT_READY and back to DRAINING; MAINTENANCE → OFFLINE (not a failure) and back")
+    func silentDrainingAndMaintenance() async throws {
+        try await withStore(.sqlite) { store, _ in
+            let clock = TestClock()
+            let cluster = try await makeCluster(store, clock: clock)
+            var ids: [String: String] = [:]
+            for name in ["busy", "idle"] {
+                let token = try await cluster.createJoinToken(ttl: .seconds(3600), by: .system).token
+                let node = try await cluster.registerNode(
+                    joinToken: token,
+                    NodeRegistration(
+                        name: name, address: "10.0.0.\(ids.count + 1):7443",
+                        capacity: Node.Resources(cpus: 4, memoryMiB: 4096)))
+                ids[name] = node.meta.id
+                try await cluster.heartbeat(nodeID: node.meta.id)
+            }
+            _ = try await cluster.setSchedulable("idle", false, by: .system)
+            let vm = try await cluster.createVM(CreateVM(name: "stuck", spec: kernelSpec()), by: .system)
+            #expect(try await cluster.repository.vm(id: vm.meta.id)?.status.nodeID == ids["busy"])
+            _ = try await cluster.setSchedulable("idle", true, by: .system)
+            // No reconciler runs: the VM stays on busy, evicting.
+            #expect(try await cluster.drainNode("busy", by: .system).map(\.meta.name) == ["stuck"])
+            #expect(try await cluster.drainNode("idle", by: .system).isEmpty)
+            func phase(_ name: String) async throws -> Node.Phase? {
+                try await cluster.node(name, by: .system).status.phase
+            }
+            #expect(try await phase("busy") == .draining)
+            #expect(try await phase("idle") == .maintenance)
+            let started = clock.now
+            clock.advance(seconds: 20)
+            try await cluster.checkHeartbeats(startedUnixMs: started)
+            #expect(try await phase("busy") == .notReady)
+            #expect(try await phase("idle") == .offline)
+            try await cluster.heartbeat(nodeID: ids["busy"] ?? "")
+            try await cluster.heartbeat(nodeID: ids["idle"] ?? "")
+            #expect(try await phase("busy") == .draining)
+            #expect(try await phase("idle") == .maintenance)
+            // Uncordoning a node that is switched off: NOT_READY until it heartbeats.
+            clock.advance(seconds: 20)
+            try await cluster.checkHeartbeats(startedUnixMs: started)
+            #expect(try await phase("idle") == .offline)
+            #expect(try await cluster.setSchedulable("idle", true, by: .system).status.phase == .notReady)
+            try await cluster.heartbeat(nodeID: ids["idle"] ?? "")
+            #expect(try await phase("idle") == .ready)
+            let idle = try await cluster.events(LogQuery(object: ids["idle"] ?? ""), by: .system)
+            #expect(
+                idle.map(\.reason) == [
+                    "Joined", "NodeReady", "Cordoned", "Uncordoned", "Draining", "NodeOffline", "NodeReady",
+                    "NodeOffline", "Uncordoned", "NodeReady",
+                ], "\(idle.map(\.reason))")
+            #expect(
+                idle.first { $0.reason == "NodeOffline" }?.message.contains("in maintenance: not a failure") == true)
+        }
+    }
 }
 
 /// Two control planes (replicas, or one before and after a restart) on one store.

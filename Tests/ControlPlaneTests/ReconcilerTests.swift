@@ -10,6 +10,8 @@ import Testing
 final class MemoryNodes: NodeDriver {
     private let vms = Mutex<[String: [String: String]]>([:])
     let failures = Mutex<[String: Int]>([:])
+    /// Exact calls that fail once.
+    let failOnce = Mutex<Set<String>>([])
     let calls = Mutex<[String]>([])
 
     func report(_ node: Node) -> [ObservedVM] {
@@ -23,11 +25,13 @@ final class MemoryNodes: NodeDriver {
     private func record(_ call: String) throws(LQXError) {
         calls.withLock { $0.append(call) }
         let kind = String(call.split(separator: " ")[0])
-        let failing = failures.withLock { failures -> Bool in
-            guard let left = failures[kind], left > 0 else { return false }
-            failures[kind] = left - 1
-            return true
-        }
+        let failing =
+            failOnce.withLock { $0.remove(call) != nil }
+            || failures.withLock { failures -> Bool in
+                guard let left = failures[kind], left > 0 else { return false }
+                failures[kind] = left - 1
+                return true
+            }
         if failing { throw LQXError(.hypervisor, "\(kind) failed on purpose") }
     }
 
@@ -66,6 +70,17 @@ final class MemoryNodes: NodeDriver {
     func undefine(_ vmID: String, on node: Node) async throws(LQXError) {
         try record("undefine \(vmID)")
         _ = set(vmID, nil, node)
+    }
+    func prepareIncoming(_ machine: VMSpec, on node: Node) async throws(LQXError) {
+        try record("prepare \(machine.name) on \(node.meta.name)")
+    }
+    /// Moves the VM's state from `source` to `target` in one step (one copy at every instant).
+    func migrate(_ vmID: String, from source: Node, to target: Node) async throws(LQXError) {
+        try record("migrate \(vmID) \(source.meta.name)→\(target.meta.name)")
+        vms.withLock { vms in
+            guard let state = vms[source.meta.id]?.removeValue(forKey: vmID) else { return }
+            vms[target.meta.id, default: [:]][vmID] = state
+        }
     }
 }
 
@@ -297,6 +312,102 @@ struct ReconcilerTests {
             #expect(
                 events.contains { $0.reason == "Evicting" && $0.message.contains("taint maintenance=now:NoExecute") })
             #expect(events.filter { $0.reason == "EvictionRefused" }.count == 1)
+        }
+    }
+
+    @Test("drain with a node that takes live migrations: moved while running (no stop); a failed one falls back")
+    func liveMigration() async throws {
+        try await withReconciler { cluster, nodes, first, _ in
+            let target = try Node.MigrationTarget(uri: "qemu+tls://n2/system", address: "10.0.0.2")
+            _ = try await cluster.createVM(CreateVM(name: "live", spec: kernelSpec()), by: .system)
+            _ = try await cluster.createVM(CreateVM(name: "twice", spec: kernelSpec()), by: .system)
+            _ = try await until(cluster, nodes, first, "live", .running)
+            _ = try await until(cluster, nodes, first, "twice", .running)
+            let second = try await joinNode(cluster, "n2")
+            try await cluster.heartbeat(nodeID: second.meta.id, vms: [], migration: target)
+            #expect(try await cluster.repository.node(name: "n2")?.status.migration == target)
+            // The second VM's first migration fails: it stays on n1 and moves by stop and start.
+            let twice = try #require(try await cluster.repository.vm(project: Cluster.defaultProject, name: "twice"))
+            nodes.failOnce.withLock { _ = $0.insert("migrate \(twice.meta.id) n1→n2") }
+            _ = try await cluster.drainNode("n1", by: .system)
+            var live: VirtualMachine?, moved: VirtualMachine?
+            for _ in 0..<200 {
+                try await cluster.heartbeat(nodeID: first.meta.id, vms: nodes.report(first))
+                try await cluster.heartbeat(nodeID: second.meta.id, vms: nodes.report(second), migration: target)
+                live = try await cluster.repository.vm(project: Cluster.defaultProject, name: "live")
+                moved = try await cluster.repository.vm(id: twice.meta.id)
+                if live?.status.phase == .running, live?.status.nodeID == second.meta.id,
+                    moved?.status.phase == .running, moved?.status.nodeID == second.meta.id
+                {
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let liveID = live?.meta.id ?? ""
+            #expect(live?.status.nodeID == second.meta.id && live?.status.phase == .running)
+            #expect(live?.status.epoch == 2 && live?.status.migratingFrom == "")
+            let calls = nodes.calls.withLock { $0 }
+            #expect(
+                calls.filter { $0.hasSuffix(liveID) || $0.contains(" \(liveID) ") }.suffix(2) == [
+                    "prepare \(liveID) on n2", "migrate \(liveID) n1→n2",
+                ], "\(calls)")
+            #expect(!calls.contains("stop \(liveID)"))
+            // Placed on n2 (epoch 2), back on n1 when the migration failed (3), then stopped,
+            // removed and started on n2 (4).
+            let id = twice.meta.id
+            #expect(
+                moved?.status.nodeID == second.meta.id && moved?.status.epoch == 4,
+                "\(String(describing: moved?.status))")
+            #expect(moved?.status.migrationFailed == true)
+            #expect(
+                calls.filter { $0.contains(id) }.suffix(5) == [
+                    "prepare \(id) on n2", "migrate \(id) n1→n2", "stop \(id)", "undefine \(id)", "create \(id)",
+                ], "\(calls)")
+            let reasons = try await cluster.events(LogQuery(object: liveID), by: .system).map(\.reason)
+            #expect(reasons.contains("Migrating") && reasons.contains("Migrated"), "\(reasons)")
+            let failed = try await cluster.events(LogQuery(object: id), by: .system)
+            #expect(
+                failed.contains { $0.reason == "MigrationFailed" && $0.message.contains("migrate failed on purpose") })
+            var phase: Node.Phase?
+            for _ in 0..<100 {
+                phase = try await cluster.repository.node(name: "n1")?.status.phase
+                if phase == .maintenance { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(phase == .maintenance)
+        }
+    }
+
+    @Test("a VM left mid-migration (control plane restarted) is settled from both nodes' reports")
+    func settleFromReports() async throws {
+        try await withReconciler { cluster, nodes, first, _ in
+            let target = try Node.MigrationTarget(uri: "qemu+tls://n2/system", address: "")
+            let second = try await joinNode(cluster, "n2")
+            try await cluster.heartbeat(nodeID: second.meta.id, vms: [], migration: target)
+            _ = try await cluster.setSchedulable("n2", false, by: .system)
+            _ = try await cluster.createVM(CreateVM(name: "halfway", spec: kernelSpec()), by: .system)
+            let vm = try #require(try await until(cluster, nodes, first, "halfway", .running))
+            _ = try await cluster.setSchedulable("n2", true, by: .system)
+            // As a control plane that chose n2 and then died would leave it: migratingFrom n1,
+            // placed on n2, and the guest already on n2 (the job finished).
+            var stored = vm
+            stored.status.migratingFrom = first.meta.id
+            stored.status.nodeID = second.meta.id
+            stored.status.epoch += 1
+            try await cluster.repository.store.commit(
+                [.update(try Repository.stored(stored), expected: vm.meta.resourceVersion)], events: [], audit: [])
+            try await nodes.migrate(vm.meta.id, from: first, to: second)
+            var settled: VirtualMachine?
+            for _ in 0..<200 {
+                try await cluster.heartbeat(nodeID: first.meta.id, vms: nodes.report(first))
+                try await cluster.heartbeat(nodeID: second.meta.id, vms: nodes.report(second), migration: target)
+                settled = try await cluster.repository.vm(id: vm.meta.id)
+                if settled?.status.migratingFrom == "", settled?.status.phase == .running { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(settled?.status.nodeID == second.meta.id && settled?.status.migratingFrom == "")
+            #expect(settled?.status.phase == .running)
+            #expect(nodes.states(first).isEmpty && nodes.states(second) == [vm.meta.id: "running"])
         }
     }
 

@@ -170,3 +170,33 @@ public func virsh(_ arguments: [String]) -> String {
     }
     return result.stdout + result.stderr
 }
+
+/// A second libvirtd on this machine (scripts/libvirt-peer.sh) as the migration target: its own
+/// mount namespace and host UUID, so libvirt treats it as another host.
+public struct LibvirtPeer {
+    /// Where the peer's libvirtd listens.
+    public let uri: String
+    /// The peer libvirtd's process (its mount namespace is the "other host").
+    public let pid: Int32
+
+    /// Starts the peer (or finds it running).
+    public static func start() throws -> LibvirtPeer {
+        let script = Command.repositoryRoot.appendingPathComponent("scripts/libvirt-peer.sh").path
+        let result = try Command.run(script, ["start"])
+        let fields = result.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        guard result.status == 0, fields.count == 2, let pid = Int32(fields[1]) else {
+            throw LQXError(.hypervisor, "libvirt-peer.sh start failed: \(result.stderr)")
+        }
+        return LibvirtPeer(uri: fields[0], pid: pid)
+    }
+
+    /// Runs a command in the peer's mount namespace (what its QEMU processes see).
+    public func inNamespace(_ arguments: [String]) throws -> CommandResult {
+        try Command.run("/usr/bin/nsenter", ["-t", String(pid), "-m", "--"] + arguments)
+    }
+
+    /// `virsh` against the peer.
+    public func virsh(_ arguments: [String]) -> String {
+        (try? Command.run("/usr/bin/virsh", ["-c", uri] + arguments).stdout) ?? ""
+    }
+}

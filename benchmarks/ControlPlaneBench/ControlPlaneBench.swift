@@ -264,14 +264,9 @@ struct APIBench: AsyncParsableCommand {
                     var samples = Samples()
                     for _ in 0..<(lists / min(clients, 4)) {
                         let (count, time) = try await timed {
-                            var request = Limiquantix_Compute_V1_ListVMsRequest.with { $0.pageSize = 1000 }
-                            var count = 0
-                            while true {
-                                let reply = try await client.listVMs(request, metadata: api.metadata)
-                                count += reply.vms.count
-                                guard !reply.nextPageToken.isEmpty else { return count }
-                                request.pageToken = reply.nextPageToken
-                            }
+                            try await everyPage(Limiquantix_Compute_V1_ListVMsRequest.with { $0.pageSize = 1000 }) {
+                                try await client.listVMs($0, metadata: api.metadata)
+                            }.count
                         }
                         guard count == total else {
                             throw ValidationError("the list returned \(count) VMs, \(total) were created")
@@ -440,14 +435,9 @@ struct ScaleBench: AsyncParsableCommand {
                 }
                 for attempt in 1... {
                     let notReady = try await api.nodes { client in
-                        var names: [String] = []
-                        var page = Limiquantix_Compute_V1_ListNodesRequest.with { $0.pageSize = 1000 }
-                        while true {
-                            let reply = try await client.listNodes(page, metadata: metadata)
-                            names += reply.nodes.filter { $0.status.phase != .ready }.map(\.metadata.name)
-                            guard !reply.nextPageToken.isEmpty else { return names }
-                            page.pageToken = reply.nextPageToken
-                        }
+                        try await everyPage(Limiquantix_Compute_V1_ListNodesRequest.with { $0.pageSize = 1000 }) {
+                            try await client.listNodes($0, metadata: metadata)
+                        }.filter { $0.status.phase != .ready }.map(\.metadata.name)
                     }
                     if notReady.isEmpty { break }
                     if attempt % 10 == 0 { say("[\(elapsed())] not READY yet: \(notReady.prefix(10))") }
@@ -483,18 +473,13 @@ struct ScaleBench: AsyncParsableCommand {
                 let waiting = clock.now
                 while true {
                     let running = try await api.vms { client in
-                        var running = 0
-                        var request = Limiquantix_Compute_V1_ListVMsRequest.with {
+                        let request = Limiquantix_Compute_V1_ListVMsRequest.with {
                             $0.pageSize = 1000
                             $0.filterPhase = true
                             $0.phase = .running
                         }
-                        while true {
-                            let reply = try await client.listVMs(request, metadata: metadata)
-                            running += reply.vms.count { $0.status.usage.sampledUnixMs > 0 }
-                            guard !reply.nextPageToken.isEmpty else { return running }
-                            request.pageToken = reply.nextPageToken
-                        }
+                        return try await everyPage(request) { try await client.listVMs($0, metadata: metadata) }
+                            .count { $0.status.usage.sampledUnixMs > 0 }
                     }
                     say("[\(elapsed())] \(running)/\(total) running with telemetry")
                     if running < total && clock.now - waiting > .seconds(rampTimeout) {
@@ -538,11 +523,8 @@ struct ScaleBench: AsyncParsableCommand {
                     var samples = Samples()
                     while clock.now - measuring < .seconds(window) {
                         let (_, time) = try await timed {
-                            var request = Limiquantix_Compute_V1_ListVMsRequest.with { $0.pageSize = 1000 }
-                            while true {
-                                let reply = try await client.listVMs(request, metadata: metadata)
-                                guard !reply.nextPageToken.isEmpty else { break }
-                                request.pageToken = reply.nextPageToken
+                            try await everyPage(Limiquantix_Compute_V1_ListVMsRequest.with { $0.pageSize = 1000 }) {
+                                try await client.listVMs($0, metadata: metadata)
                             }
                         }
                         samples.add(time)

@@ -83,14 +83,14 @@ struct RelayBench: AsyncParsableCommand {
             let vm = try await api.vms { try await $0.getVM(.with { $0.name = "relay" }, metadata: metadata) }
             return vm.status.phase == .running && vm.status.agent.connected
         }
-        // An operator certificate of the cluster CA, as an operator calling a node directly holds.
-        let ca = try ClusterCA(
-            certificatePEM: caPEM,
-            keyPEM: try String(contentsOfFile: directory.file("state/pki/ca.key"), encoding: .utf8))
-        let operatorKey = try KeyAndRequest.generate(commonName: "operator:bench")
-        let certificate = try ca.sign(requestDER: operatorKey.requestDER, for: .operator("bench"), hosts: [])
+        // An operator certificate of the cluster CA, as `lqx node operator-cert create` gets one.
+        let operatorKey = try KeyAndRequest.generate(commonName: "operator")
+        let issued = try await api.nodes { client in
+            try await client.issueOperatorCertificate(
+                .with { $0.certificateRequest = Data(operatorKey.requestDER) }, metadata: metadata)
+        }
         try PKIFiles.write(operatorKey.keyPEM, to: directory.file("operator.key"))
-        try PKIFiles.write(try PKIFiles.pem(certificate), to: directory.file("operator.crt"))
+        try PKIFiles.write(issued.certificatePem, to: directory.file("operator.crt"))
         let direct = ClientSecurity.mutualTLS(
             certificateChain: directory.file("operator.crt"), privateKey: directory.file("operator.key"),
             caFile: api.caFile)

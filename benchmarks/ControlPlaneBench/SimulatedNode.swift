@@ -325,6 +325,10 @@ extension SimulatedNode {
             context: ServerContext
         ) async throws { throw Self.unimplemented("MigrateVM") }
 
+        func prepareIncomingVM(request: Limiquantix_Node_V1_CreateVMRequest, context: ServerContext) async throws
+            -> Limiquantix_Node_V1_PrepareIncomingVMResponse
+        { throw Self.unimplemented("PrepareIncomingVM") }
+
         func exec(
             request: RPCAsyncSequence<Limiquantix_Node_V1_ExecInput, any Error>,
             response: RPCWriter<Limiquantix_Node_V1_ExecOutput>, context: ServerContext

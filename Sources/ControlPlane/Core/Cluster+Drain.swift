@@ -20,9 +20,15 @@ extension Cluster {
                 "cannot drain \(name): \(names) have disks this node created (no shared storage yet); stop and delete them, or leave the node as it is"
             )
         }
+        let time = now()
         _ = try await updateNode(name, by: principal, reason: "Draining") { node in
             node.spec.schedulable = false
             if node.status.phase != .maintenance { node.status.phase = vms.isEmpty ? .maintenance : .draining }
+            // Kept while the drain lasts: a node that goes silent meanwhile drains on when back.
+            node.status.conditions.set(
+                Condition(
+                    type: "Draining", status: !vms.isEmpty, reason: vms.isEmpty ? "Drained" : "Drain",
+                    message: vms.isEmpty ? "no VMs" : "moving \(vms.count) VMs away", lastTransitionUnixMs: time))
             return vms.isEmpty ? "no VMs: in maintenance" : "moving \(vms.count) VMs away"
         }
         for vm in vms { try await evict(vm.meta.id, from: name, why: "drain") }
@@ -104,9 +110,16 @@ extension Cluster {
         let draining = try await repository.nodes().filter { $0.status.phase == .draining }
         guard !draining.isEmpty else { return }
         let vms = try await repository.vms()
-        for node in draining where !vms.contains(where: { $0.status.nodeID == node.meta.id }) {
+        // A VM live-migrating away still runs on the node until the migration is done.
+        for node in draining
+        where !vms.contains(where: { $0.status.nodeID == node.meta.id || $0.status.migratingFrom == node.meta.id }) {
+            let time = now()
             _ = try await updateNode(node.meta.name, by: .system, reason: "Maintenance") { node in
                 node.status.phase = .maintenance
+                node.status.conditions.set(
+                    Condition(
+                        type: "Draining", status: false, reason: "Drained", message: "no VMs left",
+                        lastTransitionUnixMs: time))
                 return "drained: no VMs left"
             }
         }

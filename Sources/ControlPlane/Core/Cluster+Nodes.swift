@@ -82,6 +82,21 @@ extension Cluster {
         return (plaintext, time + milliseconds)
     }
 
+    /// How long operator certificates are valid unless asked otherwise, and at most.
+    public static let operatorCertificateTTL: (default: Duration, maximum: Duration) = (
+        .seconds(12 * 3600), .seconds(30 * 86_400)
+    )
+
+    /// Checks that `principal` may get a client certificate for node APIs (admins: a node API
+    /// has no roles or projects) valid for `ttl`, and returns the identity it names.
+    public func authorizeOperatorCertificate(ttl: Duration, by principal: Principal) throws(LQXError) -> String {
+        try principal.require(.admin, to: "get certificates for node APIs")
+        guard ttl > .zero, ttl <= Self.operatorCertificateTTL.maximum else {
+            throw LQXError(.invalidSpec, "--ttl must be more than 0 and at most 30 days")
+        }
+        return principal.user
+    }
+
     /// Registers a node with a join token: the token is consumed in the same transaction that
     /// creates the node, so it works once. The node starts PENDING until its first heartbeat.
     public func registerNode(joinToken: String, _ registration: NodeRegistration) async throws(LQXError) -> Node {
@@ -127,7 +142,8 @@ extension Cluster {
     /// the paths to ask it about next (those that VMs being placed name).
     @discardableResult
     public func heartbeat(
-        nodeID: String, capacity: Node.Resources? = nil, vms: [ObservedVM]? = nil, paths answers: [String: Bool]? = nil
+        nodeID: String, capacity: Node.Resources? = nil, vms: [ObservedVM]? = nil, paths answers: [String: Bool]? = nil,
+        migration: Node.MigrationTarget? = nil
     ) async throws(LQXError) -> [String] {
         let time = now()
         heartbeats.withLock { $0[nodeID] = time }
@@ -144,9 +160,26 @@ extension Cluster {
                 throw LQXError(.notFound, "node \(nodeID) has not joined this cluster")
             }
             var reasons: [String] = []
-            if [.pending, .notReady].contains(node.status.phase) {
-                reasons.append("node is READY")
-                node.status.phase = .ready
+            let phase = node.status.phase
+            switch node.status.phase {
+            case .pending, .notReady:
+                // A node that went silent while draining goes on draining.
+                var evicting = node.status.conditions["Draining"]?.status == true
+                if !evicting {
+                    evicting = try await repository.vms().contains {
+                        ($0.status.nodeID == nodeID && $0.status.evicting) || $0.status.migratingFrom == nodeID
+                    }
+                }
+                node.status.phase = evicting ? .draining : .ready
+                reasons.append(evicting ? "node is back, DRAINING" : "node is READY")
+            case .offline:
+                node.status.phase = .maintenance
+                reasons.append("node is back, in MAINTENANCE")
+            default: break
+            }
+            if migration != node.status.migration {
+                reasons.append(migration.map { "takes live migrations at \($0.uri)" } ?? "takes no live migrations")
+                node.status.migration = migration
             }
             if let capacity, capacity != node.status.capacity {
                 reasons.append("capacity \(capacity.cpus) CPUs, \(capacity.memoryMiB) MiB")
@@ -155,7 +188,11 @@ extension Cluster {
             guard !reasons.isEmpty else { return false }
             try await store.commit(
                 [.update(try Repository.stored(node), expected: node.meta.resourceVersion)],
-                events: [event(.node, node.meta, "NodeReady", reasons.joined(separator: "; "))], audit: [])
+                events: [
+                    event(
+                        .node, node.meta, node.status.phase != phase ? "NodeReady" : "NodeUpdated",
+                        reasons.joined(separator: "; "))
+                ], audit: [])
             return true
         }
         let learnt = paths.report(node: nodeID, answers)
@@ -163,18 +200,25 @@ extension Cluster {
         return answers == nil ? [] : paths.wanted(now: time)
     }
 
-    /// Marks READY nodes whose last heartbeat is older than the grace period NOT_READY (one
-    /// that never sent one since this control plane started is judged from its start).
+    /// Marks nodes whose last heartbeat is older than the grace period (one that never sent one
+    /// since this control plane started is judged from its start): READY and DRAINING ones
+    /// NOT_READY (a failure), MAINTENANCE ones OFFLINE (switched off for maintenance, not a
+    /// failure). The next heartbeat brings each back (READY, DRAINING, MAINTENANCE).
     public func checkHeartbeats(startedUnixMs: Int64) async throws(LQXError) {
         let time = now()
         let grace = heartbeatGrace.components.seconds * 1000
         let seen = heartbeats.withLock { $0 }
-        for node in try await repository.nodes() where node.status.phase == .ready {
+        for node in try await repository.nodes() where [.ready, .draining, .maintenance].contains(node.status.phase) {
             let last = seen[node.meta.id] ?? startedUnixMs
             guard time - last > grace else { continue }
-            _ = try? await updateNode(node.meta.name, by: .system, reason: "NodeNotReady") { node in
-                node.status.phase = .notReady
+            let offline = node.status.phase == .maintenance, phase = node.status.phase
+            _ = try? await updateNode(node.meta.name, by: .system, reason: offline ? "NodeOffline" : "NodeNotReady") {
+                node throws(LQXError) in
+                // A heartbeat or an operator changed it meanwhile: judged again on the next round.
+                guard node.status.phase == phase else { throw LQXError(.failedPrecondition, "changed meanwhile") }
+                node.status.phase = offline ? .offline : .notReady
                 return "no heartbeat for \((time - last) / 1000) s"
+                    + (offline ? " (in maintenance: not a failure)" : "")
             }
         }
     }
@@ -214,10 +258,19 @@ extension Cluster {
     public func setSchedulable(_ name: String, _ schedulable: Bool, by principal: Principal) async throws(LQXError)
         -> Node
     {
+        let time = now()
         let node = try await updateNode(name, by: principal, reason: schedulable ? "Uncordoned" : "Cordoned") { node in
             node.spec.schedulable = schedulable
-            // Uncordoning ends maintenance (or a drain: VMs already moving finish moving).
+            if schedulable, node.status.conditions["Draining"]?.status == true {
+                node.status.conditions.set(
+                    Condition(
+                        type: "Draining", status: false, reason: "Uncordoned", message: "the drain was ended",
+                        lastTransitionUnixMs: time))
+            }
+            // Uncordoning ends maintenance (or a drain: VMs already moving finish moving); a node
+            // switched off meanwhile is READY at its next heartbeat.
             if schedulable, [.maintenance, .draining].contains(node.status.phase) { node.status.phase = .ready }
+            if schedulable, node.status.phase == .offline { node.status.phase = .notReady }
             return schedulable ? "node takes new VMs" : "node takes no new VMs"
         }
         if schedulable { try await schedulePending() }

@@ -79,7 +79,7 @@ extension Cluster {
     /// The decision for `vm` on the stored nodes and VMs plus the placements other decisions
     /// reserved and have not committed yet; the chosen node is reserved for `vm` (the caller
     /// removes the reservation once its commit is done, whether it held or not).
-    private func decide(_ vm: VirtualMachine, nodes: [Node], vms: [VirtualMachine]) -> Decision {
+    func decide(_ vm: VirtualMachine, nodes: [Node], vms: [VirtualMachine]) -> Decision {
         var snapshot = ClusterSnapshot(nodes: nodes, vms: vms, excluding: vm.meta.id)
         // Reservations whose VM the list shows placed are counted there already.
         let reserved = reservations.withLock { Set($0.keys) }

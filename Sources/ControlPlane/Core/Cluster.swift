@@ -26,6 +26,8 @@ public final class Cluster: Sendable {
     let reservations = Mutex<[String: (node: String, request: SchedulingRequest)]>([:])
     /// Which nodes have the paths VMs name.
     let paths = NodePaths()
+    /// Failed bearer and join tokens per client address (the API and node layers consult it).
+    public let authFailures: FailureLimiter
 
     /// How often a command retries a commit that lost a race (another writer changed what it read).
     static let attempts = 8
@@ -42,6 +44,7 @@ public final class Cluster: Sendable {
         self.heartbeatGrace = heartbeatGrace
         self.logger = logger
         self.now = now
+        authFailures = FailureLimiter(now: now)
     }
 
     /// Unix milliseconds from the system clock.

@@ -61,6 +61,8 @@ public struct Node: Sendable, Equatable, Codable {
         public var version: String
         /// Conditions (`Ready`, …).
         public var conditions: [Condition]
+        /// Where other nodes live-migrate VMs to it, as it last reported (nil: it takes none).
+        public var migration: MigrationTarget?
 
         /// A node that has not reported.
         public init(
@@ -73,6 +75,29 @@ public struct Node: Sendable, Equatable, Codable {
             self.inventory = inventory
             self.version = version
             self.conditions = conditions
+        }
+    }
+
+    /// How other nodes reach a node's libvirt for live migration (`lqx-node --migration-uri`,
+    /// `--migration-address`).
+    public struct MigrationTarget: Sendable, Equatable, Codable {
+        /// The libvirt URI (e.g. `qemu+tls://host-b/system`).
+        public var uri: String
+        /// The host the migration stream goes to (empty: libvirt's choice).
+        public var address: String
+
+        /// A target; `uri` must be a libvirt URI and both are bounded (they come from a node).
+        public init(uri: String, address: String) throws(LQXError) {
+            guard uri.count <= 1024, uri.contains("://"), !uri.unicodeScalars.contains(where: { $0.value < 0x21 })
+            else {
+                throw LQXError(.invalidSpec, "migration_uri: a libvirt URI of at most 1024 characters without spaces")
+            }
+            guard address.count <= 255, !address.unicodeScalars.contains(where: { $0.value < 0x21 || $0 == "/" })
+            else {
+                throw LQXError(.invalidSpec, "migration_address: a host name or IP address")
+            }
+            self.uri = uri
+            self.address = address
         }
     }
 

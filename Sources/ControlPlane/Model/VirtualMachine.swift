@@ -90,6 +90,11 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
         public var agent: AgentFacts
         /// Being moved off its node (a drain): stopped there, removed from it, then placed again.
         public var evicting: Bool
+        /// Being live-migrated from this node (its id) to `nodeID`: it runs there until the
+        /// migration is done. Nothing else is done to the VM meanwhile.
+        public var migratingFrom: String
+        /// A live migration of it failed: the next move off its node is by stop and start.
+        public var migrationFailed: Bool
 
         /// A new VM's status: pending, nowhere.
         public init(
@@ -103,10 +108,12 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
             self.agentConnected = agentConnected
             self.agent = AgentFacts()
             self.evicting = false
+            self.migratingFrom = ""
+            self.migrationFailed = false
         }
 
         private enum CodingKeys: String, CodingKey {
-            case phase, nodeID, epoch, conditions, agentConnected, agent, evicting
+            case phase, nodeID, epoch, conditions, agentConnected, agent, evicting, migratingFrom, migrationFailed
         }
 
         /// Decodes a stored status; fields added later default when absent.
@@ -119,6 +126,8 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
             agentConnected = try container.decodeIfPresent(Bool.self, forKey: .agentConnected) ?? false
             agent = try container.decodeIfPresent(AgentFacts.self, forKey: .agent) ?? AgentFacts()
             evicting = try container.decodeIfPresent(Bool.self, forKey: .evicting) ?? false
+            migratingFrom = try container.decodeIfPresent(String.self, forKey: .migratingFrom) ?? ""
+            migrationFailed = try container.decodeIfPresent(Bool.self, forKey: .migrationFailed) ?? false
         }
     }
 

@@ -21,6 +21,11 @@ public protocol NodeDriver: Sendable {
     func delete(_ vmID: String, on node: Node) async throws(LQXError)
     /// Removes a stopped VM's definition from the node, keeping any disk (a VM moving away).
     func undefine(_ vmID: String, on node: Node) async throws(LQXError)
+    /// Makes `node` ready to receive a live migration of `machine` (named by the VM's id).
+    func prepareIncoming(_ machine: VMSpec, on node: Node) async throws(LQXError)
+    /// Live-migrates the running VM from `source` to `target` (prepared first) and returns
+    /// once it runs there; on failure it still runs on `source` (the hypervisor's guarantee).
+    func migrate(_ vmID: String, from source: Node, to target: Node) async throws(LQXError)
 }
 
 /// What the reconciler does for one VM in one pass, decided from its spec and what its node
@@ -42,6 +47,8 @@ public enum ReconcileAction: Sendable, Equatable {
     case delete
     /// Being moved: remove its definition from this node, then place it again.
     case release
+    /// Being moved while it runs: live-migrate it to another node (one copy at every instant).
+    case migrate
 
     /// The operation's name in events and conditions (`Start` → `StartFailed`).
     public var name: String {
@@ -54,16 +61,25 @@ public enum ReconcileAction: Sendable, Equatable {
         case .resume: "Resume"
         case .delete: "Delete"
         case .release: "Release"
+        case .migrate: "Migrate"
         }
     }
 
     /// What to do for `vm` given what its node reports (`observed`, nil: the node does not have
-    /// it) and whether the node is READY (nothing is sent to a node that is not).
-    public static func decide(_ vm: VirtualMachine, observed: ObservedVM?, nodeReady: Bool) -> ReconcileAction {
-        guard !vm.status.nodeID.isEmpty, nodeReady else { return .none }
+    /// it) and whether the node is READY (nothing is sent to a node that is not). `canMigrate`:
+    /// some other READY node takes live migrations.
+    public static func decide(
+        _ vm: VirtualMachine, observed: ObservedVM?, nodeReady: Bool, canMigrate: Bool = false
+    ) -> ReconcileAction {
+        // A live migration in flight (or to be resolved) owns the VM until it is done.
+        guard !vm.status.nodeID.isEmpty, nodeReady, vm.status.migratingFrom.isEmpty else { return .none }
         if vm.meta.deletionRequestedUnixMs != nil { return .delete }
         if vm.status.evicting {
-            // Stopped first, removed from the node, and only then placed elsewhere: never two copies.
+            // Live-migrated when it runs and its disks can follow; else stopped first, removed
+            // from the node, and only then placed elsewhere. Never two copies either way.
+            if observed?.state == "running", canMigrate, !vm.status.migrationFailed, vm.spec.machine.migratesLive {
+                return .migrate
+            }
             switch observed?.state {
             case nil: return .release
             case "running", "paused": return .stop
@@ -87,7 +103,7 @@ public enum ReconcileAction: Sendable, Equatable {
     /// The phase `vm` is in given what its node reports.
     public static func phase(_ vm: VirtualMachine, observed: ObservedVM?) -> VirtualMachine.Phase {
         guard !vm.status.nodeID.isEmpty else { return vm.status.phase }
-        if vm.status.evicting { return .migrating }
+        if vm.status.evicting || !vm.status.migratingFrom.isEmpty { return .migrating }
         guard let observed else { return .scheduled }
         switch observed.state {
         case "running": return vm.spec.runState == .stopped ? .stopping : .running
@@ -98,6 +114,19 @@ public enum ReconcileAction: Sendable, Equatable {
         case "shut_off": return vm.spec.runState == .stopped ? .stopped : .starting
         case "crashed": return .failed
         default: return .unknown
+        }
+    }
+}
+
+extension VMSpec {
+    /// Whether a running VM of this spec can be live-migrated to another node: every disk is
+    /// read-only and given by path (the target has the file: placement checks it). A writable
+    /// disk would need storage both nodes share, which nodes do not declare yet; a disk the node
+    /// created cannot leave it at all.
+    public var migratesLive: Bool {
+        disks.allSatisfy { disk in
+            if case .path = disk.source { return disk.readOnly }
+            return false
         }
     }
 }

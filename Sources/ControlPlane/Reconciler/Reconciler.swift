@@ -88,8 +88,20 @@ public final class Reconciler: Service, Sendable {
         }
         let time = cluster.now()
         var work: [(VirtualMachine, Node, ReconcileAction)] = []
+        // Nodes that take live migrations now.
+        let migrationTargets = Set(
+            nodes.values.filter { $0.status.phase == .ready && $0.status.migration != nil }.map(\.meta.id))
         for vm in vms where !vm.status.nodeID.isEmpty {
             guard let node = nodes[vm.status.nodeID] else { continue }
+            if !vm.status.migratingFrom.isEmpty {
+                // Not being migrated by this reconciler (a restart came between): what both nodes
+                // report decides.
+                let busy = state.withLock { $0.busy.contains(vm.meta.id) }
+                if !busy, let source = nodes[vm.status.migratingFrom] {
+                    await settleMigration(vm.meta.id, source: source, target: node, failure: nil, fromReports: true)
+                }
+                continue
+            }
             let ready = node.status.phase == .ready || node.status.phase == .draining
             let report = cluster.observation(nodeID: node.meta.id)
             let observed = report?.vms.first { $0.id == vm.meta.id || $0.name == vm.meta.id }
@@ -104,7 +116,9 @@ public final class Reconciler: Service, Sendable {
                     logger.warning("cannot evict \(vm.meta.name): \(error.fullMessage)")
                 }
             }
-            let action = ReconcileAction.decide(vm, observed: observed, nodeReady: ready && report != nil)
+            let action = ReconcileAction.decide(
+                vm, observed: observed, nodeReady: ready && report != nil,
+                canMigrate: !migrationTargets.subtracting([node.meta.id]).isEmpty)
             guard action != .none else { continue }
             let admitted = state.withLock { state -> Bool in
                 guard !state.busy.contains(vm.meta.id), state.busy.count < concurrency else { return false }
@@ -126,7 +140,8 @@ public final class Reconciler: Service, Sendable {
             // finished: act on what the store has now (gone: nothing to do).
             guard let vm = try await cluster.repository.vm(id: id), vm.status.nodeID == node.meta.id else { return }
             let current = try await driver.get(id, on: node)
-            let confirmed = ReconcileAction.decide(vm, observed: current, nodeReady: true)
+            let confirmed = ReconcileAction.decide(
+                vm, observed: current, nodeReady: true, canMigrate: action == .migrate)
             var observed = current
             switch confirmed {
             case .none: break
@@ -143,6 +158,10 @@ public final class Reconciler: Service, Sendable {
                 if current != nil { try await driver.delete(id, on: node) }
                 cluster.patchObservation(nodeID: node.meta.id, vmID: id, nil)
                 try await cluster.finishDeletion(vmID: id, node: node.meta.name)
+                state.withLock { _ = $0.backoff.removeValue(forKey: id) }
+                return
+            case .migrate:
+                try await migrate(vm, from: node)
                 state.withLock { _ = $0.backoff.removeValue(forKey: id) }
                 return
             case .release:
@@ -171,6 +190,63 @@ public final class Reconciler: Service, Sendable {
                 let observed = cluster.observation(nodeID: node.meta.id)?.vms.first { $0.id == id || $0.name == id }
                 await writeStatus(fresh, observed: observed, node: node, failure: (action, error))
             }
+        }
+    }
+
+    /// Live-migrates the evicting `vm` off `source` to a node the scheduler chooses among those
+    /// that take migrations (none fits: it moves by stop and start on the next pass).
+    func migrate(_ vm: VirtualMachine, from source: Node) async throws(LQXError) {
+        let id = vm.meta.id
+        guard case .target(let target) = try await cluster.placeForMigration(vmID: id, from: source) else { return }
+        var machine = vm.spec.machine
+        machine.name = id
+        let clock = ContinuousClock(), started = clock.now
+        do {
+            try await driver.prepareIncoming(machine, on: target)
+            try await driver.migrate(id, from: source, to: target)
+        } catch {
+            logger.warning(
+                "live migration failed: \(error.fullMessage)",
+                metadata: ["vm.id": "\(id)", "from": "\(source.meta.name)", "to": "\(target.meta.name)"])
+            await settleMigration(id, source: source, target: target, failure: error, fromReports: false)
+            return
+        }
+        let took = clock.now - started
+        try await cluster.finishMigration(
+            vmID: id, from: source, to: target,
+            detail: " in \(took.components.seconds).\(took.components.attoseconds / 100_000_000_000_000_000) s")
+        if let observed = try? await driver.get(id, on: target) {
+            cluster.patchObservation(nodeID: target.meta.id, vmID: id, observed)
+        }
+    }
+
+    /// Where a VM whose migration ended without an answer (an error, a restart of the control
+    /// plane) runs decides: only on the target → done; only on the source → it stays there and
+    /// moves by stop and start; on both (the job still ending) or unknown → asked again later.
+    /// `fromReports`: judged from the nodes' heartbeats, else asked directly.
+    func settleMigration(_ id: String, source: Node, target: Node, failure: LQXError?, fromReports: Bool) async {
+        func has(_ node: Node) async -> Bool? {
+            if fromReports {
+                return cluster.observation(nodeID: node.meta.id).map { report in
+                    report.vms.contains { $0.id == id || $0.name == id }
+                }
+            }
+            do { return try await driver.get(id, on: node) != nil } catch { return nil }
+        }
+        let onSource = await has(source), onTarget = await has(target)
+        do {
+            switch (onSource, onTarget) {
+            case (false?, true?), (false?, false?):
+                try await cluster.finishMigration(vmID: id, from: source, to: target)
+            case (true?, false?):
+                try await cluster.abortMigration(
+                    vmID: id, from: source, to: target,
+                    failure ?? LQXError(.unavailable, "the migration ended while the control plane was away"))
+            default:
+                break
+            }
+        } catch {
+            logger.warning("cannot record how the migration of \(id) ended: \(error.fullMessage)")
         }
     }
 

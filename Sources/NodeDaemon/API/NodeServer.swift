@@ -39,6 +39,22 @@ public struct NodeConfiguration: Sendable {
     public var join: JoinSettings?
     /// A joined node serves its API in plaintext only with this set (development).
     public var insecureListen = false
+    /// How other hosts live-migrate VMs to this one (nil: it takes no live migrations).
+    public var migration: MigrationTarget?
+
+    /// Where other nodes send live migrations: reported in heartbeats.
+    public struct MigrationTarget: Sendable, Equatable {
+        /// The libvirt URI other hosts' libvirtd reach this host's with.
+        public var uri: String
+        /// The host the migration stream comes to (empty: libvirt's choice).
+        public var address: String
+
+        /// A target.
+        public init(uri: String, address: String) {
+            self.uri = uri
+            self.address = address
+        }
+    }
 
     /// What joining needs.
     public struct JoinSettings: Sendable {
@@ -136,7 +152,7 @@ public struct NodeServer: Sendable {
         let heartbeat = membership.map { membership in
             NodeHeartbeat(
                 membership: membership, files: MembershipFiles(stateDirectory: configuration.layout.stateDirectory),
-                manager: manager, logger: logger)
+                manager: manager, migration: configuration.migration, logger: logger)
         }
         let http = configuration.metricsListen.map { address in
             let nodeName = configuration.nodeName

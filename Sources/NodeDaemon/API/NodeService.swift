@@ -35,6 +35,16 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         try await api { vm(try await controller.create(VMSpec(request.spec))) }
     }
 
+    /// The `PrepareIncomingVM` RPC.
+    public func prepareIncomingVM(request: Limiquantix_Node_V1_CreateVMRequest, context: ServerContext) async throws
+        -> Limiquantix_Node_V1_PrepareIncomingVMResponse
+    {
+        try await api {
+            try await controller.prepareIncoming(VMSpec(request.spec))
+            return Limiquantix_Node_V1_PrepareIncomingVMResponse()
+        }
+    }
+
     /// The `StartVM` RPC.
     public func startVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM

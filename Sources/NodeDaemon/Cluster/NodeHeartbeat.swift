@@ -15,13 +15,18 @@ public final class NodeHeartbeat: Service, Sendable {
     let membership: ClusterMembership
     let files: MembershipFiles
     let manager: VMManager
+    let migration: NodeConfiguration.MigrationTarget?
     let logger: Logger
 
-    /// Heartbeats for `membership`, reporting `manager`'s VMs.
-    public init(membership: ClusterMembership, files: MembershipFiles, manager: VMManager, logger: Logger) {
+    /// Heartbeats for `membership`, reporting `manager`'s VMs and where live migrations come in.
+    public init(
+        membership: ClusterMembership, files: MembershipFiles, manager: VMManager,
+        migration: NodeConfiguration.MigrationTarget? = nil, logger: Logger
+    ) {
         self.membership = membership
         self.files = files
         self.manager = manager
+        self.migration = migration
         self.logger = logger
     }
 
@@ -107,6 +112,8 @@ public final class NodeHeartbeat: Service, Sendable {
             $0.nodeID = membership.nodeID
             $0.capacity = capacity
             $0.checksPaths = true
+            $0.migrationUri = migration?.uri ?? ""
+            $0.migrationAddress = migration?.address ?? ""
             $0.paths = paths.map { path in
                 .with {
                     $0.path = path

@@ -3498,6 +3498,19 @@ public enum Limiquantix_Compute_V1_NodeService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "IssueOperatorCertificate" metadata.
+        public enum IssueOperatorCertificate: Sendable {
+            /// Request type for "IssueOperatorCertificate".
+            public typealias Input = Limiquantix_Compute_V1_IssueOperatorCertificateRequest
+            /// Response type for "IssueOperatorCertificate".
+            public typealias Output = Limiquantix_Compute_V1_OperatorCertificate
+            /// Descriptor for "IssueOperatorCertificate".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.NodeService"),
+                method: "IssueOperatorCertificate",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "limiquantix.compute.v1.NodeService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ListNodes.descriptor,
@@ -3508,7 +3521,8 @@ public enum Limiquantix_Compute_V1_NodeService: Sendable {
             LabelNode.descriptor,
             TaintNode.descriptor,
             SetNodeResources.descriptor,
-            CreateJoinToken.descriptor
+            CreateJoinToken.descriptor,
+            IssueOperatorCertificate.descriptor
         ]
     }
 }
@@ -3665,6 +3679,26 @@ extension Limiquantix_Compute_V1_NodeService {
             request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_CreateJoinTokenRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_JoinToken>
+
+        /// Handle the "IssueOperatorCertificate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A client certificate of the cluster CA naming the caller (`operator:<user>`), for calling
+        /// > joined nodes' APIs directly (`lqx --node`; admins). The key stays with the caller: it sends a
+        /// > PKCS#10 request. Short-lived (there is no revocation yet); audited.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Compute_V1_OperatorCertificate` messages.
+        func issueOperatorCertificate(
+            request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_OperatorCertificate>
     }
 
     /// Service protocol for the "limiquantix.compute.v1.NodeService" service.
@@ -3805,6 +3839,26 @@ extension Limiquantix_Compute_V1_NodeService {
             request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_CreateJoinTokenRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_JoinToken>
+
+        /// Handle the "IssueOperatorCertificate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A client certificate of the cluster CA naming the caller (`operator:<user>`), for calling
+        /// > joined nodes' APIs directly (`lqx --node`; admins). The key stays with the caller: it sends a
+        /// > PKCS#10 request. Short-lived (there is no revocation yet); audited.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Limiquantix_Compute_V1_OperatorCertificate` message.
+        func issueOperatorCertificate(
+            request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_OperatorCertificate>
     }
 
     /// Simple service protocol for the "limiquantix.compute.v1.NodeService" service.
@@ -3944,6 +3998,26 @@ extension Limiquantix_Compute_V1_NodeService {
             request: Limiquantix_Compute_V1_CreateJoinTokenRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Limiquantix_Compute_V1_JoinToken
+
+        /// Handle the "IssueOperatorCertificate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A client certificate of the cluster CA naming the caller (`operator:<user>`), for calling
+        /// > joined nodes' APIs directly (`lqx --node`; admins). The key stays with the caller: it sends a
+        /// > PKCS#10 request. Short-lived (there is no revocation yet); audited.
+        ///
+        /// - Parameters:
+        ///   - request: A `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Limiquantix_Compute_V1_OperatorCertificate` to respond with.
+        func issueOperatorCertificate(
+            request: Limiquantix_Compute_V1_IssueOperatorCertificateRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Limiquantix_Compute_V1_OperatorCertificate
     }
 }
 
@@ -4050,6 +4124,17 @@ extension Limiquantix_Compute_V1_NodeService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Limiquantix_Compute_V1_NodeService.Method.IssueOperatorCertificate.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_OperatorCertificate>(),
+            handler: { request, context in
+                try await self.issueOperatorCertificate(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -4149,6 +4234,17 @@ extension Limiquantix_Compute_V1_NodeService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_JoinToken> {
         let response = try await self.createJoinToken(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func issueOperatorCertificate(
+        request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_OperatorCertificate> {
+        let response = try await self.issueOperatorCertificate(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -4273,6 +4369,19 @@ extension Limiquantix_Compute_V1_NodeService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_JoinToken> {
         return GRPCCore.ServerResponse<Limiquantix_Compute_V1_JoinToken>(
             message: try await self.createJoinToken(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func issueOperatorCertificate(
+        request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_OperatorCertificate> {
+        return GRPCCore.ServerResponse<Limiquantix_Compute_V1_OperatorCertificate>(
+            message: try await self.issueOperatorCertificate(
                 request: request.message,
                 context: context
             ),
@@ -4464,6 +4573,31 @@ extension Limiquantix_Compute_V1_NodeService {
             deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_JoinToken>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_JoinToken>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "IssueOperatorCertificate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A client certificate of the cluster CA naming the caller (`operator:<user>`), for calling
+        /// > joined nodes' APIs directly (`lqx --node`; admins). The key stays with the caller: it sends a
+        /// > PKCS#10 request. Short-lived (there is no revocation yet); audited.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_OperatorCertificate` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func issueOperatorCertificate<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_OperatorCertificate>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_OperatorCertificate>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -4755,6 +4889,42 @@ extension Limiquantix_Compute_V1_NodeService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "IssueOperatorCertificate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A client certificate of the cluster CA naming the caller (`operator:<user>`), for calling
+        /// > joined nodes' APIs directly (`lqx --node`; admins). The key stays with the caller: it sends a
+        /// > PKCS#10 request. Short-lived (there is no revocation yet); audited.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_OperatorCertificate` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func issueOperatorCertificate<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_OperatorCertificate>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_OperatorCertificate>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Limiquantix_Compute_V1_NodeService.Method.IssueOperatorCertificate.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -4984,6 +5154,37 @@ extension Limiquantix_Compute_V1_NodeService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_CreateJoinTokenRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_JoinToken>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "IssueOperatorCertificate" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A client certificate of the cluster CA naming the caller (`operator:<user>`), for calling
+    /// > joined nodes' APIs directly (`lqx --node`; admins). The key stays with the caller: it sends a
+    /// > PKCS#10 request. Short-lived (there is no revocation yet); audited.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Limiquantix_Compute_V1_IssueOperatorCertificateRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func issueOperatorCertificate<Result>(
+        request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_OperatorCertificate>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.issueOperatorCertificate(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_OperatorCertificate>(),
             options: options,
             onResponse: handleResponse
         )
@@ -5251,6 +5452,41 @@ extension Limiquantix_Compute_V1_NodeService.ClientProtocol {
             metadata: metadata
         )
         return try await self.createJoinToken(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "IssueOperatorCertificate" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A client certificate of the cluster CA naming the caller (`operator:<user>`), for calling
+    /// > joined nodes' APIs directly (`lqx --node`; admins). The key stays with the caller: it sends a
+    /// > PKCS#10 request. Short-lived (there is no revocation yet); audited.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func issueOperatorCertificate<Result>(
+        _ message: Limiquantix_Compute_V1_IssueOperatorCertificateRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_OperatorCertificate>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Limiquantix_Compute_V1_IssueOperatorCertificateRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.issueOperatorCertificate(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -1517,6 +1517,45 @@ public nonisolated struct Limiquantix_Compute_V1_JoinToken: Sendable {
   public init() {}
 }
 
+public nonisolated struct Limiquantix_Compute_V1_IssueOperatorCertificateRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// PKCS#10 in DER, at most 16 KiB, signed by its own key
+  public var certificateRequest: Data = Data()
+
+  /// 0: 12 hours; at most 30 days
+  public var ttlSeconds: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Limiquantix_Compute_V1_OperatorCertificate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var certificatePem: String = String()
+
+  /// the cluster CA, which also signed every node's certificate
+  public var caPem: String = String()
+
+  /// operator:<user>
+  public var identity: String = String()
+
+  public var expiresUnixMs: Int64 = 0
+
+  /// of the certificate's DER, as in the audit log
+  public var sha256: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Limiquantix_Compute_V1_GetClusterCARequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1674,6 +1713,13 @@ public nonisolated struct Limiquantix_Compute_V1_HeartbeatRequest: Sendable {
   public var checksPaths: Bool = false
 
   public var paths: [Limiquantix_Compute_V1_NodePath] = []
+
+  /// The libvirt URI other nodes' libvirtd reach this node's with (lqx-node --migration-uri),
+  /// and the host the migration stream goes to (--migration-address). Empty: this node takes no
+  /// live migrations.
+  public var migrationUri: String = String()
+
+  public var migrationAddress: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4383,6 +4429,91 @@ nonisolated extension Limiquantix_Compute_V1_JoinToken: SwiftProtobuf.Message, S
   }
 }
 
+nonisolated extension Limiquantix_Compute_V1_IssueOperatorCertificateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IssueOperatorCertificateRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}certificate_request\0\u{3}ttl_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.certificateRequest) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.ttlSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.certificateRequest.isEmpty {
+      try visitor.visitSingularBytesField(value: self.certificateRequest, fieldNumber: 1)
+    }
+    if self.ttlSeconds != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ttlSeconds, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_IssueOperatorCertificateRequest, rhs: Limiquantix_Compute_V1_IssueOperatorCertificateRequest) -> Bool {
+    if lhs.certificateRequest != rhs.certificateRequest {return false}
+    if lhs.ttlSeconds != rhs.ttlSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_OperatorCertificate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OperatorCertificate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}certificate_pem\0\u{3}ca_pem\0\u{1}identity\0\u{3}expires_unix_ms\0\u{1}sha256\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.certificatePem) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.caPem) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.identity) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnixMs) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.certificatePem.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificatePem, fieldNumber: 1)
+    }
+    if !self.caPem.isEmpty {
+      try visitor.visitSingularStringField(value: self.caPem, fieldNumber: 2)
+    }
+    if !self.identity.isEmpty {
+      try visitor.visitSingularStringField(value: self.identity, fieldNumber: 3)
+    }
+    if self.expiresUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresUnixMs, fieldNumber: 4)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_OperatorCertificate, rhs: Limiquantix_Compute_V1_OperatorCertificate) -> Bool {
+    if lhs.certificatePem != rhs.certificatePem {return false}
+    if lhs.caPem != rhs.caPem {return false}
+    if lhs.identity != rhs.identity {return false}
+    if lhs.expiresUnixMs != rhs.expiresUnixMs {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Limiquantix_Compute_V1_GetClusterCARequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetClusterCARequest"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
@@ -4648,7 +4779,7 @@ nonisolated extension Limiquantix_Compute_V1_NodePath: SwiftProtobuf.Message, Sw
 
 nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}capacity\0\u{1}vms\0\u{3}checks_paths\0\u{1}paths\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}capacity\0\u{1}vms\0\u{3}checks_paths\0\u{1}paths\0\u{3}migration_uri\0\u{3}migration_address\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4661,6 +4792,8 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.vms) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.checksPaths) }()
       case 5: try { try decoder.decodeRepeatedMessageField(value: &self.paths) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.migrationUri) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.migrationAddress) }()
       default: break
       }
     }
@@ -4686,6 +4819,12 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
     if !self.paths.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.paths, fieldNumber: 5)
     }
+    if !self.migrationUri.isEmpty {
+      try visitor.visitSingularStringField(value: self.migrationUri, fieldNumber: 6)
+    }
+    if !self.migrationAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.migrationAddress, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4695,6 +4834,8 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
     if lhs.vms != rhs.vms {return false}
     if lhs.checksPaths != rhs.checksPaths {return false}
     if lhs.paths != rhs.paths {return false}
+    if lhs.migrationUri != rhs.migrationUri {return false}
+    if lhs.migrationAddress != rhs.migrationAddress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -247,6 +247,19 @@ public enum Limiquantix_Node_V1_Node: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "PrepareIncomingVM" metadata.
+        public enum PrepareIncomingVM: Sendable {
+            /// Request type for "PrepareIncomingVM".
+            public typealias Input = Limiquantix_Node_V1_CreateVMRequest
+            /// Response type for "PrepareIncomingVM".
+            public typealias Output = Limiquantix_Node_V1_PrepareIncomingVMResponse
+            /// Descriptor for "PrepareIncomingVM".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.node.v1.Node"),
+                method: "PrepareIncomingVM",
+                type: .unary
+            )
+        }
         /// Namespace for "Exec" metadata.
         public enum Exec: Sendable {
             /// Request type for "Exec".
@@ -357,6 +370,7 @@ public enum Limiquantix_Node_V1_Node: Sendable {
             DetachDisk.descriptor,
             GetConsole.descriptor,
             MigrateVM.descriptor,
+            PrepareIncomingVM.descriptor,
             Exec.descriptor,
             Upload.descriptor,
             Download.descriptor,
@@ -653,6 +667,26 @@ extension Limiquantix_Node_V1_Node {
             request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_MigrateVMRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_MigrationProgress>
+
+        /// Handle the "PrepareIncomingVM" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Makes this node ready to receive a live migration of the VM the spec describes (its
+        /// > directories and spec, as CreateVM would; no domain): the control plane calls it on the target
+        /// > before MigrateVM on the source. Disks must be paths (a node-created disk cannot follow).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Limiquantix_Node_V1_CreateVMRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Node_V1_PrepareIncomingVMResponse` messages.
+        func prepareIncomingVM(
+            request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_CreateVMRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse>
 
         /// Handle the "Exec" method.
         ///
@@ -1052,6 +1086,26 @@ extension Limiquantix_Node_V1_Node {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_MigrationProgress>
 
+        /// Handle the "PrepareIncomingVM" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Makes this node ready to receive a live migration of the VM the spec describes (its
+        /// > directories and spec, as CreateVM would; no domain): the control plane calls it on the target
+        /// > before MigrateVM on the source. Disks must be paths (a node-created disk cannot follow).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Node_V1_CreateVMRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Limiquantix_Node_V1_PrepareIncomingVMResponse` message.
+        func prepareIncomingVM(
+            request: GRPCCore.ServerRequest<Limiquantix_Node_V1_CreateVMRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse>
+
         /// Handle the "Exec" method.
         ///
         /// > Source IDL Documentation:
@@ -1449,6 +1503,26 @@ extension Limiquantix_Node_V1_Node {
             context: GRPCCore.ServerContext
         ) async throws
 
+        /// Handle the "PrepareIncomingVM" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Makes this node ready to receive a live migration of the VM the spec describes (its
+        /// > directories and spec, as CreateVM would; no domain): the control plane calls it on the target
+        /// > before MigrateVM on the source. Disks must be paths (a node-created disk cannot follow).
+        ///
+        /// - Parameters:
+        ///   - request: A `Limiquantix_Node_V1_CreateVMRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Limiquantix_Node_V1_PrepareIncomingVMResponse` to respond with.
+        func prepareIncomingVM(
+            request: Limiquantix_Node_V1_CreateVMRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Limiquantix_Node_V1_PrepareIncomingVMResponse
+
         /// Handle the "Exec" method.
         ///
         /// > Source IDL Documentation:
@@ -1772,6 +1846,17 @@ extension Limiquantix_Node_V1_Node.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Limiquantix_Node_V1_Node.Method.PrepareIncomingVM.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_CreateVMRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_PrepareIncomingVMResponse>(),
+            handler: { request, context in
+                try await self.prepareIncomingVM(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Limiquantix_Node_V1_Node.Method.Exec.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_ExecInput>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_ExecOutput>(),
@@ -2039,6 +2124,17 @@ extension Limiquantix_Node_V1_Node.ServiceProtocol {
             context: context
         )
         return response
+    }
+
+    public func prepareIncomingVM(
+        request: GRPCCore.StreamingServerRequest<Limiquantix_Node_V1_CreateVMRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse> {
+        let response = try await self.prepareIncomingVM(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
     }
 
     public func upload(
@@ -2333,6 +2429,19 @@ extension Limiquantix_Node_V1_Node.SimpleServiceProtocol {
                 )
                 return [:]
             }
+        )
+    }
+
+    public func prepareIncomingVM(
+        request: GRPCCore.ServerRequest<Limiquantix_Node_V1_CreateVMRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse> {
+        return GRPCCore.ServerResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse>(
+            message: try await self.prepareIncomingVM(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
         )
     }
 
@@ -2800,6 +2909,31 @@ extension Limiquantix_Node_V1_Node {
             deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_MigrationProgress>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Limiquantix_Node_V1_MigrationProgress>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "PrepareIncomingVM" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Makes this node ready to receive a live migration of the VM the spec describes (its
+        /// > directories and spec, as CreateVM would; no domain): the control plane calls it on the target
+        /// > before MigrateVM on the source. Disks must be paths (a node-created disk cannot follow).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Node_V1_CreateVMRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Node_V1_CreateVMRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Node_V1_PrepareIncomingVMResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func prepareIncomingVM<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Node_V1_CreateVMRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Node_V1_CreateVMRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_PrepareIncomingVMResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Exec" method.
@@ -3513,6 +3647,42 @@ extension Limiquantix_Node_V1_Node {
             )
         }
 
+        /// Call the "PrepareIncomingVM" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Makes this node ready to receive a live migration of the VM the spec describes (its
+        /// > directories and spec, as CreateVM would; no domain): the control plane calls it on the target
+        /// > before MigrateVM on the source. Disks must be paths (a node-created disk cannot follow).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Node_V1_CreateVMRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Node_V1_CreateVMRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Node_V1_PrepareIncomingVMResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func prepareIncomingVM<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Node_V1_CreateVMRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Node_V1_CreateVMRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Node_V1_PrepareIncomingVMResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Limiquantix_Node_V1_Node.Method.PrepareIncomingVM.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "Exec" method.
         ///
         /// > Source IDL Documentation:
@@ -4191,6 +4361,37 @@ extension Limiquantix_Node_V1_Node.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_MigrateVMRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_MigrationProgress>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PrepareIncomingVM" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Makes this node ready to receive a live migration of the VM the spec describes (its
+    /// > directories and spec, as CreateVM would; no domain): the control plane calls it on the target
+    /// > before MigrateVM on the source. Disks must be paths (a node-created disk cannot follow).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Limiquantix_Node_V1_CreateVMRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func prepareIncomingVM<Result>(
+        request: GRPCCore.ClientRequest<Limiquantix_Node_V1_CreateVMRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.prepareIncomingVM(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Node_V1_CreateVMRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Node_V1_PrepareIncomingVMResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -4905,6 +5106,41 @@ extension Limiquantix_Node_V1_Node.ClientProtocol {
             metadata: metadata
         )
         return try await self.migrateVM(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PrepareIncomingVM" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Makes this node ready to receive a live migration of the VM the spec describes (its
+    /// > directories and spec, as CreateVM would; no domain): the control plane calls it on the target
+    /// > before MigrateVM on the source. Disks must be paths (a node-created disk cannot follow).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func prepareIncomingVM<Result>(
+        _ message: Limiquantix_Node_V1_CreateVMRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Node_V1_PrepareIncomingVMResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Limiquantix_Node_V1_CreateVMRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.prepareIncomingVM(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -501,6 +501,16 @@ public nonisolated struct Limiquantix_Node_V1_MigrateVMRequest: Sendable {
   public init() {}
 }
 
+public nonisolated struct Limiquantix_Node_V1_PrepareIncomingVMResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Limiquantix_Node_V1_MigrationProgress: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1803,6 +1813,25 @@ nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Messag
     if lhs.maxDowntimeMs != rhs.maxDowntimeMs {return false}
     if lhs.bandwidthMibps != rhs.bandwidthMibps {return false}
     if lhs.migrationAddress != rhs.migrationAddress {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Node_V1_PrepareIncomingVMResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrepareIncomingVMResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Node_V1_PrepareIncomingVMResponse, rhs: Limiquantix_Node_V1_PrepareIncomingVMResponse) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
