@@ -215,6 +215,13 @@ extension Node {
                 $0.version = status.version
                 $0.conditions = status.conditions.map(\.proto)
                 $0.vmCount = UInt32(clamping: vmCount)
+                $0.migrationUri = status.migration?.uri ?? ""
+                $0.sharedStorage = status.sharedStorage.map { storage in
+                    .with {
+                        $0.id = storage.id
+                        $0.path = storage.path
+                    }
+                }
             }
         }
     }

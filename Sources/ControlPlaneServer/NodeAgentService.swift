@@ -85,6 +85,16 @@ struct NodeAgentService: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol
                 let migration =
                     m.migrationUri.isEmpty
                     ? nil : try Node.MigrationTarget(uri: m.migrationUri, address: m.migrationAddress)
+                guard m.sharedStorage.count <= SharedStorage.maximumPerNode else {
+                    throw LQXError(
+                        .invalidSpec,
+                        "shared_storage: at most \(SharedStorage.maximumPerNode) (got \(m.sharedStorage.count))")
+                }
+                var storages: [SharedStorage] = []
+                for declared in m.sharedStorage {
+                    let storage = try SharedStorage(id: declared.id, path: declared.path)
+                    if !storages.contains(storage) { storages.append(storage) }
+                }
                 let wanted = try await cluster.heartbeat(
                     nodeID: m.nodeID, capacity: m.hasCapacity ? Node.Resources(m.capacity) : nil,
                     vms: m.vms.map {
@@ -95,7 +105,7 @@ struct NodeAgentService: Limiquantix_Compute_V1_NodeAgentService.ServiceProtocol
                     },
                     paths: m.checksPaths
                         ? Dictionary(m.paths.map { ($0.path, $0.present) }, uniquingKeysWith: { $0 && $1 }) : nil,
-                    migration: migration)
+                    migration: migration, sharedStorage: storages)
                 return .with {
                     $0.heartbeatIntervalMs = intervalMilliseconds
                     $0.checkPaths = wanted

@@ -236,6 +236,10 @@ public struct MigrationRequest: Sendable, Equatable {
     public var maxDowntimeMilliseconds: UInt32
     /// Bandwidth limit in MiB/s (0: none).
     public var bandwidthMiBps: UInt32
+    /// Every writable disk lies on storage this host declared shared (`--shared-storage`): the
+    /// migration goes on where libvirt cannot tell from the file system that the destination
+    /// sees the same files (set by the node from its declaration, never from a request).
+    public var disksShared = false
 
     /// Checks the URI and the address (a host name or IP address, no scheme or port).
     public init(

@@ -12,8 +12,14 @@ public struct VMController: Sendable {
     /// Waits and defaults.
     public var policy: LifecyclePolicy { manager.policy }
 
+    /// Directories the operator declared shared with other hosts (`lqx-node --shared-storage`).
+    public let sharedStorage: [SharedStorage]
+
     /// Creates a controller over a manager.
-    public init(manager: VMManager) { self.manager = manager }
+    public init(manager: VMManager, sharedStorage: [SharedStorage] = []) {
+        self.manager = manager
+        self.sharedStorage = sharedStorage
+    }
 
     /// How to stop a VM.
     public enum StopMode: Sendable, Equatable {
@@ -159,7 +165,14 @@ public struct VMController: Sendable {
     public func migrate(
         _ vm: String, _ request: MigrationRequest, progress: @escaping @Sendable (JobProgress) -> Void
     ) async throws(LQXError) {
-        _ = try await status(vm)
+        let status = try await status(vm)
+        var request = request
+        // Writable disks all on declared shared storage: the destination opens the same files,
+        // whatever libvirt concludes from the file-system type (it knows NFS or GFS2, not a
+        // bind mount or a volume the operator mounts on every host).
+        if let spec = status.spec, let storages = spec.liveMigrationStorages(on: sharedStorage), !storages.isEmpty {
+            request.disksShared = true
+        }
         try await hypervisor.migrate(vm, request, progress: progress)
     }
 

@@ -239,7 +239,7 @@ extension LibvirtHypervisor {
                             try domain.migrate(
                                 to: request.destinationURI, migrationURI: request.migrationURI,
                                 maxDowntimeMilliseconds: request.maxDowntimeMilliseconds,
-                                bandwidthMiBps: request.bandwidthMiBps)
+                                bandwidthMiBps: request.bandwidthMiBps, disksShared: request.disksShared)
                         }
                     } onCancel: {
                         domain.abortJob()

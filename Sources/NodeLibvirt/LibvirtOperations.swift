@@ -116,13 +116,17 @@ extension LibvirtDomain {
     /// Live-migrates to `uri` (peer to peer through libvirtd, definition persisted there and
     /// removed here). Blocks until the migration ends; `jobProgress()` reports while it runs.
     /// `migrationURI` (e.g. tcp://10.0.0.2) is where the destination QEMU listens.
+    /// `disksShared`: the writable disks are on storage declared shared, which libvirt's own
+    /// check (it recognizes network and cluster file systems) is told to accept (`VIR_MIGRATE_UNSAFE`).
     public func migrate(
-        to uri: String, migrationURI: String?, maxDowntimeMilliseconds: UInt32, bandwidthMiBps: UInt32
+        to uri: String, migrationURI: String?, maxDowntimeMilliseconds: UInt32, bandwidthMiBps: UInt32,
+        disksShared: Bool = false
     ) throws(LQXError) {
-        let flags =
+        var flags =
             UInt32(VIR_MIGRATE_LIVE.rawValue) | UInt32(VIR_MIGRATE_PEER2PEER.rawValue)
             | UInt32(VIR_MIGRATE_PERSIST_DEST.rawValue) | UInt32(VIR_MIGRATE_UNDEFINE_SOURCE.rawValue)
             | UInt32(VIR_MIGRATE_ABORT_ON_ERROR.rawValue)
+        if disksShared { flags |= UInt32(VIR_MIGRATE_UNSAFE.rawValue) }
         if maxDowntimeMilliseconds > 0 {
             _ = virDomainMigrateSetMaxDowntime(pointer, UInt64(maxDowntimeMilliseconds), 0)
         }

@@ -102,6 +102,17 @@ struct LqxNode: AsyncParsableCommand {
         help: "Host or IP the migration stream comes to on this host (default: libvirt's choice, the host name).")
     var migrationAddress: String?
 
+    @Option(
+        name: .customLong("shared-storage"),
+        help: ArgumentHelp(
+            "A directory other hosts mount at the same path (NFS, a cluster file system); repeatable, at most 16.",
+            discussion: """
+                Its id is read from DIR/.limiquantix-storage (written by the first node that declares it). \
+                Reported to the control plane: a VM whose writable disks lie there live-migrates to nodes \
+                declaring the same storage at the same path.
+                """, valueName: "DIR"))
+    var sharedStorage: [String] = []
+
     @Flag(
         name: .customLong("insecure-listen"),
         help: "A joined node serves its API without TLS (development only: anyone who reaches it controls the node).")
@@ -190,6 +201,17 @@ struct LqxNode: AsyncParsableCommand {
             configuration.migration = .init(uri: migrationURI, address: migrationAddress ?? "")
         } else if migrationAddress != nil {
             throw ValidationError("--migration-address needs --migration-uri")
+        }
+        guard sharedStorage.count <= SharedStorage.maximumPerNode else {
+            throw ValidationError("--shared-storage: at most \(SharedStorage.maximumPerNode) directories")
+        }
+        for directory in sharedStorage {
+            do {
+                let storage = try SharedStorage.declare(directory)
+                if !configuration.sharedStorage.contains(storage) { configuration.sharedStorage.append(storage) }
+            } catch {
+                throw ValidationError(error.message)
+            }
         }
         let node: NodeServer
         do {

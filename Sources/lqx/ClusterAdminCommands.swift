@@ -125,6 +125,13 @@
                     print(
                         "inventory: \(i.cpuModel), \(i.sockets)×\(i.cores)×\(i.threads), \(i.hypervisor), vsock \(i.vsock), uefi \(i.uefi); version \(node.status.version)"
                     )
+                    // Node-reported text: printed sanitized.
+                    let migration = node.status.migrationUri
+                    print("live migrations: \(migration.isEmpty ? "not taken" : TerminalText.safe(migration))")
+                    for storage in node.status.sharedStorage {
+                        print(
+                            "shared storage: \(TerminalText.safe(storage.path)) (id \(TerminalText.safe(storage.id)))")
+                    }
                 }
             }
         }
@@ -157,12 +164,14 @@
 
         struct Drain: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Move every VM off a node (stop, then start elsewhere); the node ends in MAINTENANCE.",
+                abstract: "Move every VM off a node; the node ends in MAINTENANCE.",
                 discussion: """
-                    Each VM is stopped on the node (through its agent), removed there and placed again by the \
-                    scheduler, so it never runs twice. VMs whose disks the node created cannot move yet (no \
-                    shared storage): the drain is then refused, naming them. Live migration comes with shared \
-                    storage. `lqx node uncordon NAME` ends maintenance.
+                    A running VM whose disks can follow (read-only path disks, writable ones on shared storage \
+                    both nodes declare with lqx-node --shared-storage) is live-migrated to a node started with \
+                    --migration-uri. Every other VM is stopped on the node (through its agent), removed there \
+                    and placed again by the scheduler. Either way it never runs twice. VMs whose disks the \
+                    node created (clones, new disks) cannot leave it: the drain is then refused, naming them. \
+                    `lqx node uncordon NAME` ends maintenance.
                     """)
             @OptionGroup var options: ClusterOptions
             @Argument(help: "Node name.") var name: String

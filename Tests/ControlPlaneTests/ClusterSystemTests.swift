@@ -61,7 +61,7 @@ struct ClusterSystemTests {
     /// recorded for the test script's cleanup).
     func createGuest(
         _ cp: ControlPlaneProcess, token: String, _ name: String, kernel: String, initrd: String, memory: UInt64,
-        placement: Limiquantix_Compute_V1_Placement = .init()
+        placement: Limiquantix_Compute_V1_Placement = .init(), disks: [String] = []
     ) async throws -> Limiquantix_Compute_V1_VM {
         let metadata = bearer(token)
         let vm = try await vms(cp) { client in
@@ -77,6 +77,7 @@ struct ClusterSystemTests {
                             $0.initrd = initrd
                             $0.cmdline = TestGuest.cmdline
                         }
+                        $0.disks = disks.map { path in .with { $0.path = path } }
                     }
                 }, metadata: metadata)
         }

@@ -32,7 +32,9 @@ struct ControlPlaneProcess {
                 "--listen", "127.0.0.1:\(ports?.api ?? 0)", "--node-listen", "127.0.0.1:\(ports?.nodes ?? 0)",
                 "--metrics-listen", "127.0.0.1:0",
                 "--http-listen", "127.0.0.1:0",
-                "--state-dir", state, "--heartbeat-interval", "0.2", "--heartbeat-grace", "1.5",
+                // A grace of 4 s: TCG guests booting beside the other libvirt suites can delay a
+                // heartbeat past 1.5 s, and a NOT_READY node refuses in-guest calls.
+                "--state-dir", state, "--heartbeat-interval", "0.2", "--heartbeat-grace", "4",
             ], logPath: root + "/controlplane.log")
         guard let first = await daemon.line(), let grpc = Daemon.field("grpc", in: first),
             let nodes = Daemon.field("nodes", in: first), let metrics = Daemon.field("metrics", in: first),

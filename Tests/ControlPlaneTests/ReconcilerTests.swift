@@ -378,6 +378,80 @@ struct ReconcilerTests {
         }
     }
 
+    @Test(
+        "writable disks follow a live migration only to a node declaring the same shared storage; others move by stop and start"
+    )
+    func liveMigrationSharedStorage() async throws {
+        try await withReconciler { cluster, nodes, first, _ in
+            let storage = try SharedStorage(id: String(repeating: "5", count: 32), path: "/srv/shared")
+            // Mounted at the same path, but another storage (another id): its files are not these.
+            let impostor = try SharedStorage(id: String(repeating: "6", count: 32), path: "/srv/shared")
+            var shared = kernelSpec()
+            shared.machine.disks = [DiskSpec(source: .path("/srv/shared/a.img"))]
+            var local = kernelSpec()
+            local.machine.disks = [DiskSpec(source: .path("/var/local/b.img"))]
+            _ = try await cluster.createVM(CreateVM(name: "shared", spec: shared), by: .system)
+            _ = try await cluster.createVM(CreateVM(name: "local", spec: local), by: .system)
+            // n2, the larger node (spread prefers it), has the impostor; n3 the storage.
+            let second = try await joinNode(cluster, "n2", cpus: 64, memory: 65536)
+            let third = try await joinNode(cluster, "n3")
+            let targets = [
+                second.meta.id: try Node.MigrationTarget(uri: "qemu+tls://n2/system", address: ""),
+                third.meta.id: try Node.MigrationTarget(uri: "qemu+tls://n3/system", address: ""),
+            ]
+            let declared = [first.meta.id: [storage], second.meta.id: [impostor], third.meta.id: [storage]]
+            func beat() async throws {
+                for node in [first, second, third] {
+                    try await cluster.heartbeat(
+                        nodeID: node.meta.id, vms: nodes.report(node), migration: targets[node.meta.id],
+                        sharedStorage: declared[node.meta.id] ?? [])
+                }
+            }
+            _ = try await cluster.setSchedulable("n2", false, by: .system)
+            _ = try await cluster.setSchedulable("n3", false, by: .system)
+            func vm(_ name: String) async throws -> VirtualMachine? {
+                try await cluster.repository.vm(project: Cluster.defaultProject, name: name)
+            }
+            for _ in 0..<200 {
+                try await beat()
+                if try await vm("shared")?.status.phase == .running, try await vm("local")?.status.phase == .running {
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(try await cluster.repository.node(name: "n3")?.status.sharedStorage == [storage])
+            _ = try await cluster.setSchedulable("n2", true, by: .system)
+            _ = try await cluster.setSchedulable("n3", true, by: .system)
+            _ = try await cluster.drainNode("n1", by: .system)
+            var movedShared: VirtualMachine?, movedLocal: VirtualMachine?
+            for _ in 0..<200 {
+                try await beat()
+                movedShared = try await vm("shared")
+                movedLocal = try await vm("local")
+                if movedShared?.status.phase == .running, movedShared?.status.nodeID == third.meta.id,
+                    movedLocal?.status.phase == .running, movedLocal?.status.nodeID != first.meta.id
+                {
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let sharedID = movedShared?.meta.id ?? "", localID = movedLocal?.meta.id ?? ""
+            #expect(movedShared?.status.nodeID == third.meta.id && movedShared?.status.epoch == 2)
+            #expect(movedLocal?.status.phase == .running && movedLocal?.status.nodeID != first.meta.id)
+            let calls = nodes.calls.withLock { $0 }
+            #expect(
+                calls.filter { $0.contains(sharedID) }.suffix(2) == [
+                    "prepare \(sharedID) on n3", "migrate \(sharedID) n1→n3",
+                ], "\(calls)")
+            #expect(!calls.contains("stop \(sharedID)") && !calls.contains { $0.contains("\(sharedID) on n2") })
+            #expect(
+                calls.filter { $0.contains(localID) }.suffix(3) == [
+                    "stop \(localID)", "undefine \(localID)", "create \(localID)",
+                ], "\(calls)")
+            #expect(!calls.contains { $0.hasPrefix("migrate \(localID)") })
+        }
+    }
+
     @Test("a VM left mid-migration (control plane restarted) is settled from both nodes' reports")
     func settleFromReports() async throws {
         try await withReconciler { cluster, nodes, first, _ in

@@ -81,7 +81,10 @@ extension Cluster {
             try await store.commit(
                 [.update(try Repository.stored(vm), expected: expected)],
                 events: [
-                    event(.vm, vm.meta, "Evicting", "moving off node \(node) (\(why)): stop, then start elsewhere")
+                    event(
+                        .vm, vm.meta, "Evicting",
+                        "moving off node \(node) (\(why)): live where its disks can follow, else stop, then start elsewhere"
+                    )
                 ],
                 audit: [])
         }

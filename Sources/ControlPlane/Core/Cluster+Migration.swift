@@ -13,6 +13,20 @@ extension Cluster {
         case none
     }
 
+    /// The nodes of `candidates` that `vm`, running on `source`, can live-migrate to: they take
+    /// live migrations and have every shared storage its writable disks are on (same id, same
+    /// path). None when a disk cannot follow (created by the node, or writable on storage the
+    /// source does not declare shared).
+    public static func liveMigrationTargets(_ vm: VirtualMachine, from source: Node, among candidates: [Node])
+        -> [Node]
+    {
+        guard let needed = vm.spec.machine.liveMigrationStorages(on: source.status.sharedStorage) else { return [] }
+        return candidates.filter { node in
+            node.meta.id != source.meta.id && node.status.migration != nil
+                && needed.allSatisfy { node.status.sharedStorage.contains($0) }
+        }
+    }
+
     /// Chooses a node that takes live migrations for the evicting VM on `source` and records the
     /// migration (new epoch, capacity checked by the store). When none fits the VM is marked to
     /// move by stop and start, with the scheduler's reason.
@@ -22,16 +36,17 @@ extension Cluster {
             guard var vm = try await repository.vm(id: vmID), vm.status.evicting,
                 vm.status.nodeID == source.meta.id, vm.status.migratingFrom.isEmpty
             else { return .none }
-            let nodes = try await repository.nodes().filter {
-                $0.meta.id != source.meta.id && $0.status.migration != nil
-            }
+            let nodes = Self.liveMigrationTargets(vm, from: source, among: try await repository.nodes())
             let decision = decide(vm, nodes: nodes, vms: try await repository.vms())
             defer { reservations.withLock { _ = $0.removeValue(forKey: vmID) } }
             if decision.waiting { return .wait }
             let expected = vm.meta.resourceVersion
             guard let nodeID = decision.nodeID, let target = nodes.first(where: { $0.meta.id == nodeID }) else {
                 vm.status.migrationFailed = true
-                let message = "no node that takes live migrations fits (\(decision.summary)): moving by stop and start"
+                let message =
+                    nodes.isEmpty
+                    ? "no node that takes live migrations has the storage of its writable disks: moving by stop and start"
+                    : "no node that takes live migrations fits (\(decision.summary)): moving by stop and start"
                 do {
                     try await store.commit(
                         [.update(try Repository.stored(vm), expected: expected)],

@@ -138,12 +138,13 @@ extension Cluster {
     /// A node's heartbeat: it is READY from now on until `heartbeatGrace` passes without one.
     /// Only changes of phase or capacity are written (and place VMs that waited for room); what
     /// the node reports of its VMs is kept in memory as its latest observation. `paths` are its
-    /// answers about the paths it was asked for (nil: a node that does not check paths). Returns
-    /// the paths to ask it about next (those that VMs being placed name).
+    /// answers about the paths it was asked for (nil: a node that does not check paths);
+    /// `migration` and `sharedStorage` what it declares for live migration. Returns the paths to
+    /// ask it about next (those that VMs being placed name).
     @discardableResult
     public func heartbeat(
         nodeID: String, capacity: Node.Resources? = nil, vms: [ObservedVM]? = nil, paths answers: [String: Bool]? = nil,
-        migration: Node.MigrationTarget? = nil
+        migration: Node.MigrationTarget? = nil, sharedStorage: [SharedStorage] = []
     ) async throws(LQXError) -> [String] {
         let time = now()
         heartbeats.withLock { $0[nodeID] = time }
@@ -180,6 +181,13 @@ extension Cluster {
             if migration != node.status.migration {
                 reasons.append(migration.map { "takes live migrations at \($0.uri)" } ?? "takes no live migrations")
                 node.status.migration = migration
+            }
+            if sharedStorage != node.status.sharedStorage {
+                reasons.append(
+                    sharedStorage.isEmpty
+                        ? "declares no shared storage"
+                        : "shares storage \(sharedStorage.map(\.description).joined(separator: ", "))")
+                node.status.sharedStorage = sharedStorage
             }
             if let capacity, capacity != node.status.capacity {
                 reasons.append("capacity \(capacity.cpus) CPUs, \(capacity.memoryMiB) MiB")

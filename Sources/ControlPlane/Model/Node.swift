@@ -63,6 +63,8 @@ public struct Node: Sendable, Equatable, Codable {
         public var conditions: [Condition]
         /// Where other nodes live-migrate VMs to it, as it last reported (nil: it takes none).
         public var migration: MigrationTarget?
+        /// The shared storages it declares, as it last reported.
+        public var sharedStorage: [SharedStorage] = []
 
         /// A node that has not reported.
         public init(
@@ -75,6 +77,23 @@ public struct Node: Sendable, Equatable, Codable {
             self.inventory = inventory
             self.version = version
             self.conditions = conditions
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case phase, address, capacity, inventory, version, conditions, migration, sharedStorage
+        }
+
+        /// Decodes a stored status (`sharedStorage` absent in records written before it existed).
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            phase = try container.decode(Phase.self, forKey: .phase)
+            address = try container.decode(String.self, forKey: .address)
+            capacity = try container.decode(Resources.self, forKey: .capacity)
+            inventory = try container.decode(Inventory.self, forKey: .inventory)
+            version = try container.decode(String.self, forKey: .version)
+            conditions = try container.decode([Condition].self, forKey: .conditions)
+            migration = try container.decodeIfPresent(MigrationTarget.self, forKey: .migration)
+            sharedStorage = try container.decodeIfPresent([SharedStorage].self, forKey: .sharedStorage) ?? []
         }
     }
 

@@ -67,7 +67,7 @@ public enum ReconcileAction: Sendable, Equatable {
 
     /// What to do for `vm` given what its node reports (`observed`, nil: the node does not have
     /// it) and whether the node is READY (nothing is sent to a node that is not). `canMigrate`:
-    /// some other READY node takes live migrations.
+    /// some other READY node can take the VM by live migration (`Cluster.liveMigrationTargets`).
     public static func decide(
         _ vm: VirtualMachine, observed: ObservedVM?, nodeReady: Bool, canMigrate: Bool = false
     ) -> ReconcileAction {
@@ -77,7 +77,7 @@ public enum ReconcileAction: Sendable, Equatable {
         if vm.status.evicting {
             // Live-migrated when it runs and its disks can follow; else stopped first, removed
             // from the node, and only then placed elsewhere. Never two copies either way.
-            if observed?.state == "running", canMigrate, !vm.status.migrationFailed, vm.spec.machine.migratesLive {
+            if observed?.state == "running", canMigrate, !vm.status.migrationFailed {
                 return .migrate
             }
             switch observed?.state {
@@ -114,19 +114,6 @@ public enum ReconcileAction: Sendable, Equatable {
         case "shut_off": return vm.spec.runState == .stopped ? .stopped : .starting
         case "crashed": return .failed
         default: return .unknown
-        }
-    }
-}
-
-extension VMSpec {
-    /// Whether a running VM of this spec can be live-migrated to another node: every disk is
-    /// read-only and given by path (the target has the file: placement checks it). A writable
-    /// disk would need storage both nodes share, which nodes do not declare yet; a disk the node
-    /// created cannot leave it at all.
-    public var migratesLive: Bool {
-        disks.allSatisfy { disk in
-            if case .path = disk.source { return disk.readOnly }
-            return false
         }
     }
 }

@@ -89,8 +89,7 @@ public final class Reconciler: Service, Sendable {
         let time = cluster.now()
         var work: [(VirtualMachine, Node, ReconcileAction)] = []
         // Nodes that take live migrations now.
-        let migrationTargets = Set(
-            nodes.values.filter { $0.status.phase == .ready && $0.status.migration != nil }.map(\.meta.id))
+        let migrationTargets = nodes.values.filter { $0.status.phase == .ready && $0.status.migration != nil }
         for vm in vms where !vm.status.nodeID.isEmpty {
             guard let node = nodes[vm.status.nodeID] else { continue }
             if !vm.status.migratingFrom.isEmpty {
@@ -118,7 +117,7 @@ public final class Reconciler: Service, Sendable {
             }
             let action = ReconcileAction.decide(
                 vm, observed: observed, nodeReady: ready && report != nil,
-                canMigrate: !migrationTargets.subtracting([node.meta.id]).isEmpty)
+                canMigrate: !Cluster.liveMigrationTargets(vm, from: node, among: migrationTargets).isEmpty)
             guard action != .none else { continue }
             let admitted = state.withLock { state -> Bool in
                 guard !state.busy.contains(vm.meta.id), state.busy.count < concurrency else { return false }

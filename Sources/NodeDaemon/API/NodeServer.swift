@@ -41,6 +41,9 @@ public struct NodeConfiguration: Sendable {
     public var insecureListen = false
     /// How other hosts live-migrate VMs to this one (nil: it takes no live migrations).
     public var migration: MigrationTarget?
+    /// Directories on storage other hosts mount at the same paths (`--shared-storage`): reported
+    /// in heartbeats; a VM's writable disks there follow its live migration.
+    public var sharedStorage: [SharedStorage] = []
 
     /// Where other nodes send live migrations: reported in heartbeats.
     public struct MigrationTarget: Sendable, Equatable {
@@ -142,7 +145,7 @@ public struct NodeServer: Sendable {
         try await manager.adopt()
         var configuration = configuration
         let membership = try await resolveMembership(&configuration, hypervisor: backend, logger: logger)
-        let controller = VMController(manager: manager)
+        let controller = VMController(manager: manager, sharedStorage: configuration.sharedStorage)
         var interceptors: [any ServerInterceptor] = []
         if case .mutualTLS = configuration.security { interceptors.append(ClusterPeerInterceptor()) }
         let grpc = GRPCService(
@@ -152,7 +155,8 @@ public struct NodeServer: Sendable {
         let heartbeat = membership.map { membership in
             NodeHeartbeat(
                 membership: membership, files: MembershipFiles(stateDirectory: configuration.layout.stateDirectory),
-                manager: manager, migration: configuration.migration, logger: logger)
+                manager: manager, migration: configuration.migration, sharedStorage: configuration.sharedStorage,
+                logger: logger)
         }
         let http = configuration.metricsListen.map { address in
             let nodeName = configuration.nodeName

@@ -16,17 +16,20 @@ public final class NodeHeartbeat: Service, Sendable {
     let files: MembershipFiles
     let manager: VMManager
     let migration: NodeConfiguration.MigrationTarget?
+    let sharedStorage: [SharedStorage]
     let logger: Logger
 
-    /// Heartbeats for `membership`, reporting `manager`'s VMs and where live migrations come in.
+    /// Heartbeats for `membership`, reporting `manager`'s VMs, where live migrations come in
+    /// and the storage this host shares with others.
     public init(
         membership: ClusterMembership, files: MembershipFiles, manager: VMManager,
-        migration: NodeConfiguration.MigrationTarget? = nil, logger: Logger
+        migration: NodeConfiguration.MigrationTarget? = nil, sharedStorage: [SharedStorage] = [], logger: Logger
     ) {
         self.membership = membership
         self.files = files
         self.manager = manager
         self.migration = migration
+        self.sharedStorage = sharedStorage
         self.logger = logger
     }
 
@@ -114,6 +117,12 @@ public final class NodeHeartbeat: Service, Sendable {
             $0.checksPaths = true
             $0.migrationUri = migration?.uri ?? ""
             $0.migrationAddress = migration?.address ?? ""
+            $0.sharedStorage = sharedStorage.map { storage in
+                .with {
+                    $0.id = storage.id
+                    $0.path = storage.path
+                }
+            }
             $0.paths = paths.map { path in
                 .with {
                     $0.path = path

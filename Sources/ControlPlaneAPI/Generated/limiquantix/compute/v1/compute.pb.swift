@@ -1272,11 +1272,41 @@ public nonisolated struct Limiquantix_Compute_V1_NodeStatus: @unchecked Sendable
     set {_uniqueStorage()._vmCount = newValue}
   }
 
+  /// where it takes live migrations (empty: it takes none)
+  public var migrationUri: String {
+    get {_storage._migrationUri}
+    set {_uniqueStorage()._migrationUri = newValue}
+  }
+
+  public var sharedStorage: [Limiquantix_Compute_V1_SharedStorage] {
+    get {_storage._sharedStorage}
+    set {_uniqueStorage()._sharedStorage = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A directory several nodes mount at the same path (lqx-node --shared-storage): its id is read
+/// from a marker file in it, so nodes reporting the same id at the same path share its files and a
+/// VM's writable disks there follow a live migration between them.
+public nonisolated struct Limiquantix_Compute_V1_SharedStorage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 32 hexadecimal digits
+  public var id: String = String()
+
+  /// absolute, normalized
+  public var path: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Limiquantix_Compute_V1_Node: Sendable {
@@ -1720,6 +1750,9 @@ public nonisolated struct Limiquantix_Compute_V1_HeartbeatRequest: Sendable {
   public var migrationUri: String = String()
 
   public var migrationAddress: String = String()
+
+  /// The shared storages it declares (at most 16).
+  public var sharedStorage: [Limiquantix_Compute_V1_SharedStorage] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3886,7 +3919,7 @@ nonisolated extension Limiquantix_Compute_V1_NodeSpec: SwiftProtobuf.Message, Sw
 
 nonisolated extension Limiquantix_Compute_V1_NodeStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}phase\0\u{1}address\0\u{1}capacity\0\u{1}allocatable\0\u{1}allocated\0\u{1}inventory\0\u{1}version\0\u{1}conditions\0\u{3}last_heartbeat_unix_ms\0\u{3}vm_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}phase\0\u{1}address\0\u{1}capacity\0\u{1}allocatable\0\u{1}allocated\0\u{1}inventory\0\u{1}version\0\u{1}conditions\0\u{3}last_heartbeat_unix_ms\0\u{3}vm_count\0\u{3}migration_uri\0\u{3}shared_storage\0")
 
   fileprivate class _StorageClass {
     var _phase: Limiquantix_Compute_V1_NodePhase = .pending
@@ -3899,6 +3932,8 @@ nonisolated extension Limiquantix_Compute_V1_NodeStatus: SwiftProtobuf.Message, 
     var _conditions: [Limiquantix_Compute_V1_Condition] = []
     var _lastHeartbeatUnixMs: Int64 = 0
     var _vmCount: UInt32 = 0
+    var _migrationUri: String = String()
+    var _sharedStorage: [Limiquantix_Compute_V1_SharedStorage] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3919,6 +3954,8 @@ nonisolated extension Limiquantix_Compute_V1_NodeStatus: SwiftProtobuf.Message, 
       _conditions = source._conditions
       _lastHeartbeatUnixMs = source._lastHeartbeatUnixMs
       _vmCount = source._vmCount
+      _migrationUri = source._migrationUri
+      _sharedStorage = source._sharedStorage
     }
   }
 
@@ -3947,6 +3984,8 @@ nonisolated extension Limiquantix_Compute_V1_NodeStatus: SwiftProtobuf.Message, 
         case 8: try { try decoder.decodeRepeatedMessageField(value: &_storage._conditions) }()
         case 9: try { try decoder.decodeSingularInt64Field(value: &_storage._lastHeartbeatUnixMs) }()
         case 10: try { try decoder.decodeSingularUInt32Field(value: &_storage._vmCount) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._migrationUri) }()
+        case 12: try { try decoder.decodeRepeatedMessageField(value: &_storage._sharedStorage) }()
         default: break
         }
       }
@@ -3989,6 +4028,12 @@ nonisolated extension Limiquantix_Compute_V1_NodeStatus: SwiftProtobuf.Message, 
       if _storage._vmCount != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._vmCount, fieldNumber: 10)
       }
+      if !_storage._migrationUri.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._migrationUri, fieldNumber: 11)
+      }
+      if !_storage._sharedStorage.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._sharedStorage, fieldNumber: 12)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4008,10 +4053,47 @@ nonisolated extension Limiquantix_Compute_V1_NodeStatus: SwiftProtobuf.Message, 
         if _storage._conditions != rhs_storage._conditions {return false}
         if _storage._lastHeartbeatUnixMs != rhs_storage._lastHeartbeatUnixMs {return false}
         if _storage._vmCount != rhs_storage._vmCount {return false}
+        if _storage._migrationUri != rhs_storage._migrationUri {return false}
+        if _storage._sharedStorage != rhs_storage._sharedStorage {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_SharedStorage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SharedStorage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}path\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_SharedStorage, rhs: Limiquantix_Compute_V1_SharedStorage) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.path != rhs.path {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4779,7 +4861,7 @@ nonisolated extension Limiquantix_Compute_V1_NodePath: SwiftProtobuf.Message, Sw
 
 nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}capacity\0\u{1}vms\0\u{3}checks_paths\0\u{1}paths\0\u{3}migration_uri\0\u{3}migration_address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}capacity\0\u{1}vms\0\u{3}checks_paths\0\u{1}paths\0\u{3}migration_uri\0\u{3}migration_address\0\u{3}shared_storage\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4794,6 +4876,7 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
       case 5: try { try decoder.decodeRepeatedMessageField(value: &self.paths) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.migrationUri) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.migrationAddress) }()
+      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.sharedStorage) }()
       default: break
       }
     }
@@ -4825,6 +4908,9 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
     if !self.migrationAddress.isEmpty {
       try visitor.visitSingularStringField(value: self.migrationAddress, fieldNumber: 7)
     }
+    if !self.sharedStorage.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.sharedStorage, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4836,6 +4922,7 @@ nonisolated extension Limiquantix_Compute_V1_HeartbeatRequest: SwiftProtobuf.Mes
     if lhs.paths != rhs.paths {return false}
     if lhs.migrationUri != rhs.migrationUri {return false}
     if lhs.migrationAddress != rhs.migrationAddress {return false}
+    if lhs.sharedStorage != rhs.sharedStorage {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
