@@ -183,51 +183,48 @@ public enum ClusterJoin {
     /// The local address the host would use to reach `peer` (the route's source address): the
     /// default management address to advertise.
     public static func sourceAddress(toward peer: HostPort) -> String? {
+        // Every pointer stays inside the closure it was made for (an escaped one is undefined
+        // behaviour: a release build advertised 0.0.0.0).
+        func connect<Address>(_ fd: Int32, _ address: inout Address) -> Bool {
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<Address>.size)) == 0
+                }
+            }
+        }
+        func localAddress<Address>(_ fd: Int32, _ address: inout Address) -> Bool {
+            var length = socklen_t(MemoryLayout<Address>.size)
+            return withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
+            }
+        }
+        func text<Raw>(_ family: Int32, _ raw: inout Raw) -> String? {
+            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            let written = buffer.withUnsafeMutableBufferPointer { out in
+                withUnsafePointer(to: &raw) { inet_ntop(family, $0, out.baseAddress, socklen_t(out.count)) != nil }
+            }
+            guard written else { return nil }
+            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
         let family = peer.isIPv6 ? AF_INET6 : AF_INET
         let fd = socket(family, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var storage = sockaddr_storage()
-        var length: socklen_t
         if peer.isIPv6 {
             var address = sockaddr_in6()
             address.sin6_family = sa_family_t(AF_INET6)
             address.sin6_port = in_port_t(UInt16(peer.port).bigEndian)
-            guard inet_pton(AF_INET6, peer.host, &address.sin6_addr) == 1 else { return nil }
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: withUnsafeBytes(of: address) { $0 }) }
-        } else {
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = in_port_t(UInt16(peer.port).bigEndian)
-            guard inet_pton(AF_INET, peer.host, &address.sin_addr) == 1 else { return nil }
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: withUnsafeBytes(of: address) { $0 }) }
+            guard inet_pton(AF_INET6, peer.host, &address.sin6_addr) == 1, connect(fd, &address) else { return nil }
+            var local = sockaddr_in6()
+            guard localAddress(fd, &local) else { return nil }
+            return text(AF_INET6, &local.sin6_addr)
         }
-        let connected = withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
-        }
-        guard connected == 0 else { return nil }
-        var local = sockaddr_storage()
-        var localLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let named = withUnsafeMutablePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &localLength) }
-        }
-        guard named == 0 else { return nil }
-        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        let text: UnsafePointer<CChar>? = withUnsafePointer(to: &local) { pointer in
-            if peer.isIPv6 {
-                return pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { address in
-                    var raw = address.pointee.sin6_addr
-                    return inet_ntop(AF_INET6, &raw, &buffer, socklen_t(buffer.count))
-                }
-            }
-            return pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { address in
-                var raw = address.pointee.sin_addr
-                return inet_ntop(AF_INET, &raw, &buffer, socklen_t(buffer.count))
-            }
-        }
-        guard text != nil else { return nil }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(peer.port).bigEndian)
+        guard inet_pton(AF_INET, peer.host, &address.sin_addr) == 1, connect(fd, &address) else { return nil }
+        var local = sockaddr_in()
+        guard localAddress(fd, &local) else { return nil }
+        return text(AF_INET, &local.sin_addr)
     }
 }
