@@ -106,9 +106,16 @@ struct RelayBench: AsyncParsableCommand {
                     _ = try await Self.exec(relay: relay, metadata)
                 }
                 var directRTT = Samples(), relayRTT = Samples()
+                // The floor of any extra hop here: one unary call's round trip to each process.
+                var directUnary = Samples(), relayUnary = Samples()
                 for _ in 0..<execs {
                     directRTT.add(try await timed { try await Self.exec(direct: nodeClient, id) }.1)
                     relayRTT.add(try await timed { try await Self.exec(relay: relay, metadata) }.1)
+                    directUnary.add(try await timed { _ = try await nodeClient.getVM(.with { $0.name = id }) }.1)
+                    relayUnary.add(
+                        try await timed {
+                            _ = try await relay.getVM(.with { $0.name = "relay" }, metadata: metadata)
+                        }.1)
                 }
                 var upload = (direct: Samples(), relay: Samples()), download = (direct: Samples(), relay: Samples())
                 for _ in 0..<rounds {
@@ -119,10 +126,10 @@ struct RelayBench: AsyncParsableCommand {
                     download.relay.add(
                         try await timed { try await Self.download(relay: relay, metadata, payload.count) }.1)
                 }
-                return (directRTT, relayRTT, upload, download)
+                return (directRTT, relayRTT, upload, download, directUnary, relayUnary)
             }
         }
-        let (directRTT, relayRTT, upload, download) = results
+        let (directRTT, relayRTT, upload, download, directUnary, relayUnary) = results
         let added = (relayRTT.percentile(0.5) - directRTT.percentile(0.5)) * 1000
         print("| measure | straight to the node | through the control plane | relay's share | target |")
         print("|---|---|---|---|---|")
@@ -132,6 +139,13 @@ struct RelayBench: AsyncParsableCommand {
                     "| exec `true` round trip, p50 / p99 (n=%d each, interleaved) | %.2f / %.2f ms | %.2f / %.2f ms | +%.2f ms at p50 | ≤ +1 ms (ratio %.2f) |",
                 execs, directRTT.percentile(0.5) * 1000, directRTT.percentile(0.99) * 1000,
                 relayRTT.percentile(0.5) * 1000, relayRTT.percentile(0.99) * 1000, added, added / 1.0))
+        print(
+            String(
+                format:
+                    "| floor: one unary call (`GetVM`), p50 / p99 (n=%d each, interleaved with the execs) | %.2f / %.2f ms | %.2f / %.2f ms | the relay adds %.1f× a control-plane round trip | — |",
+                execs, directUnary.percentile(0.5) * 1000, directUnary.percentile(0.99) * 1000,
+                relayUnary.percentile(0.5) * 1000, relayUnary.percentile(0.99) * 1000,
+                added / (relayUnary.percentile(0.5) * 1000)))
         func throughput(_ label: String, _ pair: (direct: Samples, relay: Samples)) {
             let megabytes = Double(mib)
             let straight = megabytes / pair.direct.percentile(0.5), relayed = megabytes / pair.relay.percentile(0.5)
