@@ -60,6 +60,7 @@ final class JSONGateway: Service, Sendable {
             Self.unary(
                 Nodes.SetNodeResources.descriptor, Nodes.SetNodeResources.Input.self,
                 Nodes.SetNodeResources.Output.self),
+            Self.unary(Nodes.DeleteNode.descriptor, Nodes.DeleteNode.Input.self, Nodes.DeleteNode.Output.self),
             Self.unary(
                 Nodes.CreateJoinToken.descriptor, Nodes.CreateJoinToken.Input.self, Nodes.CreateJoinToken.Output.self),
             Self.unary(

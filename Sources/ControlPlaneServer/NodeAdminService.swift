@@ -175,6 +175,16 @@ struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
             })
     }
 
+    func deleteNode(request: ServerRequest<Limiquantix_Compute_V1_NodeRef>, context: ServerContext) async throws
+        -> ServerResponse<Limiquantix_Compute_V1_DeleteNodeResponse>
+    {
+        ServerResponse(
+            message: try await auth.call(context, request.metadata) { principal in
+                try await cluster.deleteNode(request.message.name, by: principal)
+                return Limiquantix_Compute_V1_DeleteNodeResponse()
+            })
+    }
+
     func setNodeResources(
         request: ServerRequest<Limiquantix_Compute_V1_SetNodeResourcesRequest>, context: ServerContext
     ) async throws -> ServerResponse<Limiquantix_Compute_V1_Node> {

@@ -53,8 +53,8 @@
             commandName: "node",
             abstract: "Nodes of the cluster: list, cordon, labels, taints, join tokens, operator certificates.",
             subcommands: [
-                List.self, Get.self, Cordon.self, Uncordon.self, Drain.self, Label.self, Taint.self, JoinToken.self,
-                OperatorCert.self,
+                List.self, Get.self, Cordon.self, Uncordon.self, Drain.self, Label.self, Taint.self, Delete.self,
+                JoinToken.self, OperatorCert.self,
             ])
 
         static let header = ["NAME", "PHASE", "ADDRESS", "VCPUS", "MIB", "VMS", "SCHEDULABLE", "LABELS", "TAINTS"]
@@ -149,6 +149,28 @@
             }
         }
 
+        struct Delete: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Remove a node from the cluster (a host decommissioned or replaced).",
+                discussion: """
+                    Only a node no VM is placed on, and that is in MAINTENANCE (drained), OFFLINE, NOT_READY \
+                    or PENDING: drain it first. Its heartbeats are refused afterwards; to come back, remove \
+                    STATE_DIR/cluster on the host and join again with a new token.
+                    """)
+            @OptionGroup var options: ClusterOptions
+            @Argument(help: "Node name.") var name: String
+            func run() async throws {
+                let name = self.name
+                try await clusterCall(options) { endpoint in
+                    let metadata = endpoint.metadata
+                    _ = try await endpoint.nodes {
+                        try await $0.deleteNode(.with { $0.name = name }, metadata: metadata)
+                    }
+                    print("node \(TerminalText.safe(name)) deleted")
+                }
+            }
+        }
+
         struct Uncordon: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Take new VMs on a node again.")
             @OptionGroup var options: ClusterOptions
@@ -186,7 +208,7 @@
                                     print("\(name): drained, MAINTENANCE (lqx node uncordon \(name) ends it)")
                                 } else if p.done {
                                     print(
-                                        "\(TerminalText.safe(p.vm)): stopped here, placed on \(p.target) (\(p.remaining) left)"
+                                        "\(TerminalText.safe(p.vm)): moved off, now on \(TerminalText.safe(p.target)) (\(p.remaining) left)"
                                     )
                                 } else {
                                     print("\(TerminalText.safe(p.vm)): waiting: \(TerminalText.safe(p.error))")

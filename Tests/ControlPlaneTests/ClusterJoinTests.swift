@@ -75,6 +75,17 @@ struct ClusterJoinTests {
         #expect(back?.metadata.id == ready?.metadata.id)
         let nodes = try await cp.nodeService { try await $0.listNodes(.init(), metadata: metadata).nodes }
         #expect(nodes.count == 1)
+
+        // Decommissioned: refused while READY; stopped and NOT_READY, `lqx node delete` removes it.
+        let lqx = ["--server", cp.api.description, "--token", admin, "--ca", cp.caFile]
+        let refused = try await Command.output(Command.binary("lqx"), lqx + ["node", "delete", "node-a"])
+        #expect(refused.status == 255 && refused.stderr.contains("drain it first"), "\(refused)")
+        node.kill()
+        #expect(try await waitFor("node-a", .notReady, cp, token: admin) != nil)
+        let deleted = try await Command.output(Command.binary("lqx"), lqx + ["node", "delete", "node-a"])
+        #expect(deleted.status == 0 && deleted.stdout == "node node-a deleted\n", "\(deleted)")
+        let left = try await cp.nodeService { try await $0.listNodes(.init(), metadata: metadata).nodes }
+        #expect(left.isEmpty)
     }
 
     @Test("a wrong CA fingerprint, a malformed or expired join token: refused, nothing joined, token kept")

@@ -385,6 +385,45 @@ struct ClusterTests {
                 idle.first { $0.reason == "NodeOffline" }?.message.contains("in maintenance: not a failure") == true)
         }
     }
+
+    @Test(
+        "deleting a node: refused while READY or with VMs placed (named), by non-admins; then gone, heartbeats refused")
+    func deleteNode() async throws {
+        try await withStore(.sqlite) { store, _ in
+            let clock = TestClock()
+            let cluster = try await makeCluster(store, clock: clock)
+            let busy = try await joinNode(cluster, "busy")
+            let idle = try await joinNode(cluster, "idle")
+            _ = try await cluster.setSchedulable("idle", false, by: .system)
+            _ = try await cluster.createVM(CreateVM(name: "web", spec: kernelSpec()), by: .system)
+            await expectLQXError(.permissionDenied) {
+                try await cluster.deleteNode("idle", by: Principal(user: "o", role: .operator))
+            }
+            await expectLQXError(.failedPrecondition, containing: "is READY: drain it first") {
+                try await cluster.deleteNode("idle", by: .system)
+            }
+            await expectLQXError(.notFound, containing: "node nosuch does not exist") {
+                try await cluster.deleteNode("nosuch", by: .system)
+            }
+            // Silent nodes: NOT_READY; the one with a VM is still refused, naming it.
+            let started = clock.now
+            clock.advance(seconds: 20)
+            try await cluster.checkHeartbeats(startedUnixMs: started)
+            await expectLQXError(.failedPrecondition, containing: "1 VM placed on it (default/web)") {
+                try await cluster.deleteNode("busy", by: .system)
+            }
+            #expect(try await cluster.node("busy", by: .system).status.phase == .notReady)
+            try await cluster.deleteNode("idle", by: .system)
+            await expectLQXError(.notFound) { _ = try await cluster.node("idle", by: .system) }
+            #expect(try await cluster.repository.nodes().map(\.meta.name) == ["busy"])
+            await expectLQXError(.notFound, containing: "has not joined") {
+                try await cluster.heartbeat(nodeID: idle.meta.id)
+            }
+            let events = try await cluster.events(LogQuery(object: idle.meta.id), by: .system)
+            #expect(events.last?.reason == "NodeDeleted", "\(events.map(\.reason))")
+            _ = busy
+        }
+    }
 }
 
 /// Two control planes (replicas, or one before and after a restart) on one store.

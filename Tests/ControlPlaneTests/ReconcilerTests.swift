@@ -452,6 +452,26 @@ struct ReconcilerTests {
         }
     }
 
+    @Test("a VM placed on a node that no longer exists is placed again (NodeGone), on a node that exists")
+    func orphanPlacedAgain() async throws {
+        try await withReconciler { cluster, nodes, first, _ in
+            _ = try await cluster.setSchedulable("n1", false, by: .system)
+            let created = try await cluster.createVM(CreateVM(name: "orphan", spec: kernelSpec()), by: .system)
+            // As a placement that committed while its node was being deleted would leave it.
+            var stored = try #require(try await cluster.repository.vm(id: created.meta.id))
+            stored.status.nodeID = "0000-gone"
+            stored.status.phase = .scheduled
+            stored.status.epoch += 1
+            try await cluster.repository.store.commit(
+                [.update(try Repository.stored(stored), expected: stored.meta.resourceVersion)], events: [], audit: [])
+            _ = try await cluster.setSchedulable("n1", true, by: .system)
+            let placed = try await until(cluster, nodes, first, "orphan", .running)
+            #expect(placed?.status.nodeID == first.meta.id)
+            let reasons = try await cluster.events(LogQuery(object: created.meta.id), by: .system).map(\.reason)
+            #expect(reasons.contains("NodeGone"), "\(reasons)")
+        }
+    }
+
     @Test("a VM left mid-migration (control plane restarted) is settled from both nodes' reports")
     func settleFromReports() async throws {
         try await withReconciler { cluster, nodes, first, _ in

@@ -353,3 +353,64 @@ extension Cluster {
         }
     }
 }
+
+extension Cluster {
+    /// Removes a node from the cluster (admins): a host decommissioned or replaced. Only a node
+    /// that no VM is placed on (drain it first) and that the control plane sends nothing to
+    /// (MAINTENANCE, OFFLINE, NOT_READY or PENDING) — so no VM can be running there unseen. Its
+    /// heartbeats are refused from then on; to come back it joins again with a new token.
+    public func deleteNode(_ name: String, by principal: Principal) async throws(LQXError) {
+        try principal.require(.admin, to: "delete nodes")
+        try await retrying { () async throws(LQXError) in
+            guard let node = try await repository.node(name: name) else {
+                throw LQXError(.notFound, "node \(name) does not exist")
+            }
+            guard ![.ready, .draining].contains(node.status.phase) else {
+                throw LQXError(
+                    .failedPrecondition,
+                    "node \(name) is \(node.status.phase.rawValue): drain it first (it ends in MAINTENANCE), or stop its daemon"
+                )
+            }
+            let placed = try await repository.vms().filter {
+                $0.status.nodeID == node.meta.id || $0.status.migratingFrom == node.meta.id
+            }
+            guard placed.isEmpty else {
+                let names = placed.prefix(5).map { "\($0.meta.project)/\($0.meta.name)" }.joined(separator: ", ")
+                throw LQXError(
+                    .failedPrecondition,
+                    "node \(name) still has \(placed.count) VM\(placed.count == 1 ? "" : "s") placed on it (\(names)\(placed.count > 5 ? ", …" : "")): drain it first"
+                )
+            }
+            try await store.commit(
+                [.delete(.node, id: node.meta.id, expected: node.meta.resourceVersion)],
+                events: [event(.node, node.meta, "NodeDeleted", "removed from the cluster by \(principal.user)")],
+                audit: [])
+            heartbeats.withLock { _ = $0.removeValue(forKey: node.meta.id) }
+            observations.withLock { _ = $0.removeValue(forKey: node.meta.id) }
+        }
+    }
+}
+
+extension Cluster {
+    /// A VM placed on a node that no longer exists (a placement that committed while the node
+    /// was being deleted; the node was sent nothing, so nothing of it runs) is placed again.
+    func releaseOrphan(vmID: String) async throws(LQXError) {
+        let released = try await retrying { () async throws(LQXError) -> Bool in
+            guard var vm = try await repository.vm(id: vmID), !vm.status.nodeID.isEmpty,
+                try await repository.node(id: vm.status.nodeID) == nil
+            else { return false }
+            let expected = vm.meta.resourceVersion
+            vm.status.nodeID = ""
+            vm.status.migratingFrom = ""
+            vm.status.evicting = false
+            vm.status.phase = .pending
+            vm.status.agentConnected = false
+            try await store.commit(
+                [.update(try Repository.stored(vm), expected: expected)],
+                events: [event(.vm, vm.meta, "NodeGone", "its node was deleted from the cluster: placing it again")],
+                audit: [])
+            return true
+        }
+        if released { _ = try? await schedule(vmID: vmID) }
+    }
+}

@@ -91,7 +91,12 @@ public final class Reconciler: Service, Sendable {
         // Nodes that take live migrations now.
         let migrationTargets = nodes.values.filter { $0.status.phase == .ready && $0.status.migration != nil }
         for vm in vms where !vm.status.nodeID.isEmpty {
-            guard let node = nodes[vm.status.nodeID] else { continue }
+            guard let node = nodes[vm.status.nodeID] else {
+                do { try await cluster.releaseOrphan(vmID: vm.meta.id) } catch {
+                    logger.warning("cannot place \(vm.meta.name) again: \(error.fullMessage)")
+                }
+                continue
+            }
             if !vm.status.migratingFrom.isEmpty {
                 // Not being migrated by this reconciler (a restart came between): what both nodes
                 // report decides.

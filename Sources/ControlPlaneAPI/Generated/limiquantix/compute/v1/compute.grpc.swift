@@ -3485,6 +3485,19 @@ public enum Limiquantix_Compute_V1_NodeService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "DeleteNode" metadata.
+        public enum DeleteNode: Sendable {
+            /// Request type for "DeleteNode".
+            public typealias Input = Limiquantix_Compute_V1_NodeRef
+            /// Response type for "DeleteNode".
+            public typealias Output = Limiquantix_Compute_V1_DeleteNodeResponse
+            /// Descriptor for "DeleteNode".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.NodeService"),
+                method: "DeleteNode",
+                type: .unary
+            )
+        }
         /// Namespace for "CreateJoinToken" metadata.
         public enum CreateJoinToken: Sendable {
             /// Request type for "CreateJoinToken".
@@ -3521,6 +3534,7 @@ public enum Limiquantix_Compute_V1_NodeService: Sendable {
             LabelNode.descriptor,
             TaintNode.descriptor,
             SetNodeResources.descriptor,
+            DeleteNode.descriptor,
             CreateJoinToken.descriptor,
             IssueOperatorCertificate.descriptor
         ]
@@ -3665,6 +3679,25 @@ extension Limiquantix_Compute_V1_NodeService {
             request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_SetNodeResourcesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_Node>
+
+        /// Handle the "DeleteNode" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Removes a node no VM is placed on and that is not READY or DRAINING (drain it first, or stop
+        /// > its daemon); its heartbeats are refused afterwards (admins).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Limiquantix_Compute_V1_NodeRef` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Compute_V1_DeleteNodeResponse` messages.
+        func deleteNode(
+            request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_NodeRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_DeleteNodeResponse>
 
         /// Handle the "CreateJoinToken" method.
         ///
@@ -3826,6 +3859,25 @@ extension Limiquantix_Compute_V1_NodeService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_Node>
 
+        /// Handle the "DeleteNode" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Removes a node no VM is placed on and that is not READY or DRAINING (drain it first, or stop
+        /// > its daemon); its heartbeats are refused afterwards (admins).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_NodeRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Limiquantix_Compute_V1_DeleteNodeResponse` message.
+        func deleteNode(
+            request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_NodeRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_DeleteNodeResponse>
+
         /// Handle the "CreateJoinToken" method.
         ///
         /// - Parameters:
@@ -3985,6 +4037,25 @@ extension Limiquantix_Compute_V1_NodeService {
             context: GRPCCore.ServerContext
         ) async throws -> Limiquantix_Compute_V1_Node
 
+        /// Handle the "DeleteNode" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Removes a node no VM is placed on and that is not READY or DRAINING (drain it first, or stop
+        /// > its daemon); its heartbeats are refused afterwards (admins).
+        ///
+        /// - Parameters:
+        ///   - request: A `Limiquantix_Compute_V1_NodeRef` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Limiquantix_Compute_V1_DeleteNodeResponse` to respond with.
+        func deleteNode(
+            request: Limiquantix_Compute_V1_NodeRef,
+            context: GRPCCore.ServerContext
+        ) async throws -> Limiquantix_Compute_V1_DeleteNodeResponse
+
         /// Handle the "CreateJoinToken" method.
         ///
         /// - Parameters:
@@ -4114,6 +4185,17 @@ extension Limiquantix_Compute_V1_NodeService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Limiquantix_Compute_V1_NodeService.Method.DeleteNode.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_NodeRef>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_DeleteNodeResponse>(),
+            handler: { request, context in
+                try await self.deleteNode(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Limiquantix_Compute_V1_NodeService.Method.CreateJoinToken.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_CreateJoinTokenRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_JoinToken>(),
@@ -4223,6 +4305,17 @@ extension Limiquantix_Compute_V1_NodeService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_Node> {
         let response = try await self.setNodeResources(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func deleteNode(
+        request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_NodeRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_DeleteNodeResponse> {
+        let response = try await self.deleteNode(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -4356,6 +4449,19 @@ extension Limiquantix_Compute_V1_NodeService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_Node> {
         return GRPCCore.ServerResponse<Limiquantix_Compute_V1_Node>(
             message: try await self.setNodeResources(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func deleteNode(
+        request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_NodeRef>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_DeleteNodeResponse> {
+        return GRPCCore.ServerResponse<Limiquantix_Compute_V1_DeleteNodeResponse>(
+            message: try await self.deleteNode(
                 request: request.message,
                 context: context
             ),
@@ -4554,6 +4660,30 @@ extension Limiquantix_Compute_V1_NodeService {
             deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_Node>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_Node>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DeleteNode" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Removes a node no VM is placed on and that is not READY or DRAINING (drain it first, or stop
+        /// > its daemon); its heartbeats are refused afterwards (admins).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_NodeRef` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_NodeRef` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_DeleteNodeResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func deleteNode<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_NodeRef>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_NodeRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_DeleteNodeResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_DeleteNodeResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "CreateJoinToken" method.
@@ -4860,6 +4990,41 @@ extension Limiquantix_Compute_V1_NodeService {
             )
         }
 
+        /// Call the "DeleteNode" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Removes a node no VM is placed on and that is not READY or DRAINING (drain it first, or stop
+        /// > its daemon); its heartbeats are refused afterwards (admins).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_NodeRef` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_NodeRef` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_DeleteNodeResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func deleteNode<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_NodeRef>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_NodeRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_DeleteNodeResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_DeleteNodeResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Limiquantix_Compute_V1_NodeService.Method.DeleteNode.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "CreateJoinToken" method.
         ///
         /// - Parameters:
@@ -5129,6 +5294,36 @@ extension Limiquantix_Compute_V1_NodeService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_SetNodeResourcesRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_Node>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteNode" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Removes a node no VM is placed on and that is not READY or DRAINING (drain it first, or stop
+    /// > its daemon); its heartbeats are refused afterwards (admins).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Limiquantix_Compute_V1_NodeRef` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteNode<Result>(
+        request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_NodeRef>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_DeleteNodeResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.deleteNode(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_NodeRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_DeleteNodeResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -5423,6 +5618,40 @@ extension Limiquantix_Compute_V1_NodeService.ClientProtocol {
             metadata: metadata
         )
         return try await self.setNodeResources(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DeleteNode" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Removes a node no VM is placed on and that is not READY or DRAINING (drain it first, or stop
+    /// > its daemon); its heartbeats are refused afterwards (admins).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func deleteNode<Result>(
+        _ message: Limiquantix_Compute_V1_NodeRef,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_DeleteNodeResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Limiquantix_Compute_V1_NodeRef>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.deleteNode(
             request: request,
             options: options,
             onResponse: handleResponse

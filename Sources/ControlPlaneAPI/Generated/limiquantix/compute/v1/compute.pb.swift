@@ -1362,6 +1362,16 @@ public nonisolated struct Limiquantix_Compute_V1_NodeRef: Sendable {
   public init() {}
 }
 
+public nonisolated struct Limiquantix_Compute_V1_DeleteNodeResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Limiquantix_Compute_V1_ListNodesRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -4168,6 +4178,25 @@ nonisolated extension Limiquantix_Compute_V1_NodeRef: SwiftProtobuf.Message, Swi
 
   public static func ==(lhs: Limiquantix_Compute_V1_NodeRef, rhs: Limiquantix_Compute_V1_NodeRef) -> Bool {
     if lhs.name != rhs.name {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_DeleteNodeResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeleteNodeResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_DeleteNodeResponse, rhs: Limiquantix_Compute_V1_DeleteNodeResponse) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
