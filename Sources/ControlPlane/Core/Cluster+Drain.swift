@@ -93,19 +93,32 @@ extension Cluster {
     /// A VM the reconciler stopped and removed from `node` for a drain loses its placement and is
     /// scheduled again (a new epoch on another node, or PENDING, explained, when none fits).
     func releasePlacement(vmID: String, from node: Node) async throws(LQXError) {
-        try await retrying { () async throws(LQXError) in
-            guard var vm = try await repository.vm(id: vmID), vm.status.evicting, vm.status.nodeID == node.meta.id
-            else { return }
+        try await unplace(vmID, reason: "Evicted", "stopped and removed from node \(node.meta.name)") { vm in
+            vm.status.evicting && vm.status.nodeID == node.meta.id
+        }
+    }
+
+    /// Clears the placement of `vmID` when `still` holds for the VM as stored now (PENDING, no
+    /// node), records `reason`, and schedules it again.
+    func unplace(
+        _ vmID: String, reason: String, _ message: String,
+        when still: (VirtualMachine) async throws(LQXError) -> Bool
+    ) async throws(LQXError) {
+        let released = try await retrying { () async throws(LQXError) -> Bool in
+            guard var vm = try await repository.vm(id: vmID), try await still(vm) else { return false }
             let expected = vm.meta.resourceVersion
             vm.status.evicting = false
+            vm.status.migratingFrom = ""
             vm.status.nodeID = ""
             vm.status.phase = .pending
             vm.status.agentConnected = false
             try await store.commit(
                 [.update(try Repository.stored(vm), expected: expected)],
-                events: [event(.vm, vm.meta, "Evicted", "stopped and removed from node \(node.meta.name)")], audit: [])
+                events: [event(.vm, vm.meta, reason, message)],
+                audit: [])
+            return true
         }
-        _ = try? await schedule(vmID: vmID)
+        if released { _ = try? await schedule(vmID: vmID) }
     }
 
     /// Nodes DRAINING with no VM left on them become MAINTENANCE.

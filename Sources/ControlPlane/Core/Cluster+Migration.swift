@@ -58,27 +58,14 @@ extension Cluster {
                 return .none
             }
             vm.status.migratingFrom = source.meta.id
-            vm.status.nodeID = nodeID
-            vm.status.epoch += 1
             vm.status.evicting = false
             vm.status.phase = .migrating
-            vm.status.conditions.set(
-                Condition(
-                    type: "Scheduled", status: true, reason: "Migrating", message: decision.summary,
-                    lastTransitionUnixMs: now()))
-            let room = target.allocatable
             do {
-                try await store.commit(
-                    [
-                        .update(try Repository.stored(vm), expected: expected),
-                        .capacity(node: nodeID, cpus: room.cpus, memoryMiB: room.memoryMiB),
-                    ],
-                    events: [
-                        event(
-                            .vm, vm.meta, "Migrating",
-                            "live-migrating from \(source.meta.name) to \(target.meta.name) (epoch \(vm.status.epoch)): \(decision.summary)"
-                        )
-                    ], audit: [])
+                try await commitPlacement(
+                    &vm, expected: expected, on: target, reason: "Migrating", summary: decision.summary
+                ) { epoch in
+                    "live-migrating from \(source.meta.name) to \(target.meta.name) (epoch \(epoch)): \(decision.summary)"
+                }
                 return .target(target)
             } catch  where (error.code == .conflict || error.code == .resourceExhausted) && attempt < Self.attempts {
                 attempt += 1

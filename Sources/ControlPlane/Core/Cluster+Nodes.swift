@@ -395,22 +395,10 @@ extension Cluster {
     /// A VM placed on a node that no longer exists (a placement that committed while the node
     /// was being deleted; the node was sent nothing, so nothing of it runs) is placed again.
     func releaseOrphan(vmID: String) async throws(LQXError) {
-        let released = try await retrying { () async throws(LQXError) -> Bool in
-            guard var vm = try await repository.vm(id: vmID), !vm.status.nodeID.isEmpty,
-                try await repository.node(id: vm.status.nodeID) == nil
-            else { return false }
-            let expected = vm.meta.resourceVersion
-            vm.status.nodeID = ""
-            vm.status.migratingFrom = ""
-            vm.status.evicting = false
-            vm.status.phase = .pending
-            vm.status.agentConnected = false
-            try await store.commit(
-                [.update(try Repository.stored(vm), expected: expected)],
-                events: [event(.vm, vm.meta, "NodeGone", "its node was deleted from the cluster: placing it again")],
-                audit: [])
-            return true
+        try await unplace(vmID, reason: "NodeGone", "its node was deleted from the cluster: placing it again") {
+            vm async throws(LQXError) in
+            guard !vm.status.nodeID.isEmpty else { return false }
+            return try await repository.node(id: vm.status.nodeID) == nil
         }
-        if released { _ = try? await schedule(vmID: vmID) }
     }
 }

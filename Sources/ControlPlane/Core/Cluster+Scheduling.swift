@@ -47,25 +47,11 @@ extension Cluster {
                 }
                 return decision
             }
-            vm.status.nodeID = nodeID
-            vm.status.epoch += 1
             vm.status.phase = .scheduled
-            vm.status.conditions.set(
-                Condition(
-                    type: "Scheduled", status: true, reason: "Scheduled", message: decision.summary,
-                    lastTransitionUnixMs: now()))
-            let room = node.allocatable
             do {
-                try await store.commit(
-                    [
-                        .update(try Repository.stored(vm), expected: expected),
-                        .capacity(node: nodeID, cpus: room.cpus, memoryMiB: room.memoryMiB),
-                    ],
-                    events: [
-                        event(
-                            .vm, vm.meta, "Scheduled",
-                            "placed on \(node.meta.name) (epoch \(vm.status.epoch)): \(decision.summary)")
-                    ], audit: [])
+                try await commitPlacement(
+                    &vm, expected: expected, on: node, reason: "Scheduled", summary: decision.summary
+                ) { epoch in "placed on \(node.meta.name) (epoch \(epoch)): \(decision.summary)" }
                 logger.info(
                     "scheduled",
                     metadata: ["vm.id": "\(vm.meta.id)", "vm.name": "\(vm.meta.name)", "node": "\(node.meta.name)"])
@@ -133,5 +119,27 @@ extension Cluster {
             if let decision = try await schedule(vmID: vm.meta.id), decision.nodeID != nil { placed += 1 }
         }
         return placed
+    }
+}
+
+extension Cluster {
+    /// Commits `vm` placed on `node` (a new epoch, the `Scheduled` condition with `reason`) with
+    /// the store's capacity check on the node; the event says `message(epoch)`.
+    func commitPlacement(
+        _ vm: inout VirtualMachine, expected: Int64, on node: Node, reason: String, summary: String,
+        message: (Int64) -> String
+    ) async throws(LQXError) {
+        vm.status.nodeID = node.meta.id
+        vm.status.epoch += 1
+        vm.status.conditions.set(
+            Condition(
+                type: "Scheduled", status: true, reason: reason, message: summary, lastTransitionUnixMs: now()))
+        let room = node.allocatable
+        try await store.commit(
+            [
+                .update(try Repository.stored(vm), expected: expected),
+                .capacity(node: node.meta.id, cpus: room.cpus, memoryMiB: room.memoryMiB),
+            ],
+            events: [event(.vm, vm.meta, reason, message(vm.status.epoch))], audit: [])
     }
 }
