@@ -71,7 +71,7 @@ part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
         echo "VMs created through the API (16 clients), placed by the scheduler, defined and started on the simulated"
         echo "nodes by the reconciler, each streaming an in-guest sample every 5 s (one WatchAllTelemetry stream per"
         echo "node). Once every VM is RUNNING with telemetry, 60 s are measured: the control plane's CPU and RSS from"
-        echo "/proc, \`vm get\` 20/s and \`vm list\` (the first page, 500 VMs) 1/s, and every VM in pages of 1,000"
+        echo "/proc, \`vm get\` 20/s and \`vm list\` (the first page, 500 VMs) 2/s, and every VM in pages of 1,000"
         echo "every 5 s. The load tool shares the 2 cores with the control plane. Targets: ≤ 1 core, ≤ 1 GB, p99 ≤ 50 ms."
         echo
         "$BENCH" scale --nodes 1000 --vms 10000 --interval 5 --window 60 | grep -v '^\['

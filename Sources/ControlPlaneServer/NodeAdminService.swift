@@ -112,8 +112,7 @@ struct NodeAdminService: Limiquantix_Compute_V1_NodeService.ServiceProtocol {
                     guard let node = try await cluster.repository.node(name: name) else {
                         throw LQXError(.notFound, "node \(name) was removed during the drain")
                     }
-                    let names = Dictionary(
-                        uniqueKeysWithValues: try await cluster.repository.nodes().map { ($0.meta.id, $0.meta.name) })
+                    let names = try await cluster.repository.nodeNames()
                     var current: [VirtualMachine] = []
                     for vm in moving {
                         if let now = try await cluster.repository.vm(id: vm.meta.id) { current.append(now) }

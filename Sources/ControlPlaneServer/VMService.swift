@@ -24,15 +24,13 @@ struct VMService: Limiquantix_Compute_V1_VMService.ServiceProtocol {
 
     /// VMs as messages, with their nodes' names.
     func messages(_ vms: [VirtualMachine]) async throws(LQXError) -> [CP.VM] {
-        // One VM: its node alone; a page: every node in one read.
+        // One VM: its node alone; a page: every node's name in one read.
         var names: [String: String] = [:]
         let ids = Set(vms.map(\.status.nodeID)).subtracting([""])
         if ids.count == 1, let id = ids.first {
             names[id] = try await cluster.repository.node(id: id)?.meta.name
         } else if !ids.isEmpty {
-            for node in try await cluster.repository.nodes() where ids.contains(node.meta.id) {
-                names[node.meta.id] = node.meta.name
-            }
+            names = try await cluster.repository.nodeNames()
         }
         return vms.map { vm in
             var message = vm.proto(nodeName: names[vm.status.nodeID] ?? "")

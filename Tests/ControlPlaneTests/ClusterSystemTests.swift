@@ -324,6 +324,9 @@ struct ClusterSystemTests {
             #expect(!vm.status.agent.version.isEmpty && !vm.status.agent.hostname.isEmpty, "\(vm.status.agent)")
         }
         #expect(Set(placed.values).count == 2, "spread puts the two VMs on two nodes: \(placed)")
+        // A page names each VM's node as a get does (the page's names come from one read of them all).
+        let page = try await vms(cp) { try await $0.listVMs(.init(), metadata: metadata).vms }
+        #expect(Dictionary(uniqueKeysWithValues: page.map { ($0.metadata.name, $0.status.node) }) == placed)
 
         let (code, out) = try await exec(cp, token: admin, "web", ["sh", "-c", "echo hello from $(hostname)"])
         #expect(code == 0)

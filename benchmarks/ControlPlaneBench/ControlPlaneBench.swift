@@ -515,7 +515,7 @@ struct ScaleBench: AsyncParsableCommand {
                             try await client.listVMs(.init(), metadata: metadata)
                         }
                         samples.add(time)
-                        try await Task.sleep(for: .seconds(1))
+                        try await Task.sleep(for: .milliseconds(500))
                     }
                     return samples
                 }

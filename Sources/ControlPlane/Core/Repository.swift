@@ -102,6 +102,14 @@ public struct Repository: Sendable {
         try await all(.node, Node.self) { $0.meta.resourceVersion = $1 }
     }
 
+    /// Every node's name by its id, read without decoding a node (the store keeps names in a
+    /// column; `vm list` names the node of each VM on a page).
+    public func nodeNames() async throws(LQXError) -> [String: String] {
+        var names: [String: String] = [:]
+        for object in try await store.objects(.node, project: nil) { names[object.id] = object.name }
+        return names
+    }
+
     /// The node of that id, or nil.
     public func node(id: String) async throws(LQXError) -> Node? {
         try await one(.node, id: id, Node.self) { $0.meta.resourceVersion = $1 }
