@@ -44,8 +44,10 @@ let package = Package(
     ],
     targets: [
         .target(name: "CLQXSupport"),
+        // The version string, in C so that setting it (packaging) recompiles one file, not the tree.
+        .target(name: "CLQXVersion"),
         // The shared model: specs, labels, identifiers, the error type. No NIO, gRPC, libvirt or Foundation.
-        .target(name: "LQXModel"),
+        .target(name: "LQXModel", dependencies: ["CLQXVersion"]),
         // Spawning, reaping, threads and the epoll reactor, for the agent and the node (no Foundation).
         .target(name: "POSIXSupport", dependencies: ["CLQXSupport", "LQXModel"]),
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tier: format lint, build without warnings, unit + loopback tests, then the system
-# tests against the agent inside a QEMU guest (image from packaging/guest-image/build.sh).
+# tests against the agent inside a QEMU guest (image from packaging/guest-image/build.sh), then the
+# Debian packages (built, linted, installed, removed and purged with apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -67,3 +68,7 @@ echo "== system tests with VMs under libvirtd (node daemon; cluster: control pla
 swift test --skip-build --filter "$LIBVIRT_SYSTEM_TESTS|ClusterSystemTests"
 echo "== 20 VMs on one node daemon, one hostile"
 swift test --skip-build --filter "NodeLoadSystemTests"
+echo "== Debian packages: build (release, static Swift runtime), lintian, signed local repository"
+./packaging/build-debs.sh
+echo "== Debian packages: install with apt, versions, units, conffiles, remove keeps, purge deletes"
+./packaging/test-debs.sh

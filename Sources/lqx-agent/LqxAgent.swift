@@ -17,8 +17,8 @@ struct LqxAgent: AsyncParsableCommand {
             virtio-serial port \(AgentConfiguration.defaultVirtioSerialPath) and AF_VSOCK port \
             \(AgentConfiguration.defaultVsockPort). What the host may do is set by the policy file \
             (\(AgentConfiguration.defaultPolicyPath)): sections [exec], [files] and [power] with \
-            enabled, read, write and shutdown = true|false; anything else is an error. See \
-            packaging/agent/agent.toml for a commented sample. SIGTERM or SIGINT stop the agent \
+            enabled, read, write and shutdown = true|false; anything else is an error. The \
+            package installs it with every switch on, commented. SIGTERM or SIGINT stop the agent \
             and kill the commands it started.
             """,
         version: AgentConfiguration.agentVersion)

@@ -50,7 +50,8 @@ struct AgentPolicyTests {
     @Test("the sample policy shipped in packaging/ parses to allow-all")
     func packagedSample() throws {
         let path = #filePath.split(separator: "/").dropLast(3).joined(separator: "/")
-        #expect(try AgentPolicy.load(path: "/" + path + "/packaging/agent/agent.toml", required: true) == AgentPolicy())
+        let sample = "/" + path + "/packaging/debian/agent.toml"
+        #expect(try AgentPolicy.load(path: sample, required: true) == AgentPolicy())
     }
 
     @Test("errors name the line")
