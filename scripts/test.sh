@@ -72,3 +72,6 @@ echo "== Debian packages: build (release, static Swift runtime), lintian, signed
 ./packaging/build-debs.sh
 echo "== Debian packages: install with apt, versions, units, conffiles, remove keeps, purge deletes"
 ./packaging/test-debs.sh
+echo "== Debian 12 guest from its own disk (agent from the package, under systemd) through lqx-node"
+./packaging/debian-image/build.sh
+LQX_REQUIRE_DEBIAN_IMAGE=1 swift test --skip-build --filter "DebianGuestSystemTests"

@@ -144,9 +144,13 @@ pid_t lqx_spawn(const lqx_spawn_options *o, int *child_errno, const char **faile
         } else {
             if (setpgid(0, 0) != 0) fail(w, 1);
             int fds[3] = {o->stdin_fd, o->stdout_fd, o->stderr_fd};
-            /* Move sources above 2 first so dup2 order cannot clobber them. */
+            /* -1: /dev/null. Then move sources above 2 so dup2 order cannot clobber them. */
             for (int i = 0; i < 3; i++) {
-                if (fds[i] >= 0 && fds[i] < 3) {
+                if (fds[i] < 0) {
+                    fds[i] = open("/dev/null", O_RDWR | O_CLOEXEC);
+                    if (fds[i] < 0) fail(w, 4);
+                }
+                if (fds[i] < 3) {
                     fds[i] = fcntl(fds[i], F_DUPFD, 3);
                     if (fds[i] < 0) fail(w, 4);
                 }

@@ -132,6 +132,20 @@ public func untilGuestReady(
     return false
 }
 
+/// The Debian 12 guest that boots from its own disk (packaging/debian-image/build.sh), with the
+/// agent installed from its package.
+public enum DebianGuest {
+    /// Where the image is: `LQX_DEBIAN_IMAGE`, else `.build-debian-image/debian12.qcow2` in the repository.
+    public static var image: String {
+        ProcessInfo.processInfo.environment["LQX_DEBIAN_IMAGE"]
+            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build-debian-image/debian12.qcow2").path
+    }
+
+    /// Whether the image must be there (CI builds it first): then a missing image fails the test.
+    public static var required: Bool { ProcessInfo.processInfo.environment["LQX_REQUIRE_DEBIAN_IMAGE"] == "1" }
+}
+
 /// The test guest image (packaging/guest-image/build.sh) booted by kernel + initramfs.
 public enum TestGuest {
     /// Where the image is: `LQX_GUEST_IMAGE`, else `.build-guest/image` in the repository.

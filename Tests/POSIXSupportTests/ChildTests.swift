@@ -33,6 +33,22 @@ struct ChildTests {
         #expect(result.truncated)
     }
 
+    @Test("a spawn given no descriptors (-1) runs the child on /dev/null (the agent's power path)")
+    func noDescriptors() throws {
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("lqx-spawn-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: marker) }
+        // The child's 0, 1 and 2 are /dev/null: reading gives EOF, writing succeeds.
+        let pid = try SpawnRequest(
+            path: "/bin/sh",
+            argv: ["sh", "-c", "cat && echo out && echo err >&2 && readlink /proc/self/fd/0 > \(marker)"],
+            environment: ["PATH=/usr/bin:/bin"]
+        ).spawn()
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        #expect(status == 0)
+        #expect((try? String(contentsOfFile: marker, encoding: .utf8)) == "/dev/null\n")
+    }
+
     @Test("a missing binary is an error naming it; a signal is 128 + N")
     func failures() throws {
         let error = #expect(throws: LQXError.self) { try Child.run("/nonexistent/tool", []) }
