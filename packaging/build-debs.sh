@@ -9,7 +9,13 @@
 # version comes from the tree: Sources/CLQXVersion/version.c's version, the last commit's date,
 # the number of commits and its hash (0.1.0~git20261204.97.6dbde8b), plus +dSECONDS (since that
 # commit) when the tree has uncommitted changes, so each later build upgrades an earlier one.
-# LQX_DEB_VERSION=V sets the version instead.
+# LQX_DEB_VERSION=V sets the version instead. A clean tree whose version is already built is
+# not built again.
+#
+# LQX_DEB_OUT=DIR writes the packages and their repository to DIR instead of .build-deb (the
+# build tree, Swift's build folder and the signing key stay in .build-deb, so a second output
+# costs a rebuild of the version only): CI builds a newer version there for the upgrade test,
+#   LQX_DEB_OUT=.build-deb-next LQX_DEB_VERSION="$(cat .build-deb/version)+up1" packaging/build-debs.sh
 #
 # The repository (.build-deb/repo) keeps every version built, and is signed with a key made on
 # the first run and kept in .build-deb/gnupg: apt then checks each later build's index against
@@ -24,7 +30,9 @@
 # -dev packages the build links). Swift itself comes from /opt/swift (SWIFT_BIN to change).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=$root/.build-deb
+work=$root/.build-deb
+out=${LQX_DEB_OUT:-$work}
+case $out in /*) ;; *) out=$root/$out ;; esac
 log() { echo "build-debs: $*" >&2; }
 
 need=()
@@ -51,9 +59,15 @@ else
     fi
 fi
 log "version $version"
+if [ "$(cat "$out/version" 2>/dev/null)" = "$version" ] && [[ $version != *+d* ]] &&
+    [ "$(ls "$out"/limiquantix-*_"$version"_*.deb 2>/dev/null | wc -l)" -eq 4 ] && [ -f "$out/repo/InRelease" ]; then
+    log "up to date ($out, version $version)"
+    cat "$out/sizes.md"
+    exit 0
+fi
 
 # --- the source tree: this one (tracked and untracked files), debian/ from packaging/debian ----
-src=$out/src/limiquantix
+src=$work/src/limiquantix
 mkdir -p "$src"
 # Same folder every run, mtimes kept: SwiftPM rebuilds only what changed (the version is one C file).
 rsync -a --delete --exclude=/.git --exclude='/.build*' --exclude=/Package.resolved --exclude=/debian \
@@ -69,13 +83,13 @@ rsync -a --delete "$root/packaging/debian/" "$src/debian/"
 
 # --- build ---------------------------------------------------------------------------------------
 log "dpkg-buildpackage -b (release, static Swift runtime; the first build takes a while)"
-rm -f "$out"/src/*.deb "$out"/src/*.changes "$out"/src/*.buildinfo
+rm -f "$work"/src/*.deb "$work"/src/*.changes "$work"/src/*.buildinfo
 started=$(date +%s)
-(cd "$src" && LQX_SWIFT_SCRATCH="$out/swift" LQX_BUILD_HOME="$HOME" dpkg-buildpackage -b -us -uc >&2)
+(cd "$src" && LQX_SWIFT_SCRATCH="$work/swift" LQX_BUILD_HOME="$HOME" dpkg-buildpackage -b -us -uc >&2)
 log "built in $(($(date +%s) - started)) s"
 mkdir -p "$out/repo/pool"
 rm -f "$out"/*.deb "$out"/*.changes "$out"/*.buildinfo
-mv "$out"/src/*.deb "$out"/src/*.changes "$out"/src/*.buildinfo "$out/"
+mv "$work"/src/*.deb "$work"/src/*.changes "$work"/src/*.buildinfo "$out/"
 cp "$out"/*.deb "$out/repo/pool/"
 
 # --- lintian: no errors, no warnings (what is accepted is overridden with a reason) -------------
@@ -84,7 +98,7 @@ log "lintian $changes"
 lintian --fail-on error,warning --display-info --info "$changes" | tee "$out/lintian.txt" >&2
 
 # --- the repository, signed --------------------------------------------------------------------
-export GNUPGHOME=$out/gnupg
+export GNUPGHOME=$work/gnupg
 if [ ! -f "$GNUPGHOME/key-id" ]; then
     log "making the repository's signing key ($GNUPGHOME)"
     mkdir -p "$GNUPGHOME" && chmod 0700 "$GNUPGHOME"
