@@ -14,8 +14,9 @@
 #
 # LQX_DEB_OUT=DIR writes the packages and their repository to DIR instead of .build-deb (the
 # build tree, Swift's build folder and the signing key stay in .build-deb, so a second output
-# costs a rebuild of the version only): CI builds a newer version there for the upgrade test,
+# costs a rebuild of the version only), e.g. a newer version for an upgrade test:
 #   LQX_DEB_OUT=.build-deb-next LQX_DEB_VERSION="$(cat .build-deb/version)+up1" packaging/build-debs.sh
+# (lintian warns on .deb names over 80 characters: a dirty tree's +dSECONDS plus a suffix is too long.)
 #
 # The repository (.build-deb/repo) keeps every version built, and is signed with a key made on
 # the first run and kept in .build-deb/gnupg: apt then checks each later build's index against
