@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test tier: format lint, build without warnings, unit + loopback tests, then the system
 # tests against the agent inside a QEMU guest (image from packaging/guest-image/build.sh), then the
-# Debian packages (built, linted, installed, removed and purged with apt).
+# Debian packages (built, linted, installed, removed and purged with apt), the Debian 12 guest with
+# them under systemd, and README's main job on the packages (scripts/cluster.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -29,6 +30,7 @@ export LQX_TEST_RUN_DIR
 LQX_TEST_RUN_DIR=$(mktemp -d /tmp/lqx-test-run.XXXXXX)
 cleanup() {
     ./scripts/libvirt-peer.sh stop || true
+    [ ! -d /run/lqx-cluster ] || ./scripts/cluster.sh stop >/dev/null 2>&1 || true
     if [ -f "$LQX_TEST_RUN_DIR/pids" ]; then
         while read -r pid; do
             # A pid the kernel has since given to another program is left alone.
@@ -74,4 +76,9 @@ echo "== Debian packages: install with apt, versions, units, conffiles, remove k
 ./packaging/test-debs.sh
 echo "== Debian 12 guest from its own disk (agent from the package, under systemd) through lqx-node"
 ./packaging/debian-image/build.sh
+# A newer build of the same tree for the upgrade inside the guest (only the version differs).
+LQX_DEB_OUT=.build-deb-next LQX_DEB_VERSION="$(cat .build-deb/version)+up1" ./packaging/build-debs.sh
 LQX_REQUIRE_DEBIAN_IMAGE=1 swift test --skip-build --filter "DebianGuestSystemTests"
+echo "== README's main job on the packages: install, start, join, a VM from the Debian image, exec"
+./scripts/cluster.sh
+./scripts/cluster.sh stop

@@ -8,11 +8,12 @@ import Testing
 
 /// The Debian 12 guest that boots from its own disk (packaging/debian-image/build.sh: extlinux,
 /// its own kernel, systemd, limiquantix-agent from the package) under libvirtd, through `lqx-node`
-/// and `lqx --node` as operators run them.
+/// and `lqx --node` as operators run them; then the packages with apt inside it
+/// (DebianGuestSystemTests+Packages.swift).
 @Suite("Debian guest from its own disk: the packaged agent under systemd", .serialized)
 struct DebianGuestSystemTests {
     @Test(
-        "clone → boot → agent started by systemd → exec, cp (hashes), metrics of the real root disk → kill -9 of the agent → graceful stop (journal) → reboot"
+        "clone → boot → agent started by systemd → exec, cp (hashes), metrics of the real root disk → kill -9 of the agent → graceful stop (journal) → reboot → apt upgrade of the agent → control plane + node installed and joined → remove, purge"
     )
     func packagedAgentUnderSystemd() async throws {
         guard LibvirtAvailability.available else { return }
@@ -36,10 +37,11 @@ struct DebianGuestSystemTests {
             try await lqx(arguments, stdin: stdin)
         }
         let consoleLog = node.layout.vmState(name) + "/console.log"
-        let created = try await lqx(["vm", "create", name, "--clone", image, "--cpus", "2", "--memory", "1024"])
+        let created = try await lqx(["vm", "create", name, "--clone", image, "--cpus", "2", "--memory", "1536"])
         try #require(created.status == 0, "\(created.stderr)")
         do {
             try await boot(name, lqx2, guest, node: node, consoleLog: consoleLog)
+            try await packages(name, lqx2, guest, node: node, consoleLog: consoleLog)
         } catch {
             print("lqx-node log:\n\(daemon.log.suffix(4000))")
             let hypervisor = try LibvirtHypervisor(layout: node.layout)

@@ -144,6 +144,54 @@ public enum DebianGuest {
 
     /// Whether the image must be there (CI builds it first): then a missing image fails the test.
     public static var required: Bool { ProcessInfo.processInfo.environment["LQX_REQUIRE_DEBIAN_IMAGE"] == "1" }
+
+    /// The agent version installed in the image (its manifest's `agent=`).
+    public static var imageAgentVersion: String? {
+        let manifest = URL(fileURLWithPath: image).deletingLastPathComponent().appendingPathComponent("manifest").path
+        guard let text = try? String(contentsOfFile: manifest, encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix("agent=") }.map { String($0.dropFirst(6)) }
+    }
+
+    /// The repository of a newer build for the upgrade test: `LQX_DEBIAN_UPGRADE_REPO`, else
+    /// `.build-deb-next/repo` (scripts/test.sh: `LQX_DEB_OUT=.build-deb-next packaging/build-debs.sh`
+    /// with a higher version).
+    public static var upgradeRepository: String {
+        ProcessInfo.processInfo.environment["LQX_DEBIAN_UPGRADE_REPO"]
+            ?? Command.repositoryRoot.appendingPathComponent(".build-deb-next/repo").path
+    }
+
+    /// A package in a repository's `Packages` index.
+    public struct Package: Equatable, Sendable {
+        /// The package's name.
+        public var name: String
+        /// Its version.
+        public var version: String
+        /// The .deb, relative to the repository.
+        public var filename: String
+    }
+
+    /// The newest version of each package in a `Packages` index (dpkg's version order).
+    public static func newest(in packagesIndex: String) throws -> [String: Package] {
+        var newest: [String: Package] = [:]
+        for stanza in packagesIndex.components(separatedBy: "\n\n") {
+            var fields: [String: String] = [:]
+            for line in stanza.split(separator: "\n") where !line.hasPrefix(" ") {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            guard let name = fields["Package"], let version = fields["Version"], let file = fields["Filename"] else {
+                continue
+            }
+            if let known = newest[name], try !debianVersion(version, isNewerThan: known.version) { continue }
+            newest[name] = Package(name: name, version: version, filename: file)
+        }
+        return newest
+    }
+
+    /// `dpkg --compare-versions A gt B`.
+    public static func debianVersion(_ a: String, isNewerThan b: String) throws -> Bool {
+        try Command.run("/usr/bin/dpkg", ["--compare-versions", a, "gt", b]).status == 0
+    }
 }
 
 /// The test guest image (packaging/guest-image/build.sh) booted by kernel + initramfs.

@@ -25,6 +25,10 @@ suite=bookworm
 mirror=${LQX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 size_mib=${LQX_IMAGE_SIZE_MIB:-2048}
 packages=systemd,systemd-sysv,udev,dbus,linux-image-cloud-amd64,apt,ca-certificates,iproute2,procps,less,kmod
+# What limiquantix-node and limiquantix-controlplane depend on, so the system tests install them
+# with apt from the local repository inside the guest (which reaches no Debian mirror).
+# libpam-systemd: debootstrap cannot resolve polkitd's `default-logind | logind` by itself.
+packages+=,libvirt-daemon-system,qemu-system-x86,libpam-systemd
 log() { echo "debian-image: $*" >&2; }
 
 need=()
