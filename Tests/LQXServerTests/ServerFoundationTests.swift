@@ -6,11 +6,14 @@ import LQXServer
 import LQXTestSupport
 import Logging
 import ServiceLifecycle
+import Synchronization
 import Testing
 
 /// A one-method service without generated code: `test.Echo/Say` returns its bytes reversed.
 struct EchoService: RegistrableRPCService {
     static let say = MethodDescriptor(fullyQualifiedService: "test.Echo", method: "Say")
+    /// Calls that said "hang": they wait until cancelled.
+    static let hanging = Atomic<Int>(0)
 
     struct Bytes: MessageSerializer, MessageDeserializer {
         func serialize<Output: GRPCContiguousBytes>(_ message: [UInt8]) throws -> Output { Output(message) }
@@ -23,6 +26,10 @@ struct EchoService: RegistrableRPCService {
         router.registerHandler(forMethod: Self.say, deserializer: Bytes(), serializer: Bytes()) { request, _ in
             var message: [UInt8] = []
             for try await part in request.messages { message = part }
+            if message == Array("hang".utf8) {
+                EchoService.hanging.add(1, ordering: .relaxed)
+                try await Task.sleep(for: .seconds(3600))
+            }
             if message == Array("fail".utf8) {
                 throw RPCErrorMapping.rpcError(LQXError(.failedPrecondition, "asked to fail"))
             }
@@ -143,6 +150,26 @@ struct ServerFoundationTests {
                 #expect(Self.code(error)! == (.failedPrecondition, "failed_precondition"))
             }
         }
+    }
+
+    @Test("graceful stop with a call still open: the call is cancelled after the grace period, the service ends cleanly")
+    func gracefulStopWithOpenCall() async throws {
+        let service = GRPCService(
+            address: HostPort(host: "127.0.0.1", port: 0), services: [EchoService()], gracePeriod: .milliseconds(300))
+        let group = ServiceGroup(configuration: .init(services: [service], logger: Self.logger))
+        let running = Task { try await group.run() }
+        let port = try await service.boundAddress().port
+        let before = EchoService.hanging.load(ordering: .relaxed)
+        let call = Task { try await Self.say("hang", port: port) }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while EchoService.hanging.load(ordering: .relaxed) == before, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try #require(EchoService.hanging.load(ordering: .relaxed) > before, "the call never reached the handler")
+        await group.triggerGracefulShutdown()
+        // Before the fix the service threw CancellationError here, and lqx-node exited 1 on SIGTERM.
+        await #expect(throws: Never.self) { try await running.value }
+        await #expect(throws: (any Error).self) { try await call.value }
     }
 
     @Test("TLS: a client trusting the CA gets through; plaintext and an untrusting client do not")

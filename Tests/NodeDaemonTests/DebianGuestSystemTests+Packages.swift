@@ -133,9 +133,9 @@ extension DebianGuestSystemTests {
             export DEBIAN_FRONTEND=noninteractive
             \(apt) remove -y \(packages) >/root/remove.apt 2>&1 || echo "remove failed"
             systemctl is-active lqx-agent lqx-node lqx-controlplane
-            pgrep -x lqx-agent >/dev/null || echo "no lqx-agent process"
-            pgrep -x lqx-node >/dev/null || echo "no lqx-node process"
-            pgrep -x lqx-controlplane >/dev/null || echo "no lqx-controlplane process"
+            for d in lqx-agent lqx-node lqx-controlplane; do
+              pgrep -f "^/usr/sbin/$d( |$)" >/dev/null || echo "no $d process"
+            done
             tail -n 1 /etc/limiquantix/agent.toml
             test -s /var/log/limiquantix/agent-audit.log && echo "audit log kept"
             test -s /var/lib/limiquantix/controlplane/admin.token && echo "cluster state kept"
