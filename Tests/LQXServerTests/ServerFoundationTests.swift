@@ -152,7 +152,7 @@ struct ServerFoundationTests {
         }
     }
 
-    @Test("graceful stop with a call still open: the call is cancelled after the grace period, the service ends cleanly")
+    @Test("graceful stop with a call open: it is cancelled after the grace period, the service ends cleanly")
     func gracefulStopWithOpenCall() async throws {
         let service = GRPCService(
             address: HostPort(host: "127.0.0.1", port: 0), services: [EchoService()], gracePeriod: .milliseconds(300))
