@@ -34,7 +34,7 @@ struct KeepaliveAndSerialTests {
                 guard peer.handshake(session: 0x51) != nil else { return (-1, "no welcome") }
                 let start = Date()
                 // Never answer: the agent's pings go unanswered and it must give up on us.
-                while let frame = peer.next(session: 0x51, timeoutMs: 4000) {
+                while let frame = peer.next(session: 0x51, timeoutMs: 12000) {
                     if frame.type == .goAway {
                         let error = (try? WireError(payload: frame.payload)).map(AgentError.init(wire:))
                         return (Date().timeIntervalSince(start), error?.code.rawValue ?? "?")
@@ -43,7 +43,8 @@ struct KeepaliveAndSerialTests {
                 return (-1, "no GOAWAY")
             }
             #expect(reason == "timeout")
-            #expect(elapsed > 0.5 && elapsed < 3, "silent host detected after \(elapsed) s")
+            // Loose above (parallel tests load the 2 cores): "detected by the keepalive", not how fast.
+            #expect(elapsed > 0.5 && elapsed < 10, "silent host detected after \(elapsed) s")
         }
     }
 
@@ -97,6 +98,11 @@ struct KeepaliveAndSerialTests {
                 }
                 return nil
             }
+            // Without keepalives the session would never end: give up after 20 s.
+            group.addTask {
+                try await Task.sleep(for: .seconds(20))
+                return .seconds(20)
+            }
             defer { group.cancelAll() }
             while let result = try await group.next() {
                 if let result { return result }
@@ -104,7 +110,9 @@ struct KeepaliveAndSerialTests {
             return nil
         }
         let after = try #require(disconnectedAfter)
-        #expect(after < .seconds(3), "silent agent detected after \(after)")
+        // The timeout is 1 s; the bound is loose because parallel tests load the 2 cores (3.7 s
+        // seen in CI): it tells "detected by the keepalive" from "never", not how fast.
+        #expect(after < .seconds(10), "silent agent detected after \(after)")
         #expect(accepted.value >= 2, "the broker reconnects after dropping a silent agent")
     }
 
