@@ -23,7 +23,7 @@ public enum ControlPlaneServer {
         var services: [any RegistrableRPCService] = [
             VMService(cluster: cluster, guest: relay), ProjectService(cluster: cluster), TokenService(cluster: cluster),
             NodeAdminService(cluster: cluster, ca: nodes?.ca),
-            EventService(cluster: cluster),
+            EventService(cluster: cluster), ClusterService(cluster: cluster),
         ]
         if let nodes {
             services.append(

@@ -122,7 +122,8 @@ extension VirtualMachine.Spec {
             case .paused: .paused
             default: .running
             }
-        self.init(runState: runState, machine: machine, placement: try Placement(pb.placement))
+        self.init(
+            runState: runState, machine: machine, placement: try Placement(pb.placement), ha: HAPolicy(pb.ha))
     }
 
     var proto: Limiquantix_Compute_V1_VMSpec {
@@ -135,6 +136,57 @@ extension VirtualMachine.Spec {
                 }
             $0.machine = machine.proto
             $0.placement = placement.proto
+            $0.ha = ha.proto
+        }
+    }
+}
+
+extension HAPolicy {
+    init(_ pb: Limiquantix_Compute_V1_HAPolicy) {
+        let priority: Priority =
+            switch pb.priority {
+            case .lowest: .lowest
+            case .low: .low
+            case .high: .high
+            case .highest: .highest
+            default: .medium
+            }
+        self.init(
+            enabled: pb.enabled, priority: priority,
+            maxRestarts: pb.hasMaxRestarts ? Int(pb.maxRestarts) : Self.defaultMaxRestarts,
+            restartWindowSeconds: pb.hasRestartWindowSeconds ? Int(pb.restartWindowSeconds) : Self.defaultWindowSeconds)
+    }
+
+    var proto: Limiquantix_Compute_V1_HAPolicy {
+        .with {
+            $0.enabled = enabled
+            $0.priority =
+                switch priority {
+                case .lowest: .lowest
+                case .low: .low
+                case .medium: .medium
+                case .high: .high
+                case .highest: .highest
+                }
+            $0.maxRestarts = UInt32(clamping: maxRestarts)
+            $0.restartWindowSeconds = UInt32(clamping: restartWindowSeconds)
+        }
+    }
+}
+
+extension ClusterSettings {
+    var proto: Limiquantix_Compute_V1_ClusterSettings {
+        .with {
+            $0.haTolerateFailures = UInt32(clamping: haTolerateFailures)
+            $0.resourceVersion = resourceVersion
+            let help = Dictionary(Self.keys.map { ($0.key, $0.help) }, uniquingKeysWith: { first, _ in first })
+            $0.settings = values.map { setting in
+                .with {
+                    $0.key = setting.key
+                    $0.value = setting.value
+                    $0.help = help[setting.key] ?? ""
+                }
+            }
         }
     }
 }

@@ -24,56 +24,72 @@ struct GRPCNodeDriver: NodeDriver {
         }
     }
 
-    func create(_ machine: VMSpec, start: Bool, on node: Node) async throws(LQXError) -> ObservedVM {
+    func create(_ machine: VMSpec, start: Bool, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
         do {
             let spec = machine.proto
             _ = try await nodes.with(node) { stub in
-                try await stub.createVM(.with { $0.spec = spec }, options: ClientTransport.failFast)
+                try await stub.createVM(
+                    .with {
+                        $0.spec = spec
+                        $0.epoch = epoch
+                    }, options: ClientTransport.failFast)
             }
         } catch  where error.code == .alreadyExists {
             // Defined by an earlier attempt whose answer was lost — unless the node has no such
             // VM, when what is in the way (e.g. disks kept from an earlier definition) is the error.
             guard try await get(machine.name, on: node) != nil else { throw error }
         }
-        return start ? try await self.start(machine.name, on: node) : try await read(machine.name, on: node)
+        return start
+            ? try await self.start(machine.name, epoch: epoch, on: node) : try await read(machine.name, on: node)
     }
 
-    func start(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+    func start(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
         try await operation(vmID, on: node) { stub in
-            _ = try await stub.startVM(.with { $0.name = vmID }, options: ClientTransport.failFast)
+            _ = try await stub.startVM(
+                .with {
+                    $0.name = vmID; $0.epoch = epoch
+                }, options: ClientTransport.failFast)
         }
     }
 
-    func stop(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+    func stop(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
         let timeout = stopTimeoutSeconds
         return try await operation(vmID, on: node) { stub in
             _ = try await stub.stopVM(
                 .with {
                     $0.name = vmID
                     $0.timeoutSeconds = timeout
+                    $0.epoch = epoch
                 }, options: ClientTransport.failFast)
         }
     }
 
-    func pause(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+    func pause(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
         try await operation(vmID, on: node) { stub in
-            _ = try await stub.pauseVM(.with { $0.name = vmID }, options: ClientTransport.failFast)
+            _ = try await stub.pauseVM(
+                .with {
+                    $0.name = vmID; $0.epoch = epoch
+                }, options: ClientTransport.failFast)
         }
     }
 
-    func resume(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
+    func resume(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
         try await operation(vmID, on: node) { stub in
-            _ = try await stub.resumeVM(.with { $0.name = vmID }, options: ClientTransport.failFast)
+            _ = try await stub.resumeVM(
+                .with {
+                    $0.name = vmID; $0.epoch = epoch
+                }, options: ClientTransport.failFast)
         }
     }
 
-    func delete(_ vmID: String, on node: Node) async throws(LQXError) {
+    func delete(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) {
         do {
             _ = try await nodes.with(node) { stub in
                 try await stub.deleteVM(
                     .with {
                         $0.name = vmID
                         $0.force = true
+                        $0.epoch = epoch
                     }, options: ClientTransport.failFast)
             }
         } catch  where error.code == .notFound {
@@ -81,13 +97,14 @@ struct GRPCNodeDriver: NodeDriver {
         }
     }
 
-    func undefine(_ vmID: String, on node: Node) async throws(LQXError) {
+    func undefine(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) {
         do {
             _ = try await nodes.with(node) { stub in
                 try await stub.deleteVM(
                     .with {
                         $0.name = vmID
                         $0.keepDisks = true
+                        $0.epoch = epoch
                     }, options: ClientTransport.failFast)
             }
         } catch  where error.code == .notFound {
@@ -95,14 +112,18 @@ struct GRPCNodeDriver: NodeDriver {
         }
     }
 
-    func prepareIncoming(_ machine: VMSpec, on node: Node) async throws(LQXError) {
+    func prepareIncoming(_ machine: VMSpec, epoch: Int64, on node: Node) async throws(LQXError) {
         let spec = machine.proto
         _ = try await nodes.with(node) { stub in
-            try await stub.prepareIncomingVM(.with { $0.spec = spec }, options: ClientTransport.failFast)
+            try await stub.prepareIncomingVM(
+                .with {
+                    $0.spec = spec
+                    $0.epoch = epoch
+                }, options: ClientTransport.failFast)
         }
     }
 
-    func migrate(_ vmID: String, from source: Node, to target: Node) async throws(LQXError) {
+    func migrate(_ vmID: String, epoch: Int64, from source: Node, to target: Node) async throws(LQXError) {
         guard let destination = target.status.migration else {
             throw LQXError(.failedPrecondition, "node \(target.meta.name) takes no live migrations")
         }
@@ -112,6 +133,7 @@ struct GRPCNodeDriver: NodeDriver {
                     $0.name = vmID
                     $0.destinationUri = destination.uri
                     $0.migrationAddress = destination.address
+                    $0.epoch = epoch
                 }, options: ClientTransport.failFast
             ) { response in
                 var done = false

@@ -38,6 +38,7 @@ final class JSONGateway: Service, Sendable {
         typealias Projects = Limiquantix_Compute_V1_ProjectService.Method
         typealias Tokens = Limiquantix_Compute_V1_TokenService.Method
         typealias Events = Limiquantix_Compute_V1_EventService.Method
+        typealias Settings = Limiquantix_Compute_V1_ClusterService.Method
         calls = Dictionary(uniqueKeysWithValues: [
             Self.unary(VMs.CreateVM.descriptor, VMs.CreateVM.Input.self, VMs.CreateVM.Output.self),
             Self.unary(VMs.GetVM.descriptor, VMs.GetVM.Input.self, VMs.GetVM.Output.self),
@@ -77,6 +78,12 @@ final class JSONGateway: Service, Sendable {
             Self.unary(Tokens.RevokeToken.descriptor, Tokens.RevokeToken.Input.self, Tokens.RevokeToken.Output.self),
             Self.unary(Events.ListEvents.descriptor, Events.ListEvents.Input.self, Events.ListEvents.Output.self),
             Self.unary(Events.ListAudit.descriptor, Events.ListAudit.Input.self, Events.ListAudit.Output.self),
+            Self.unary(
+                Settings.GetClusterSettings.descriptor, Settings.GetClusterSettings.Input.self,
+                Settings.GetClusterSettings.Output.self),
+            Self.unary(
+                Settings.SetClusterSetting.descriptor, Settings.SetClusterSetting.Input.self,
+                Settings.SetClusterSetting.Output.self),
         ])
     }
 

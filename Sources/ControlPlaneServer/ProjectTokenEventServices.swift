@@ -42,6 +42,30 @@ struct ProjectService: Limiquantix_Compute_V1_ProjectService.ServiceProtocol {
     }
 }
 
+/// `ClusterService`: cluster-wide settings.
+struct ClusterService: Limiquantix_Compute_V1_ClusterService.ServiceProtocol {
+    let cluster: Cluster
+    var auth: Authentication { Authentication(cluster: cluster) }
+
+    func getClusterSettings(
+        request: ServerRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Limiquantix_Compute_V1_ClusterSettings> {
+        ServerResponse(
+            message: try await auth.call(context, request.metadata) { principal in
+                try await cluster.settings(by: principal).proto
+            })
+    }
+
+    func setClusterSetting(
+        request: ServerRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Limiquantix_Compute_V1_ClusterSettings> {
+        ServerResponse(
+            message: try await auth.call(context, request.metadata) { principal in
+                try await cluster.setSetting(request.message.key, to: request.message.value, by: principal).proto
+            })
+    }
+}
+
 /// `TokenService`: API tokens.
 struct TokenService: Limiquantix_Compute_V1_TokenService.ServiceProtocol {
     let cluster: Cluster

@@ -36,6 +36,9 @@ public struct LQXError: Error, Sendable, CustomStringConvertible {
         public static let permissionDenied = Code(rawValue: "permission_denied")
         /// The write was based on a version that is no longer current.
         public static let conflict = Code(rawValue: "conflict")
+        /// A command carried a placement epoch lower than one its node has seen for the VM (it
+        /// was placed again since).
+        public static let staleEpoch = Code(rawValue: "stale_epoch")
         /// A bound (streams, quota, size) was reached.
         public static let resourceExhausted = Code(rawValue: "resource_exhausted")
         /// The caller cancelled.

@@ -11,7 +11,7 @@ public enum RPCErrorMapping {
         .invalidSpec: .invalidArgument, .alreadyExists: .alreadyExists, .notFound: .notFound,
         .failedPrecondition: .failedPrecondition, .timeout: .deadlineExceeded, .unavailable: .unavailable,
         .unauthenticated: .unauthenticated, .permissionDenied: .permissionDenied, .conflict: .aborted,
-        .resourceExhausted: .resourceExhausted, .cancelled: .cancelled,
+        .resourceExhausted: .resourceExhausted, .cancelled: .cancelled, .staleEpoch: .failedPrecondition,
     ]
 
     /// The gRPC status code for an error code (`internal` for hypervisor, I/O and unknown codes).

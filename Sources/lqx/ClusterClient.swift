@@ -63,14 +63,22 @@
             } else {
                 throw CLIError("no CA pinned for \(server): give --ca FILE or run lqx login \(server)")
             }
-            return ClusterEndpoint(
-                address: try ClusterEndpoint.address(server), token: token, security: security, project: project ?? "")
+            // Several replicas: `--server A,B,C`, tried in that order.
+            let addresses = try server.split(separator: ",").map { try ClusterEndpoint.address(String($0)) }
+            guard let first = addresses.first else {
+                throw CLIError("--server: give HOST:PORT (or several, comma-separated)")
+            }
+            var endpoint = ClusterEndpoint(address: first, token: token, security: security, project: project ?? "")
+            endpoint.replicas = Array(addresses.dropFirst())
+            return endpoint
         }
     }
 
     /// A control plane to call, with the token and how its certificate is checked.
     struct ClusterEndpoint: Sendable {
         var address: HostPort
+        /// Other replicas of the same control plane, tried in order when one cannot be reached.
+        var replicas: [HostPort] = []
         var token: String
         var security: ClientSecurity
         var project: String
@@ -93,11 +101,23 @@
         func with<T: Sendable>(_ body: @Sendable @escaping (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T)
             async throws -> T
         {
-            do {
-                return try await ClientTransport.with(address, security: security, body)
-            } catch {
-                throw ClusterCallError(error: error, server: address.description)
+            let servers = [address] + replicas
+            for (position, server) in servers.enumerated() {
+                do {
+                    return try await ClientTransport.with(server, security: security, body)
+                } catch
+                    where error.code == .unavailable && !error.message.contains("node ")
+                    && position < servers.count - 1
+                {
+                    // This replica cannot be reached (down, or not yet listening): the next one.
+                    // A call it took and never answered may then meet its own effect (a create:
+                    // already_exists); reads and power operations are idempotent.
+                    continue
+                } catch {
+                    throw ClusterCallError(error: error, server: server.description)
+                }
             }
+            throw ClusterCallError(error: LQXError(.unavailable, "no control plane to call"), server: "")
         }
 
         func vms<T: Sendable>(

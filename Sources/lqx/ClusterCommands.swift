@@ -27,7 +27,8 @@
                 """,
             version: LimiquantixVersion.current,
             subcommands: [
-                Login.self, ClusterVM.self, ClusterNode.self, ClusterProject.self, ClusterToken.self,
+                Login.self, ClusterVM.self, ClusterNode.self, ClusterSettingsCommand.self, ClusterProject.self,
+                ClusterToken.self,
                 ClusterEvents.self, ClusterAudit.self, Exec.self, Copy.self, Metrics.self, Top.self,
                 // Agent commands: they need --agent, which selects the other command tree.
                 Info.self, Ping.self, Shutdown.self,
@@ -83,13 +84,34 @@
         return result
     }
 
+    /// The HA options' parsing and names.
+    enum HAOptions {
+        static let names: [(String, Limiquantix_Compute_V1_HAPriority)] = [
+            ("lowest", .lowest), ("low", .low), ("medium", .medium), ("high", .high), ("highest", .highest),
+        ]
+
+        /// The priority `--ha-priority` names, nil when not given.
+        static func priority(_ text: String?) throws -> Limiquantix_Compute_V1_HAPriority? {
+            guard let text else { return nil }
+            guard let match = names.first(where: { $0.0 == text.lowercased() }) else {
+                throw ValidationError("--ha-priority is one of lowest, low, medium, high, highest (got \(text))")
+            }
+            return match.1
+        }
+
+        /// `high` for `.high`.
+        static func name(_ priority: Limiquantix_Compute_V1_HAPriority) -> String {
+            names.first { $0.1 == priority }?.0 ?? "medium"
+        }
+    }
+
     // MARK: vm
 
     struct ClusterVM: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "vm", abstract: "VMs of the cluster: create, list, power, delete, explain.",
             subcommands: [
-                Create.self, List.self, Get.self, Power.Start.self, Power.Stop.self, Power.Restart.self,
+                Create.self, List.self, Get.self, Change.self, Power.Start.self, Power.Stop.self, Power.Restart.self,
                 Power.Pause.self, Power.Resume.self, Delete.self, Explain.self,
             ])
 
@@ -122,9 +144,19 @@
             var antiAffinity: [String] = []
             @Option(help: "spread (default) or pack.") var strategy: String?
             @Flag(help: "Create it stopped.") var stopped = false
+            @Flag(help: "Restart it on another node when its node fails (admission control may refuse it).")
+            var ha = false
+            @Option(name: .customLong("ha-priority"), help: "lowest, low, medium (default), high or highest.")
+            var haPriority: String?
+            @Option(name: .customLong("ha-max-restarts"), help: "Restarts by HA per hour at most (default 3).")
+            var haMaxRestarts: UInt32?
             @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
 
             func validate() throws {
+                if !ha && (haPriority != nil || haMaxRestarts != nil) {
+                    throw ValidationError("--ha-priority and --ha-max-restarts need --ha")
+                }
+                _ = try HAOptions.priority(haPriority)
                 if kernel == nil && initrd != nil { throw ValidationError("--initrd needs --kernel") }
                 if kernel == nil && disk.isEmpty && clone.isEmpty {
                     throw ValidationError("give --kernel PATH (with --initrd) or a disk to boot (--disk, --clone)")
@@ -199,6 +231,13 @@
                                     default: .clusterDefault
                                     }
                             }
+                            if ha {
+                                $0.ha = .with {
+                                    $0.enabled = true
+                                    if let priority = try? HAOptions.priority(haPriority) { $0.priority = priority }
+                                    if let haMaxRestarts { $0.maxRestarts = haMaxRestarts }
+                                }
+                            }
                         }
                     }
                     let metadata = endpoint.metadata
@@ -268,6 +307,12 @@
                     print("id:        \(vm.metadata.id) (resource_version \(vm.metadata.resourceVersion))")
                     print("phase:     \(cells[2]) on \(cells[3]), epoch \(vm.status.epoch)")
                     print("machine:   \(cells[4]) vCPUs, \(cells[5]) MiB, run state \(vm.spec.runState)")
+                    let policy = vm.spec.ha
+                    if policy.enabled {
+                        print(
+                            "ha:        on, priority \(HAOptions.name(policy.priority)), at most \(policy.maxRestarts) restarts in \(policy.restartWindowSeconds) s"
+                        )
+                    }
                     let agent = vm.status.agent
                     let facts = [
                         agent.version.isEmpty ? "" : "lqx-agent \(TerminalText.safe(agent.version))",
@@ -284,6 +329,91 @@
                         print(
                             "condition: \(condition.type)=\(condition.status) \(condition.reason): \(TerminalText.safe(condition.message))"
                         )
+                    }
+                }
+            }
+        }
+
+        struct Change: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                commandName: "set",
+                abstract: "Change a VM's HA policy, size or labels (read, change, write back; retried on a race).",
+                discussion: """
+                    Examples: lqx vm set db --ha=true --ha-priority high; lqx vm set web --ha=false; \
+                    lqx vm set db --cpus 4 --memory 8192 (size only while it is stopped). Turning HA on \
+                    for a running VM is an admission: refused when the cluster could not restart every \
+                    HA VM after ha.tolerate-failures node failures (lqx cluster get).
+                    """)
+            @OptionGroup var options: ClusterOptions
+            @Argument(help: "VM name.") var name: String
+            @Option(help: "true: restart it on another node when its node fails; false: do not.") var ha: Bool?
+            @Option(name: .customLong("ha-priority"), help: "lowest, low, medium, high or highest.")
+            var haPriority: String?
+            @Option(name: .customLong("ha-max-restarts"), help: "Restarts by HA per window at most (0 to 100).")
+            var haMaxRestarts: UInt32?
+            @Option(name: .customLong("ha-restart-window"), help: "The window those restarts count in, seconds.")
+            var haRestartWindow: UInt32?
+            @Option(help: "vCPUs.") var cpus: UInt32?
+            @Option(help: "Memory in MiB.") var memory: UInt64?
+            @Option(help: "Set label KEY=VALUE (repeatable).") var label: [String] = []
+            @Option(name: .customLong("remove-label"), help: "Remove label KEY (repeatable).")
+            var removeLabel: [String] = []
+            @Option(name: .shortAndLong, help: "Output format: text or json.") var output: OutputFormat = .text
+
+            func validate() throws {
+                _ = try HAOptions.priority(haPriority)
+                let unchanged =
+                    ha == nil && haPriority == nil && haMaxRestarts == nil && haRestartWindow == nil && cpus == nil
+                    && memory == nil && label.isEmpty && removeLabel.isEmpty
+                if unchanged {
+                    throw ValidationError("nothing to change: give --ha, --ha-priority, --cpus, --memory or --label")
+                }
+            }
+
+            func run() async throws {
+                let set = try keyValues(label, flag: "--label"), remove = removeLabel
+                let ha = self.ha, priority = try HAOptions.priority(haPriority), restarts = haMaxRestarts
+                let window = haRestartWindow, cpus = self.cpus, memory = self.memory, name = self.name
+                let output = self.output
+                try await clusterCall(options) { endpoint in
+                    let metadata = endpoint.metadata, ref = endpoint.ref(name)
+                    let vm = try await endpoint.vms { client in
+                        var attempt = 0
+                        while true {
+                            let current = try await client.getVM(ref, metadata: metadata)
+                            var spec = current.spec
+                            if let ha { spec.ha.enabled = ha }
+                            if let priority { spec.ha.priority = priority }
+                            if let restarts { spec.ha.maxRestarts = restarts }
+                            if let window { spec.ha.restartWindowSeconds = window }
+                            if let cpus { spec.machine.vcpus = cpus }
+                            if let memory { spec.machine.memoryMib = memory }
+                            var labels = current.metadata.labels
+                            for key in remove { labels.removeValue(forKey: key) }
+                            labels.merge(set) { _, new in new }
+                            let request = Limiquantix_Compute_V1_UpdateVMRequest.with {
+                                $0.vm = ref
+                                $0.spec = spec
+                                $0.labels = labels
+                                $0.resourceVersion = current.metadata.resourceVersion
+                            }
+                            do {
+                                return try await client.updateVM(request, metadata: metadata)
+                            } catch let error as RPCError where error.code == .aborted && attempt < 5 {
+                                attempt += 1  // changed meanwhile: read it again
+                            }
+                        }
+                    }
+                    if output == .json {
+                        print(try nodeJSON(vm))
+                    } else {
+                        let policy = vm.spec.ha
+                        let state =
+                            policy.enabled
+                            ? "HA on (priority \(HAOptions.name(policy.priority)), \(policy.maxRestarts) restarts per \(policy.restartWindowSeconds) s)"
+                            : "HA off"
+                        print(
+                            "\(vm.metadata.name): updated (resource_version \(vm.metadata.resourceVersion)), \(state)")
                     }
                 }
             }

@@ -177,7 +177,10 @@ struct AgentOptions: ParsableArguments {
 struct ClusterOptions: ParsableArguments {
     @Option(
         name: .customLong("server"),
-        help: "Control plane HOST:PORT or https://HOST:PORT (default: $LQX_SERVER, then what lqx login saved).")
+        help: """
+            Control plane HOST:PORT or https://HOST:PORT; several replicas comma-separated, tried in \
+            order when one cannot be reached (default: $LQX_SERVER, then what lqx login saved).
+            """)
     var server: String?
 
     @Option(name: .customLong("token"), help: "API token (default: $LQX_TOKEN, then what lqx login saved).")

@@ -89,6 +89,79 @@ struct APITests {
         }
     }
 
+    @Test("HA: the policy round-trips with its defaults; cluster settings; admission refusals carry status and code")
+    func haPolicyAndSettings() async throws {
+        try await withAPI { grpc, cluster, admin in
+            let vms = Limiquantix_Compute_V1_VMService.Client(wrapping: grpc)
+            let settings = Limiquantix_Compute_V1_ClusterService.Client(wrapping: grpc)
+            try await joinNode(cluster, "a", memory: 4096)
+            func spec(_ memory: UInt64) -> Limiquantix_Compute_V1_VMSpec {
+                .with {
+                    $0.machine = .with {
+                        $0.vcpus = 1
+                        $0.memoryMib = memory
+                        $0.kernel = .with { $0.kernel = "/k" }
+                    }
+                    $0.ha = .with {
+                        $0.enabled = true
+                        $0.priority = .high
+                    }
+                }
+            }
+            let web = try await vms.createVM(
+                .with {
+                    $0.name = "web"
+                    $0.spec = spec(1024)
+                }, metadata: bearer(admin))
+            #expect(web.spec.ha.enabled && web.spec.ha.priority == .high)
+            #expect(web.spec.ha.maxRestarts == 3 && web.spec.ha.restartWindowSeconds == 3600)
+            let current = try await settings.getClusterSettings(.init(), metadata: bearer(admin))
+            #expect(current.haTolerateFailures == 0 && current.settings.map(\.key) == ["ha.tolerate-failures"])
+            #expect(current.settings.first?.help.contains("admission control") == true)
+            let refused = await failure {
+                _ = try await settings.setClusterSetting(
+                    .with {
+                        $0.key = "ha.tolerate-failures"
+                        $0.value = "1"
+                    }, metadata: bearer(admin))
+            }
+            #expect(refused?.0 == .resourceExhausted && refused?.1 == "resource_exhausted")
+            #expect(
+                refused?.2.contains("if node a failed, HA VM default/web would have no node") == true,
+                "\(String(describing: refused))")
+            let unknown = await failure {
+                _ = try await settings.setClusterSetting(.with { $0.key = "ha.nope" }, metadata: bearer(admin))
+            }
+            #expect(unknown?.0 == .invalidArgument && unknown?.2.contains("no cluster setting ha.nope") == true)
+            try await joinNode(cluster, "b", memory: 4096)
+            let set = try await settings.setClusterSetting(
+                .with {
+                    $0.key = "ha.tolerate-failures"
+                    $0.value = "1"
+                }, metadata: bearer(admin))
+            #expect(set.haTolerateFailures == 1 && set.settings.first?.value == "1")
+            // 3584 MiB on b beside web on a: if b failed, a (3072 MiB free) could not take it.
+            let big = await failure {
+                _ = try await vms.createVM(
+                    .with {
+                        $0.name = "big"
+                        $0.spec = spec(3584)
+                    }, metadata: bearer(admin))
+            }
+            #expect(big?.0 == .resourceExhausted && big?.2.contains("HA VM big not started") == true)
+            let bad = await failure {
+                var tooMany = spec(512)
+                tooMany.ha.maxRestarts = 1000
+                _ = try await vms.createVM(
+                    .with {
+                        $0.name = "bad"
+                        $0.spec = tooMany
+                    }, metadata: bearer(admin))
+            }
+            #expect(bad?.0 == .invalidArgument && bad?.2 == "ha.max_restarts: 0 to 100 (got 1000)")
+        }
+    }
+
     @Test("nodes: join token, list with allocation, cordon, label, taint; events are listed and followed")
     func nodesAndEvents() async throws {
         try await withAPI { grpc, cluster, admin in

@@ -200,6 +200,28 @@ struct ClusterSystemTests {
         #expect(explain.status == 0 && explain.stdout.contains("nodes fit"), "\(explain)")
         let audit = try await lqx(["audit", "--vm", "web"])
         #expect(audit.stdout.contains("exec") && audit.stdout.contains("exit 3"), "\(audit)")
+        // HA policy and admission control through the CLI (two real nodes with room to spare).
+        let settings = try await lqx(["cluster", "get"])
+        #expect(settings.status == 0 && settings.stdout.contains("ha.tolerate-failures  0"), "\(settings)")
+        let haOn = try await lqx(["vm", "set", "web", "--ha=true", "--ha-priority", "high"])
+        #expect(haOn.status == 0 && haOn.stdout.contains("HA on (priority high, 3 restarts per 3600 s)"), "\(haOn)")
+        let shown = try await lqx(["vm", "get", "web"])
+        #expect(shown.stdout.contains("ha:        on, priority high, at most 3 restarts in 3600 s"), "\(shown)")
+        let one = try await lqx(["cluster", "set", "ha.tolerate-failures", "1"])
+        #expect(one.status == 0 && one.stdout == "ha.tolerate-failures = 1\n", "\(one)")
+        // Both nodes failing leaves web nowhere.
+        let two = try await lqx(["cluster", "set", "ha.tolerate-failures", "2"])
+        #expect(
+            two.status == 255 && two.stderr.contains("if nodes") && two.stderr.contains("[resource_exhausted]"),
+            "\(two)")
+        let badPriority = try await lqx(["vm", "set", "web", "--ha-priority", "urgent"])
+        #expect(badPriority.status != 0 && badPriority.stderr.contains("--ha-priority is one of"), "\(badPriority)")
+        #expect(try await lqx(["cluster", "set", "ha.tolerate-failures", "0"]).status == 0)
+        let haOff = try await lqx(["vm", "set", "web", "--ha=false"])
+        #expect(haOff.status == 0 && haOff.stdout.contains("HA off"), "\(haOff)")
+        // Several replicas: one that cannot be reached is skipped.
+        let replicas = try await lqx(["--server", "127.0.0.1:9,\(cp.api.description)", "--ca", cp.caFile, "vm", "list"])
+        #expect(replicas.status == 0 && replicas.stdout.contains("web"), "\(replicas)")
         let unknown = try await lqx(["vm", "get", "nope"])
         #expect(unknown.status == 255 && unknown.stderr.contains("[not_found]"), "\(unknown)")
     }

@@ -13,6 +13,14 @@ final class MemoryNodes: NodeDriver {
     /// Exact calls that fail once.
     let failOnce = Mutex<Set<String>>([])
     let calls = Mutex<[String]>([])
+    /// The epoch of every command, by VM id, in order.
+    let epochs = Mutex<[String: [Int64]]>([:])
+
+    private func record(_ call: String, epoch: Int64) throws(LQXError) {
+        let id = String(call.split(separator: " ")[1])
+        epochs.withLock { $0[id, default: []].append(epoch) }
+        try record(call)
+    }
 
     func report(_ node: Node) -> [ObservedVM] {
         vms.withLock { $0[node.meta.id] ?? [:] }.map {
@@ -43,40 +51,40 @@ final class MemoryNodes: NodeDriver {
     func get(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM? {
         states(node)[vmID].map { ObservedVM(id: vmID, name: vmID, state: $0, agentConnected: $0 == "running") }
     }
-    func create(_ machine: VMSpec, start: Bool, on node: Node) async throws(LQXError) -> ObservedVM {
-        try record("create \(machine.name)")
+    func create(_ machine: VMSpec, start: Bool, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("create \(machine.name)", epoch: epoch)
         return set(machine.name, start ? "running" : "shut_off", node)
     }
-    func start(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
-        try record("start \(vmID)")
+    func start(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("start \(vmID)", epoch: epoch)
         return set(vmID, "running", node)
     }
-    func stop(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
-        try record("stop \(vmID)")
+    func stop(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("stop \(vmID)", epoch: epoch)
         return set(vmID, "shut_off", node)
     }
-    func pause(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
-        try record("pause \(vmID)")
+    func pause(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("pause \(vmID)", epoch: epoch)
         return set(vmID, "paused", node)
     }
-    func resume(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM {
-        try record("resume \(vmID)")
+    func resume(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM {
+        try record("resume \(vmID)", epoch: epoch)
         return set(vmID, "running", node)
     }
-    func delete(_ vmID: String, on node: Node) async throws(LQXError) {
-        try record("delete \(vmID)")
+    func delete(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) {
+        try record("delete \(vmID)", epoch: epoch)
         _ = set(vmID, nil, node)
     }
-    func undefine(_ vmID: String, on node: Node) async throws(LQXError) {
-        try record("undefine \(vmID)")
+    func undefine(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) {
+        try record("undefine \(vmID)", epoch: epoch)
         _ = set(vmID, nil, node)
     }
-    func prepareIncoming(_ machine: VMSpec, on node: Node) async throws(LQXError) {
-        try record("prepare \(machine.name) on \(node.meta.name)")
+    func prepareIncoming(_ machine: VMSpec, epoch: Int64, on node: Node) async throws(LQXError) {
+        try record("prepare \(machine.name) on \(node.meta.name)", epoch: epoch)
     }
     /// Moves the VM's state from `source` to `target` in one step (one copy at every instant).
-    func migrate(_ vmID: String, from source: Node, to target: Node) async throws(LQXError) {
-        try record("migrate \(vmID) \(source.meta.name)→\(target.meta.name)")
+    func migrate(_ vmID: String, epoch: Int64, from source: Node, to target: Node) async throws(LQXError) {
+        try record("migrate \(vmID) \(source.meta.name)→\(target.meta.name)", epoch: epoch)
         vms.withLock { vms in
             guard let state = vms[source.meta.id]?.removeValue(forKey: vmID) else { return }
             vms[target.meta.id, default: [:]][vmID] = state
@@ -256,6 +264,9 @@ struct ReconcilerTests {
             let id = moved?.meta.id ?? ""
             let order = nodes.calls.withLock { $0 }.filter { $0.hasSuffix(id) }
             #expect(order.suffix(3) == ["stop \(id)", "undefine \(id)", "create \(id)"], "\(order)")
+            // Every command carried the placement's epoch: 1 on n1 (up to the undefine), 2 on n2.
+            let epochs = nodes.epochs.withLock { $0[id] ?? [] }
+            #expect(epochs.first == 1 && epochs.last == 2 && epochs == epochs.sorted(), "\(epochs)")
             var phase: Node.Phase?
             for _ in 0..<100 {
                 phase = try await cluster.repository.node(name: "n1")?.status.phase

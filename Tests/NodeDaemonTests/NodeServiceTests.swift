@@ -33,7 +33,10 @@ struct NodeServiceInProcessTests {
         let transport = InProcessTransport()
         let server = GRPCServer(
             transport: transport.server,
-            services: [NodeService(controller: VMController(manager: manager), nodeName: "unit")])
+            services: [
+                NodeService(
+                    controller: VMController(manager: manager), nodeName: "unit", epochs: try EpochLedger(path: nil))
+            ])
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await server.serve() }
             try await withGRPCClient(transport: transport.client) { client in
@@ -77,6 +80,57 @@ struct NodeServiceInProcessTests {
             #expect(done)
             let call = fake.calls.first { $0.method == "migrate" }
             #expect(call?.arguments == ["m", "qemu+tcp://peer/system", "10.9.8.7", "downtime=300", "bandwidth=50"])
+        }
+    }
+
+    @Test("placement epochs: a command with a lower epoch than one seen is refused (stale_epoch); 0 passes")
+    func epochs() async throws {
+        try await Self.withClient { fake, client in
+            _ = try await client.createVM(
+                .with {
+                    $0.spec = .with {
+                        $0.name = "e"; $0.kernel = .with { $0.kernel = "/k" }
+                    }
+                    $0.epoch = 4
+                })
+            do {
+                _ = try await client.startVM(
+                    .with {
+                        $0.name = "e"; $0.epoch = 3
+                    })
+                Issue.record("a stale epoch was obeyed")
+            } catch {
+                #expect(Self.code(error)! == (.failedPrecondition, "stale_epoch"))
+                #expect("\(error)".contains("epoch 3 is stale (this node has seen epoch 4)"))
+            }
+            #expect(!fake.calls.contains { $0.method == "start" })
+            _ = try await client.startVM(
+                .with {
+                    $0.name = "e"; $0.epoch = 4
+                })
+            do {
+                _ = try await client.stopVM(
+                    .with {
+                        $0.name = "e"; $0.epoch = 2; $0.force = true
+                    })
+                Issue.record("a stale stop was obeyed")
+            } catch { #expect(Self.code(error)! == (.failedPrecondition, "stale_epoch")) }
+            // Without an epoch (an operator's call): obeyed.
+            _ = try await client.stopVM(
+                .with {
+                    $0.name = "e"; $0.force = true
+                })
+            do {
+                _ = try await client.deleteVM(
+                    .with {
+                        $0.name = "e"; $0.epoch = 1
+                    })
+                Issue.record("a stale delete was obeyed")
+            } catch { #expect(Self.code(error)! == (.failedPrecondition, "stale_epoch")) }
+            _ = try await client.deleteVM(
+                .with {
+                    $0.name = "e"; $0.epoch = 5
+                })
         }
     }
 

@@ -16,7 +16,10 @@ struct ControlPlaneBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lqx-cp-bench",
         abstract: "Benchmarks of the control plane: scheduler decisions, concurrent creates, the API.",
-        subcommands: [SchedulerBench.self, CreatesBench.self, APIBench.self, ScaleBench.self, RelayBench.self])
+        subcommands: [
+            SchedulerBench.self, CreatesBench.self, APIBench.self, ScaleBench.self, RelayBench.self,
+            AdmissionBench.self,
+        ])
 }
 
 /// Scheduler decision latency on synthetic clusters.

@@ -27,25 +27,37 @@ extension Cluster {
             let decision = decide(vm, nodes: nodes, vms: vms)
             defer { reservations.withLock { _ = $0.removeValue(forKey: vmID) } }
             let expected = vm.meta.resourceVersion
-            guard let nodeID = decision.nodeID, let node = nodes.first(where: { $0.meta.id == nodeID }) else {
+            // An HA VM's first placement is an admission (moves and restarts later are not).
+            let refusal =
+                if let nodeID = decision.nodeID, vm.status.epoch == 0 {
+                    try await admissionRefusal(vm, on: nodeID, nodes: nodes, vms: vms)
+                } else {
+                    HAAdmission.Refusal?.none
+                }
+            guard refusal == nil, let nodeID = decision.nodeID, let node = nodes.first(where: { $0.meta.id == nodeID })
+            else {
+                let reason =
+                    refusal != nil ? "HAAdmissionControl" : decision.waiting ? "WaitingForNodes" : "Unschedulable"
+                let summary = refusal.map { "\($0)" } ?? decision.summary
                 let condition = Condition(
-                    type: "Scheduled", status: false, reason: decision.waiting ? "WaitingForNodes" : "Unschedulable",
-                    message: decision.summary, lastTransitionUnixMs: now())
-                guard vm.status.conditions["Scheduled"]?.message != decision.summary else { return decision }
+                    type: "Scheduled", status: false, reason: reason, message: summary, lastTransitionUnixMs: now())
+                // Refused by admission control: placed nowhere, whatever the scheduler chose.
+                let result = refusal == nil ? decision : nil
+                guard vm.status.conditions["Scheduled"]?.message != summary else { return result }
                 vm.status.conditions.set(condition)
                 vm.status.phase = .pending
                 do {
                     // Waiting for answers is normal, not worth a warning event.
                     let events =
-                        decision.waiting
-                        ? [] : [event(.vm, vm.meta, "FailedScheduling", decision.summary, warning: true)]
+                        decision.waiting && refusal == nil
+                        ? [] : [event(.vm, vm.meta, "FailedScheduling", summary, warning: true)]
                     try await store.commit(
                         [.update(try Repository.stored(vm), expected: expected)], events: events, audit: [])
                 } catch  where error.code == .conflict && attempt < Self.attempts {
                     attempt += 1
                     continue
                 }
-                return decision
+                return result
             }
             vm.status.phase = .scheduled
             do {

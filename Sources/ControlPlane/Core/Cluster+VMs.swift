@@ -38,6 +38,7 @@ extension Cluster {
                     id: VMID.random().rawValue, name: request.name, project: request.project, labels: request.labels,
                     createdUnixMs: now()),
                 spec: spec)
+            try await admit(vm)
             // The store checks the quota under the project's lock, so concurrent creates cannot
             // pass it together; only a refusal reads the project's VMs, for the numbers.
             do throws(LQXError) {
@@ -151,7 +152,14 @@ extension Cluster {
             try Self.checkQuota(project, existing: others, adding: spec.machine)
         }
         let changes = Self.describeChange(from: vm.spec, to: spec)
+        let before = vm.spec
         vm.spec = spec
+        // Becoming an HA VM that runs, or a bigger or differently placed one: admission control.
+        if !before.ha.enabled || before.runState == .stopped || before.machine.vcpus < spec.machine.vcpus
+            || before.machine.memoryMiB < spec.machine.memoryMiB || before.placement != spec.placement
+        {
+            try await admit(vm)
+        }
         vm.meta.labels = labels
         var writes: [StoreWrite] = [.update(try Repository.stored(vm), expected: resourceVersion)]
         if let project = try await repository.project(named: project) { writes.append(Self.quotaCheck(project)) }
@@ -228,6 +236,12 @@ extension Cluster {
         if old.machine.disks != new.machine.disks { parts.append("disks") }
         if old.machine.nics != new.machine.nics { parts.append("network interfaces") }
         if old.placement != new.placement { parts.append("placement") }
+        if old.ha != new.ha {
+            parts.append(
+                new.ha.enabled
+                    ? "HA on (priority \(new.ha.priority.rawValue), at most \(new.ha.maxRestarts) restarts in \(new.ha.restartWindowSeconds) s)"
+                    : "HA off")
+        }
         return parts.isEmpty ? "labels changed" : "changed: " + parts.joined(separator: ", ")
     }
 }

@@ -137,6 +137,16 @@ public struct Repository: Sendable {
         try await one(.project, name: name, Project.self) { $0.meta.resourceVersion = $1 }
     }
 
+    /// The cluster settings' stored form.
+    public static func stored(_ settings: ClusterSettings) throws(LQXError) -> StoredObject {
+        StoredObject(kind: .settings, id: "cluster", name: "cluster", body: try encode(settings))
+    }
+
+    /// The cluster settings (the defaults, version 0, when never written).
+    public func settings() async throws(LQXError) -> ClusterSettings {
+        try await one(.settings, id: "cluster", ClusterSettings.self) { $0.resourceVersion = $1 } ?? ClusterSettings()
+    }
+
     /// A token's stored form (only its hash is stored).
     public static func stored(_ token: TokenRecord, kind: ObjectKind = .token) throws(LQXError) -> StoredObject {
         StoredObject(kind: kind, id: token.id, name: token.id, body: try encode(token))

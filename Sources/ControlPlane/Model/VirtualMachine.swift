@@ -35,18 +35,36 @@ public struct VirtualMachine: Sendable, Equatable, Codable {
         public var machine: VMSpec
         /// Where it may run.
         public var placement: Placement
+        /// Whether it is restarted elsewhere when its node fails.
+        public var ha: HAPolicy
 
         /// Creates a spec.
-        public init(runState: RunState = .running, machine: VMSpec, placement: Placement = Placement()) {
+        public init(
+            runState: RunState = .running, machine: VMSpec, placement: Placement = Placement(),
+            ha: HAPolicy = HAPolicy()
+        ) {
             self.runState = runState
             self.machine = machine
             self.placement = placement
+            self.ha = ha
         }
 
         /// Checks every field (a clear error naming it).
         public func validate() throws(LQXError) {
             try machine.validate()
             try placement.validate()
+            try ha.validate()
+        }
+
+        private enum CodingKeys: String, CodingKey { case runState, machine, placement, ha }
+
+        /// Decodes a stored spec (`ha` absent in records written before it existed: off).
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            runState = try container.decode(RunState.self, forKey: .runState)
+            machine = try container.decode(VMSpec.self, forKey: .machine)
+            placement = try container.decode(Placement.self, forKey: .placement)
+            ha = try container.decodeIfPresent(HAPolicy.self, forKey: .ha) ?? HAPolicy()
         }
     }
 

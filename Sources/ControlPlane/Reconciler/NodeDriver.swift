@@ -3,29 +3,31 @@ import LQXModel
 /// What the reconciler asks of a node. The API layer implements it over each node's
 /// mutual-TLS API; tests of the core use one in memory. On the node a VM is named by its id
 /// (unique in the cluster, whatever its project and name). Every call is idempotent where
-/// the node allows: starting a running VM or deleting a missing one is not an error.
+/// the node allows: starting a running VM or deleting a missing one is not an error. Every
+/// command carries the VM's placement epoch: a node refuses one lower than it has seen for the
+/// VM (`stale_epoch`), so a decision the cluster moved past cannot act (docs/ha.md).
 public protocol NodeDriver: Sendable {
     /// The VM as the node has it now; nil when the node does not have it.
     func get(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM?
     /// Defines the VM (`machine.name` is its id) and starts it when `start`.
-    func create(_ machine: VMSpec, start: Bool, on node: Node) async throws(LQXError) -> ObservedVM
+    func create(_ machine: VMSpec, start: Bool, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM
     /// Starts a stopped VM.
-    func start(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    func start(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM
     /// Stops a VM: the agent shuts the guest down, forced after the node's timeout.
-    func stop(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    func stop(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM
     /// Pauses a running VM.
-    func pause(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    func pause(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM
     /// Resumes a paused VM.
-    func resume(_ vmID: String, on node: Node) async throws(LQXError) -> ObservedVM
+    func resume(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError) -> ObservedVM
     /// Destroys the VM and removes its definition and disks from the node.
-    func delete(_ vmID: String, on node: Node) async throws(LQXError)
+    func delete(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError)
     /// Removes a stopped VM's definition from the node, keeping any disk (a VM moving away).
-    func undefine(_ vmID: String, on node: Node) async throws(LQXError)
+    func undefine(_ vmID: String, epoch: Int64, on node: Node) async throws(LQXError)
     /// Makes `node` ready to receive a live migration of `machine` (named by the VM's id).
-    func prepareIncoming(_ machine: VMSpec, on node: Node) async throws(LQXError)
+    func prepareIncoming(_ machine: VMSpec, epoch: Int64, on node: Node) async throws(LQXError)
     /// Live-migrates the running VM from `source` to `target` (prepared first) and returns
     /// once it runs there; on failure it still runs on `source` (the hypervisor's guarantee).
-    func migrate(_ vmID: String, from source: Node, to target: Node) async throws(LQXError)
+    func migrate(_ vmID: String, epoch: Int64, from source: Node, to target: Node) async throws(LQXError)
 }
 
 /// What the reconciler does for one VM in one pass, decided from its spec and what its node

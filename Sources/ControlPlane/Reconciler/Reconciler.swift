@@ -144,6 +144,7 @@ public final class Reconciler: Service, Sendable {
             // finished: act on what the store has now (gone: nothing to do).
             guard let vm = try await cluster.repository.vm(id: id), vm.status.nodeID == node.meta.id else { return }
             let current = try await driver.get(id, on: node)
+            let epoch = vm.status.epoch
             let confirmed = ReconcileAction.decide(
                 vm, observed: current, nodeReady: true, canMigrate: action == .migrate)
             var observed = current
@@ -152,14 +153,14 @@ public final class Reconciler: Service, Sendable {
             case .create(let start):
                 var machine = vm.spec.machine
                 machine.name = id
-                observed = try await driver.create(machine, start: start, on: node)
+                observed = try await driver.create(machine, start: start, epoch: epoch, on: node)
                 try await cluster.recordEvent(.vm, vm.meta, "Defined", "defined on node \(node.meta.name)")
-            case .start: observed = try await driver.start(id, on: node)
-            case .stop: observed = try await driver.stop(id, on: node)
-            case .pause: observed = try await driver.pause(id, on: node)
-            case .resume: observed = try await driver.resume(id, on: node)
+            case .start: observed = try await driver.start(id, epoch: epoch, on: node)
+            case .stop: observed = try await driver.stop(id, epoch: epoch, on: node)
+            case .pause: observed = try await driver.pause(id, epoch: epoch, on: node)
+            case .resume: observed = try await driver.resume(id, epoch: epoch, on: node)
             case .delete:
-                if current != nil { try await driver.delete(id, on: node) }
+                if current != nil { try await driver.delete(id, epoch: epoch, on: node) }
                 cluster.patchObservation(nodeID: node.meta.id, vmID: id, nil)
                 try await cluster.finishDeletion(vmID: id, node: node.meta.name)
                 state.withLock { _ = $0.backoff.removeValue(forKey: id) }
@@ -169,7 +170,7 @@ public final class Reconciler: Service, Sendable {
                 state.withLock { _ = $0.backoff.removeValue(forKey: id) }
                 return
             case .release:
-                if current != nil { try await driver.undefine(id, on: node) }
+                if current != nil { try await driver.undefine(id, epoch: epoch, on: node) }
                 cluster.patchObservation(nodeID: node.meta.id, vmID: id, nil)
                 try await cluster.releasePlacement(vmID: id, from: node)
                 state.withLock { _ = $0.backoff.removeValue(forKey: id) }
@@ -204,10 +205,12 @@ public final class Reconciler: Service, Sendable {
         guard case .target(let target) = try await cluster.placeForMigration(vmID: id, from: source) else { return }
         var machine = vm.spec.machine
         machine.name = id
+        // The placement on the target is a new epoch; both nodes are told it.
+        let epoch = try await cluster.repository.vm(id: id)?.status.epoch ?? vm.status.epoch + 1
         let clock = ContinuousClock(), started = clock.now
         do {
-            try await driver.prepareIncoming(machine, on: target)
-            try await driver.migrate(id, from: source, to: target)
+            try await driver.prepareIncoming(machine, epoch: epoch, on: target)
+            try await driver.migrate(id, epoch: epoch, from: source, to: target)
         } catch {
             logger.warning(
                 "live migration failed: \(error.fullMessage)",

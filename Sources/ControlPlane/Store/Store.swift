@@ -20,6 +20,8 @@ public struct ObjectKind: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let token = ObjectKind(rawValue: "token")
     /// A single-use node join token (hashed).
     public static let joinToken = ObjectKind(rawValue: "join-token")
+    /// `ClusterSettings` (one record, id `cluster`).
+    public static let settings = ObjectKind(rawValue: "settings")
 }
 
 /// One object as the store holds it: identity columns, what it takes from a node (so the store can

@@ -146,11 +146,12 @@ public struct NodeServer: Sendable {
         var configuration = configuration
         let membership = try await resolveMembership(&configuration, hypervisor: backend, logger: logger)
         let controller = VMController(manager: manager, sharedStorage: configuration.sharedStorage)
+        let epochs = try EpochLedger(path: configuration.layout.stateDirectory + "/epochs.log")
         var interceptors: [any ServerInterceptor] = []
         if case .mutualTLS = configuration.security { interceptors.append(ClusterPeerInterceptor()) }
         let grpc = GRPCService(
             address: configuration.listen, security: configuration.security,
-            services: [NodeService(controller: controller, nodeName: configuration.nodeName)],
+            services: [NodeService(controller: controller, nodeName: configuration.nodeName, epochs: epochs)],
             interceptors: interceptors, gracePeriod: configuration.shutdownGrace)
         let heartbeat = membership.map { membership in
             NodeHeartbeat(

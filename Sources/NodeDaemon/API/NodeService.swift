@@ -15,12 +15,15 @@ import Synchronization
 public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     let controller: VMController
     let nodeName: String
+    /// The highest placement epoch seen per VM (lifecycle calls carrying a lower one are refused).
+    let epochs: EpochLedger
     var manager: VMManager { controller.manager }
 
-    /// Serves `controller`'s VMs as node `nodeName`.
-    public init(controller: VMController, nodeName: String) {
+    /// Serves `controller`'s VMs as node `nodeName`, checking epochs against `epochs`.
+    public init(controller: VMController, nodeName: String, epochs: EpochLedger) {
         self.controller = controller
         self.nodeName = nodeName
+        self.epochs = epochs
     }
 
     /// The gRPC metadata key carrying the stable error code (`invalid_spec`, `not_found`, …).
@@ -32,7 +35,11 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func createVM(request: Limiquantix_Node_V1_CreateVMRequest, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api { vm(try await controller.create(VMSpec(request.spec))) }
+        try await api {
+            let spec = VMSpec(request.spec)
+            try epochs.admit(spec.name, epoch: request.epoch)
+            return vm(try await controller.create(spec))
+        }
     }
 
     /// The `PrepareIncomingVM` RPC.
@@ -40,7 +47,9 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         -> Limiquantix_Node_V1_PrepareIncomingVMResponse
     {
         try await api {
-            try await controller.prepareIncoming(VMSpec(request.spec))
+            let spec = VMSpec(request.spec)
+            try epochs.admit(spec.name, epoch: request.epoch)
+            try await controller.prepareIncoming(spec)
             return Limiquantix_Node_V1_PrepareIncomingVMResponse()
         }
     }
@@ -49,7 +58,10 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func startVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api { vm(try await controller.start(request.name)) }
+        try await api {
+            try epochs.admit(request.name, epoch: request.epoch)
+            return vm(try await controller.start(request.name))
+        }
     }
 
     /// The `StopVM` RPC: graceful (agent, then ACPI, then forced after the timeout) or forced.
@@ -57,6 +69,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         -> Limiquantix_Node_V1_StopVMResponse
     {
         try await api {
+            try epochs.admit(request.name, epoch: request.epoch)
             let mode: VMController.StopMode =
                 request.force
                 ? .force : .graceful(timeout: request.timeoutSeconds == 0 ? nil : .seconds(request.timeoutSeconds))
@@ -79,21 +92,30 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     public func rebootVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api { vm(try await controller.reboot(request.name)) }
+        try await api {
+            try epochs.admit(request.name, epoch: request.epoch)
+            return vm(try await controller.reboot(request.name))
+        }
     }
 
     /// The `PauseVM` RPC.
     public func pauseVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api { vm(try await controller.pause(request.name)) }
+        try await api {
+            try epochs.admit(request.name, epoch: request.epoch)
+            return vm(try await controller.pause(request.name))
+        }
     }
 
     /// The `ResumeVM` RPC.
     public func resumeVM(request: Limiquantix_Node_V1_VMRef, context: ServerContext) async throws
         -> Limiquantix_Node_V1_VM
     {
-        try await api { vm(try await controller.resume(request.name)) }
+        try await api {
+            try epochs.admit(request.name, epoch: request.epoch)
+            return vm(try await controller.resume(request.name))
+        }
     }
 
     /// The `DeleteVM` RPC.
@@ -101,6 +123,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         -> Limiquantix_Node_V1_DeleteVMResponse
     {
         try await api {
+            try epochs.admit(request.name, epoch: request.epoch)
             try await controller.delete(request.name, force: request.force, keepDisks: request.keepDisks)
             return Limiquantix_Node_V1_DeleteVMResponse()
         }
@@ -199,6 +222,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         try await api {
+            try epochs.admit(request.name, epoch: request.epoch)
             let migration = try MigrationRequest(
                 destinationURI: request.destinationUri,
                 migrationAddress: request.migrationAddress.isEmpty ? nil : request.migrationAddress,
@@ -479,7 +503,7 @@ public struct NodeService: Limiquantix_Node_V1_Node.SimpleServiceProtocol {
     static func rpcError(_ error: LQXError) -> RPCError {
         let codes: [LQXError.Code: RPCError.Code] = [
             .invalidSpec: .invalidArgument, .alreadyExists: .alreadyExists, .notFound: .notFound,
-            .failedPrecondition: .failedPrecondition, .timeout: .deadlineExceeded,
+            .failedPrecondition: .failedPrecondition, .timeout: .deadlineExceeded, .staleEpoch: .failedPrecondition,
         ]
         return RPCError(
             code: codes[error.code] ?? .internalError, message: error.fullMessage,
