@@ -501,7 +501,7 @@ struct ReconcilerTests {
             stored.status.epoch += 1
             try await cluster.repository.store.commit(
                 [.update(try Repository.stored(stored), expected: vm.meta.resourceVersion)], events: [], audit: [])
-            try await nodes.migrate(vm.meta.id, from: first, to: second)
+            try await nodes.migrate(vm.meta.id, epoch: stored.status.epoch, from: first, to: second)
             var settled: VirtualMachine?
             for _ in 0..<200 {
                 try await cluster.heartbeat(nodeID: first.meta.id, vms: nodes.report(first))

@@ -28,7 +28,7 @@ extension Cluster {
             let meta = ObjectMeta(id: "cluster", name: "cluster")
             let write: StoreWrite =
                 current.resourceVersion == 0 ? .create(object) : .update(object, expected: current.resourceVersion)
-            do {
+            do throws(LQXError) {
                 updated.resourceVersion = try await store.commit(
                     [write], events: [event(.settings, meta, "SettingChanged", "\(key) = \(value)")],
                     audit: [

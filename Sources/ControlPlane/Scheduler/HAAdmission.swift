@@ -45,6 +45,9 @@ public struct HAAdmission: Sendable {
         public var setsVisited = 0
         /// Sets packed VM by VM.
         public var setsPacked = 0
+
+        /// Nothing done yet.
+        public init() {}
     }
 
     /// The scheduler whose filters and scores decide where displaced VMs go.
@@ -266,7 +269,7 @@ public struct HAAdmission: Sendable {
                 let placement = vm.spec.placement
                 let groups = placement.antiAffinity.filter(\.hard).map(\.group).sorted()
                 var rule: Rule?
-                if !placement.nodeSelector.isEmpty || !groups.isEmpty {
+                if !placement.nodeSelector.values.isEmpty || !groups.isEmpty {
                     let key = "\(placement.nodeSelector.values.sorted { $0.key < $1.key })|\(groups)"
                     if let shared = rules[key] {
                         rule = shared

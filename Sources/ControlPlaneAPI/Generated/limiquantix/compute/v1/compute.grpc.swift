@@ -7099,6 +7099,562 @@ extension Limiquantix_Compute_V1_TokenService.ClientProtocol {
     }
 }
 
+// MARK: - limiquantix.compute.v1.ClusterService
+
+/// Namespace containing generated types for the "limiquantix.compute.v1.ClusterService" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Limiquantix_Compute_V1_ClusterService: Sendable {
+    /// Service descriptor for the "limiquantix.compute.v1.ClusterService" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.ClusterService")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "GetClusterSettings" metadata.
+        public enum GetClusterSettings: Sendable {
+            /// Request type for "GetClusterSettings".
+            public typealias Input = Limiquantix_Compute_V1_GetClusterSettingsRequest
+            /// Response type for "GetClusterSettings".
+            public typealias Output = Limiquantix_Compute_V1_ClusterSettings
+            /// Descriptor for "GetClusterSettings".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.ClusterService"),
+                method: "GetClusterSettings",
+                type: .unary
+            )
+        }
+        /// Namespace for "SetClusterSetting" metadata.
+        public enum SetClusterSetting: Sendable {
+            /// Request type for "SetClusterSetting".
+            public typealias Input = Limiquantix_Compute_V1_SetClusterSettingRequest
+            /// Response type for "SetClusterSetting".
+            public typealias Output = Limiquantix_Compute_V1_ClusterSettings
+            /// Descriptor for "SetClusterSetting".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.ClusterService"),
+                method: "SetClusterSetting",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "limiquantix.compute.v1.ClusterService" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            GetClusterSettings.descriptor,
+            SetClusterSetting.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "limiquantix.compute.v1.ClusterService" service.
+    public static let limiquantix_compute_v1_ClusterService = GRPCCore.ServiceDescriptor(fullyQualifiedService: "limiquantix.compute.v1.ClusterService")
+}
+
+// MARK: limiquantix.compute.v1.ClusterService (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Limiquantix_Compute_V1_ClusterService {
+    /// Streaming variant of the service protocol for the "limiquantix.compute.v1.ClusterService" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cluster-wide settings, each by key (see `lqx cluster get`).
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "GetClusterSettings" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Limiquantix_Compute_V1_GetClusterSettingsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Compute_V1_ClusterSettings` messages.
+        func getClusterSettings(
+            request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_ClusterSettings>
+
+        /// Handle the "SetClusterSetting" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets one setting (admins; audited). INVALID_ARGUMENT for an unknown key or a bad value;
+        /// > RESOURCE_EXHAUSTED when raising ha.tolerate-failures would already strand an HA VM (the
+        /// > message names the nodes, the VMs and the shortfall).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Limiquantix_Compute_V1_SetClusterSettingRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Limiquantix_Compute_V1_ClusterSettings` messages.
+        func setClusterSetting(
+            request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_ClusterSettings>
+    }
+
+    /// Service protocol for the "limiquantix.compute.v1.ClusterService" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cluster-wide settings, each by key (see `lqx cluster get`).
+    public protocol ServiceProtocol: Limiquantix_Compute_V1_ClusterService.StreamingServiceProtocol {
+        /// Handle the "GetClusterSettings" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterSettingsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Limiquantix_Compute_V1_ClusterSettings` message.
+        func getClusterSettings(
+            request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterSettings>
+
+        /// Handle the "SetClusterSetting" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets one setting (admins; audited). INVALID_ARGUMENT for an unknown key or a bad value;
+        /// > RESOURCE_EXHAUSTED when raising ha.tolerate-failures would already strand an HA VM (the
+        /// > message names the nodes, the VMs and the shortfall).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_SetClusterSettingRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Limiquantix_Compute_V1_ClusterSettings` message.
+        func setClusterSetting(
+            request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterSettings>
+    }
+
+    /// Simple service protocol for the "limiquantix.compute.v1.ClusterService" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cluster-wide settings, each by key (see `lqx cluster get`).
+    public protocol SimpleServiceProtocol: Limiquantix_Compute_V1_ClusterService.ServiceProtocol {
+        /// Handle the "GetClusterSettings" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Limiquantix_Compute_V1_GetClusterSettingsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Limiquantix_Compute_V1_ClusterSettings` to respond with.
+        func getClusterSettings(
+            request: Limiquantix_Compute_V1_GetClusterSettingsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Limiquantix_Compute_V1_ClusterSettings
+
+        /// Handle the "SetClusterSetting" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets one setting (admins; audited). INVALID_ARGUMENT for an unknown key or a bad value;
+        /// > RESOURCE_EXHAUSTED when raising ha.tolerate-failures would already strand an HA VM (the
+        /// > message names the nodes, the VMs and the shortfall).
+        ///
+        /// - Parameters:
+        ///   - request: A `Limiquantix_Compute_V1_SetClusterSettingRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Limiquantix_Compute_V1_ClusterSettings` to respond with.
+        func setClusterSetting(
+            request: Limiquantix_Compute_V1_SetClusterSettingRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Limiquantix_Compute_V1_ClusterSettings
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Limiquantix_Compute_V1_ClusterService.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Limiquantix_Compute_V1_ClusterService.Method.GetClusterSettings.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_GetClusterSettingsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_ClusterSettings>(),
+            handler: { request, context in
+                try await self.getClusterSettings(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Limiquantix_Compute_V1_ClusterService.Method.SetClusterSetting.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_SetClusterSettingRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_ClusterSettings>(),
+            handler: { request, context in
+                try await self.setClusterSetting(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Limiquantix_Compute_V1_ClusterService.ServiceProtocol {
+    public func getClusterSettings(
+        request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_ClusterSettings> {
+        let response = try await self.getClusterSettings(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func setClusterSetting(
+        request: GRPCCore.StreamingServerRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Limiquantix_Compute_V1_ClusterSettings> {
+        let response = try await self.setClusterSetting(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Limiquantix_Compute_V1_ClusterService.SimpleServiceProtocol {
+    public func getClusterSettings(
+        request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterSettings> {
+        return GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterSettings>(
+            message: try await self.getClusterSettings(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func setClusterSetting(
+        request: GRPCCore.ServerRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterSettings> {
+        return GRPCCore.ServerResponse<Limiquantix_Compute_V1_ClusterSettings>(
+            message: try await self.setClusterSetting(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: limiquantix.compute.v1.ClusterService (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Limiquantix_Compute_V1_ClusterService {
+    /// Generated client protocol for the "limiquantix.compute.v1.ClusterService" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cluster-wide settings, each by key (see `lqx cluster get`).
+    public protocol ClientProtocol: Sendable {
+        /// Call the "GetClusterSettings" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterSettingsRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_GetClusterSettingsRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_ClusterSettings` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getClusterSettings<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_ClusterSettings>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SetClusterSetting" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets one setting (admins; audited). INVALID_ARGUMENT for an unknown key or a bad value;
+        /// > RESOURCE_EXHAUSTED when raising ha.tolerate-failures would already strand an HA VM (the
+        /// > message names the nodes, the VMs and the shortfall).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_SetClusterSettingRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_SetClusterSettingRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_ClusterSettings` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func setClusterSetting<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_ClusterSettings>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "limiquantix.compute.v1.ClusterService" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cluster-wide settings, each by key (see `lqx cluster get`).
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "GetClusterSettings" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterSettingsRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_GetClusterSettingsRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_ClusterSettings` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getClusterSettings<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_ClusterSettings>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Limiquantix_Compute_V1_ClusterService.Method.GetClusterSettings.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "SetClusterSetting" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sets one setting (admins; audited). INVALID_ARGUMENT for an unknown key or a bad value;
+        /// > RESOURCE_EXHAUSTED when raising ha.tolerate-failures would already strand an HA VM (the
+        /// > message names the nodes, the VMs and the shortfall).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Limiquantix_Compute_V1_SetClusterSettingRequest` message.
+        ///   - serializer: A serializer for `Limiquantix_Compute_V1_SetClusterSettingRequest` messages.
+        ///   - deserializer: A deserializer for `Limiquantix_Compute_V1_ClusterSettings` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func setClusterSetting<Result>(
+            request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+            serializer: some GRPCCore.MessageSerializer<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Limiquantix_Compute_V1_ClusterSettings>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Limiquantix_Compute_V1_ClusterService.Method.SetClusterSetting.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Limiquantix_Compute_V1_ClusterService.ClientProtocol {
+    /// Call the "GetClusterSettings" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Limiquantix_Compute_V1_GetClusterSettingsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getClusterSettings<Result>(
+        request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getClusterSettings(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_GetClusterSettingsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_ClusterSettings>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetClusterSetting" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets one setting (admins; audited). INVALID_ARGUMENT for an unknown key or a bad value;
+    /// > RESOURCE_EXHAUSTED when raising ha.tolerate-failures would already strand an HA VM (the
+    /// > message names the nodes, the VMs and the shortfall).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Limiquantix_Compute_V1_SetClusterSettingRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setClusterSetting<Result>(
+        request: GRPCCore.ClientRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.setClusterSetting(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Limiquantix_Compute_V1_SetClusterSettingRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Limiquantix_Compute_V1_ClusterSettings>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Limiquantix_Compute_V1_ClusterService.ClientProtocol {
+    /// Call the "GetClusterSettings" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getClusterSettings<Result>(
+        _ message: Limiquantix_Compute_V1_GetClusterSettingsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Limiquantix_Compute_V1_GetClusterSettingsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getClusterSettings(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetClusterSetting" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sets one setting (admins; audited). INVALID_ARGUMENT for an unknown key or a bad value;
+    /// > RESOURCE_EXHAUSTED when raising ha.tolerate-failures would already strand an HA VM (the
+    /// > message names the nodes, the VMs and the shortfall).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setClusterSetting<Result>(
+        _ message: Limiquantix_Compute_V1_SetClusterSettingRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Limiquantix_Compute_V1_ClusterSettings>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Limiquantix_Compute_V1_SetClusterSettingRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.setClusterSetting(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
 // MARK: - limiquantix.compute.v1.EventService
 
 /// Namespace containing generated types for the "limiquantix.compute.v1.EventService" service.

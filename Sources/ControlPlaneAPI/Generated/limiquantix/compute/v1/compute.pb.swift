@@ -155,6 +155,55 @@ public nonisolated enum Limiquantix_Compute_V1_Strategy: SwiftProtobuf.Enum, Swi
 
 }
 
+/// Restart priority of an HA VM: restarts go highest first.
+public nonisolated enum Limiquantix_Compute_V1_HAPriority: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// the default
+  case medium // = 0
+  case lowest // = 1
+  case low // = 2
+  case high // = 3
+  case highest // = 4
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .medium
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .medium
+    case 1: self = .lowest
+    case 2: self = .low
+    case 3: self = .high
+    case 4: self = .highest
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .medium: return 0
+    case .lowest: return 1
+    case .low: return 2
+    case .high: return 3
+    case .highest: return 4
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Limiquantix_Compute_V1_HAPriority] = [
+    .medium,
+    .lowest,
+    .low,
+    .high,
+    .highest,
+  ]
+
+}
+
 public nonisolated enum Limiquantix_Compute_V1_VMPhase: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case pending // = 0
@@ -421,6 +470,46 @@ public nonisolated struct Limiquantix_Compute_V1_Placement: Sendable {
   public init() {}
 }
 
+/// Whether the VM is restarted on another node when its node fails (docs/ha.md). Starting an HA
+/// VM is refused (RESOURCE_EXHAUSTED) when admission control (cluster setting
+/// ha.tolerate-failures) finds a set of node failures that would leave an HA VM without room.
+public nonisolated struct Limiquantix_Compute_V1_HAPolicy: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var enabled: Bool = false
+
+  public var priority: Limiquantix_Compute_V1_HAPriority = .medium
+
+  /// restarts by HA per window; unset: 3 (0 to 100)
+  public var maxRestarts: UInt32 {
+    get {_maxRestarts ?? 0}
+    set {_maxRestarts = newValue}
+  }
+  /// Returns true if `maxRestarts` has been explicitly set.
+  public var hasMaxRestarts: Bool {self._maxRestarts != nil}
+  /// Clears the value of `maxRestarts`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxRestarts() {self._maxRestarts = nil}
+
+  /// unset: 3600 (60 to 604800)
+  public var restartWindowSeconds: UInt32 {
+    get {_restartWindowSeconds ?? 0}
+    set {_restartWindowSeconds = newValue}
+  }
+  /// Returns true if `restartWindowSeconds` has been explicitly set.
+  public var hasRestartWindowSeconds: Bool {self._restartWindowSeconds != nil}
+  /// Clears the value of `restartWindowSeconds`. Subsequent reads from it will return its default value.
+  public mutating func clearRestartWindowSeconds() {self._restartWindowSeconds = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _maxRestarts: UInt32? = nil
+  fileprivate var _restartWindowSeconds: UInt32? = nil
+}
+
 public nonisolated struct Limiquantix_Compute_V1_VMSpec: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -449,6 +538,15 @@ public nonisolated struct Limiquantix_Compute_V1_VMSpec: @unchecked Sendable {
   public var hasPlacement: Bool {_storage._placement != nil}
   /// Clears the value of `placement`. Subsequent reads from it will return its default value.
   public mutating func clearPlacement() {_uniqueStorage()._placement = nil}
+
+  public var ha: Limiquantix_Compute_V1_HAPolicy {
+    get {_storage._ha ?? Limiquantix_Compute_V1_HAPolicy()}
+    set {_uniqueStorage()._ha = newValue}
+  }
+  /// Returns true if `ha` has been explicitly set.
+  public var hasHa: Bool {_storage._ha != nil}
+  /// Clears the value of `ha`. Subsequent reads from it will return its default value.
+  public mutating func clearHa() {_uniqueStorage()._ha = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2162,6 +2260,65 @@ public nonisolated struct Limiquantix_Compute_V1_ListAuditResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Limiquantix_Compute_V1_GetClusterSettingsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Limiquantix_Compute_V1_ClusterSetting: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// e.g. ha.tolerate-failures
+  public var key: String = String()
+
+  public var value: String = String()
+
+  public var help: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Limiquantix_Compute_V1_ClusterSettings: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var haTolerateFailures: UInt32 = 0
+
+  /// every key with its value, as `lqx cluster get` shows
+  public var settings: [Limiquantix_Compute_V1_ClusterSetting] = []
+
+  /// 0: never set (the defaults)
+  public var resourceVersion: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Limiquantix_Compute_V1_SetClusterSettingRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: String = String()
+
+  public var value: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "limiquantix.compute.v1"
@@ -2176,6 +2333,10 @@ nonisolated extension Limiquantix_Compute_V1_TaintEffect: SwiftProtobuf._ProtoNa
 
 nonisolated extension Limiquantix_Compute_V1_Strategy: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STRATEGY_CLUSTER_DEFAULT\0\u{1}STRATEGY_SPREAD\0\u{1}STRATEGY_PACK\0")
+}
+
+nonisolated extension Limiquantix_Compute_V1_HAPriority: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0HA_PRIORITY_MEDIUM\0\u{1}HA_PRIORITY_LOWEST\0\u{1}HA_PRIORITY_LOW\0\u{1}HA_PRIORITY_HIGH\0\u{1}HA_PRIORITY_HIGHEST\0")
 }
 
 nonisolated extension Limiquantix_Compute_V1_VMPhase: SwiftProtobuf._ProtoNameProviding {
@@ -2429,14 +2590,64 @@ nonisolated extension Limiquantix_Compute_V1_Placement: SwiftProtobuf.Message, S
   }
 }
 
+nonisolated extension Limiquantix_Compute_V1_HAPolicy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HAPolicy"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}enabled\0\u{1}priority\0\u{3}max_restarts\0\u{3}restart_window_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.enabled) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.priority) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self._maxRestarts) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self._restartWindowSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.enabled != false {
+      try visitor.visitSingularBoolField(value: self.enabled, fieldNumber: 1)
+    }
+    if self.priority != .medium {
+      try visitor.visitSingularEnumField(value: self.priority, fieldNumber: 2)
+    }
+    try { if let v = self._maxRestarts {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._restartWindowSeconds {
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 4)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_HAPolicy, rhs: Limiquantix_Compute_V1_HAPolicy) -> Bool {
+    if lhs.enabled != rhs.enabled {return false}
+    if lhs.priority != rhs.priority {return false}
+    if lhs._maxRestarts != rhs._maxRestarts {return false}
+    if lhs._restartWindowSeconds != rhs._restartWindowSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Limiquantix_Compute_V1_VMSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VMSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}run_state\0\u{1}machine\0\u{1}placement\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}run_state\0\u{1}machine\0\u{1}placement\0\u{1}ha\0")
 
   fileprivate class _StorageClass {
     var _runState: Limiquantix_Compute_V1_RunState = .running
     var _machine: LQXTypes.Limiquantix_Types_V1_VMSpec? = nil
     var _placement: Limiquantix_Compute_V1_Placement? = nil
+    var _ha: Limiquantix_Compute_V1_HAPolicy? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2450,6 +2661,7 @@ nonisolated extension Limiquantix_Compute_V1_VMSpec: SwiftProtobuf.Message, Swif
       _runState = source._runState
       _machine = source._machine
       _placement = source._placement
+      _ha = source._ha
     }
   }
 
@@ -2471,6 +2683,7 @@ nonisolated extension Limiquantix_Compute_V1_VMSpec: SwiftProtobuf.Message, Swif
         case 1: try { try decoder.decodeSingularEnumField(value: &_storage._runState) }()
         case 2: try { try decoder.decodeSingularMessageField(value: &_storage._machine) }()
         case 3: try { try decoder.decodeSingularMessageField(value: &_storage._placement) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._ha) }()
         default: break
         }
       }
@@ -2492,6 +2705,9 @@ nonisolated extension Limiquantix_Compute_V1_VMSpec: SwiftProtobuf.Message, Swif
       try { if let v = _storage._placement {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
       } }()
+      try { if let v = _storage._ha {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2504,6 +2720,7 @@ nonisolated extension Limiquantix_Compute_V1_VMSpec: SwiftProtobuf.Message, Swif
         if _storage._runState != rhs_storage._runState {return false}
         if _storage._machine != rhs_storage._machine {return false}
         if _storage._placement != rhs_storage._placement {return false}
+        if _storage._ha != rhs_storage._ha {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -5729,6 +5946,140 @@ nonisolated extension Limiquantix_Compute_V1_ListAuditResponse: SwiftProtobuf.Me
 
   public static func ==(lhs: Limiquantix_Compute_V1_ListAuditResponse, rhs: Limiquantix_Compute_V1_ListAuditResponse) -> Bool {
     if lhs.records != rhs.records {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_GetClusterSettingsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetClusterSettingsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_GetClusterSettingsRequest, rhs: Limiquantix_Compute_V1_GetClusterSettingsRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_ClusterSetting: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterSetting"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}value\0\u{1}help\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.value) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.help) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 1)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularStringField(value: self.value, fieldNumber: 2)
+    }
+    if !self.help.isEmpty {
+      try visitor.visitSingularStringField(value: self.help, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_ClusterSetting, rhs: Limiquantix_Compute_V1_ClusterSetting) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.help != rhs.help {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_ClusterSettings: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterSettings"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ha_tolerate_failures\0\u{1}settings\0\u{3}resource_version\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.haTolerateFailures) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.settings) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.resourceVersion) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.haTolerateFailures != 0 {
+      try visitor.visitSingularUInt32Field(value: self.haTolerateFailures, fieldNumber: 1)
+    }
+    if !self.settings.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.settings, fieldNumber: 2)
+    }
+    if self.resourceVersion != 0 {
+      try visitor.visitSingularInt64Field(value: self.resourceVersion, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_ClusterSettings, rhs: Limiquantix_Compute_V1_ClusterSettings) -> Bool {
+    if lhs.haTolerateFailures != rhs.haTolerateFailures {return false}
+    if lhs.settings != rhs.settings {return false}
+    if lhs.resourceVersion != rhs.resourceVersion {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Limiquantix_Compute_V1_SetClusterSettingRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetClusterSettingRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}value\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.value) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 1)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularStringField(value: self.value, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Limiquantix_Compute_V1_SetClusterSettingRequest, rhs: Limiquantix_Compute_V1_SetClusterSettingRequest) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs.value != rhs.value {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -403,6 +403,12 @@ extension Limiquantix_Node_V1_Node {
     ///
     /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
     /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Placement epochs (docs/ha.md): the control plane sends the VM's epoch with every lifecycle
+    /// > command (`epoch`); the node keeps the highest it has seen per VM, across restarts, and refuses
+    /// > a lower one with FAILED_PRECONDITION, code `stale_epoch`. 0: no epoch (an operator's call).
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
         /// Handle the "CreateVM" method.
         ///
@@ -821,6 +827,12 @@ extension Limiquantix_Node_V1_Node {
     /// trailing response metadata. If you don't need these then consider using
     /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
     /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Placement epochs (docs/ha.md): the control plane sends the VM's epoch with every lifecycle
+    /// > command (`epoch`); the node keeps the highest it has seen per VM, across restarts, and refuses
+    /// > a lower one with FAILED_PRECONDITION, code `stale_epoch`. 0: no epoch (an operator's call).
     public protocol ServiceProtocol: Limiquantix_Node_V1_Node.StreamingServiceProtocol {
         /// Handle the "CreateVM" method.
         ///
@@ -1237,6 +1249,12 @@ extension Limiquantix_Node_V1_Node {
     /// This is the highest level protocol for the service. The API is the easiest to use but
     /// doesn't provide access to request or response metadata. If you need access to these
     /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Placement epochs (docs/ha.md): the control plane sends the VM's epoch with every lifecycle
+    /// > command (`epoch`); the node keeps the highest it has seen per VM, across restarts, and refuses
+    /// > a lower one with FAILED_PRECONDITION, code `stale_epoch`. 0: no epoch (an operator's call).
     public protocol SimpleServiceProtocol: Limiquantix_Node_V1_Node.ServiceProtocol {
         /// Handle the "CreateVM" method.
         ///
@@ -2561,6 +2579,12 @@ extension Limiquantix_Node_V1_Node {
     ///
     /// You don't need to implement this protocol directly, use the generated
     /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Placement epochs (docs/ha.md): the control plane sends the VM's epoch with every lifecycle
+    /// > command (`epoch`); the node keeps the highest it has seen per VM, across restarts, and refuses
+    /// > a lower one with FAILED_PRECONDITION, code `stale_epoch`. 0: no epoch (an operator's call).
     public protocol ClientProtocol: Sendable {
         /// Call the "CreateVM" method.
         ///
@@ -3102,6 +3126,12 @@ extension Limiquantix_Node_V1_Node {
     /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
     /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
     /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Placement epochs (docs/ha.md): the control plane sends the VM's epoch with every lifecycle
+    /// > command (`epoch`); the node keeps the highest it has seen per VM, across restarts, and refuses
+    /// > a lower one with FAILED_PRECONDITION, code `stale_epoch`. 0: no epoch (an operator's call).
     public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
         private let client: GRPCCore.GRPCClient<Transport>
 

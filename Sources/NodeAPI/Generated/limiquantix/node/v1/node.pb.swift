@@ -145,6 +145,9 @@ public nonisolated struct Limiquantix_Node_V1_VMRef: Sendable {
 
   public var name: String = String()
 
+  /// the placement epoch (lifecycle calls); 0: none
+  public var epoch: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -243,6 +246,9 @@ public nonisolated struct Limiquantix_Node_V1_CreateVMRequest: Sendable {
   /// Clears the value of `spec`. Subsequent reads from it will return its default value.
   public mutating func clearSpec() {self._spec = nil}
 
+  /// the placement epoch; 0: none
+  public var epoch: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -261,6 +267,9 @@ public nonisolated struct Limiquantix_Node_V1_StopVMRequest: Sendable {
 
   /// 0: 60
   public var timeoutSeconds: UInt32 = 0
+
+  /// the placement epoch; 0: none
+  public var epoch: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -302,6 +311,9 @@ public nonisolated struct Limiquantix_Node_V1_DeleteVMRequest: Sendable {
 
   /// default: delete the disks the node created
   public var keepDisks: Bool = false
+
+  /// the placement epoch; 0: none
+  public var epoch: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -495,6 +507,9 @@ public nonisolated struct Limiquantix_Node_V1_MigrateVMRequest: Sendable {
   /// Where the destination QEMU takes the migration stream (host or IP; tcp://ADDRESS). Empty: the
   /// destination's host name, which must not resolve to a loopback address.
   public var migrationAddress: String = String()
+
+  /// the placement epoch (the target's); 0: none
+  public var epoch: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1059,7 +1074,7 @@ nonisolated extension Limiquantix_Node_V1_StopMethod: SwiftProtobuf._ProtoNamePr
 
 nonisolated extension Limiquantix_Node_V1_VMRef: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VMRef"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1068,6 +1083,7 @@ nonisolated extension Limiquantix_Node_V1_VMRef: SwiftProtobuf.Message, SwiftPro
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.epoch) }()
       default: break
       }
     }
@@ -1077,11 +1093,15 @@ nonisolated extension Limiquantix_Node_V1_VMRef: SwiftProtobuf.Message, SwiftPro
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
+    if self.epoch != 0 {
+      try visitor.visitSingularInt64Field(value: self.epoch, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Limiquantix_Node_V1_VMRef, rhs: Limiquantix_Node_V1_VMRef) -> Bool {
     if lhs.name != rhs.name {return false}
+    if lhs.epoch != rhs.epoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1251,7 +1271,7 @@ nonisolated extension Limiquantix_Node_V1_VM: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Limiquantix_Node_V1_CreateVMRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateVMRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1260,6 +1280,7 @@ nonisolated extension Limiquantix_Node_V1_CreateVMRequest: SwiftProtobuf.Message
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.epoch) }()
       default: break
       }
     }
@@ -1273,11 +1294,15 @@ nonisolated extension Limiquantix_Node_V1_CreateVMRequest: SwiftProtobuf.Message
     try { if let v = self._spec {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
     } }()
+    if self.epoch != 0 {
+      try visitor.visitSingularInt64Field(value: self.epoch, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Limiquantix_Node_V1_CreateVMRequest, rhs: Limiquantix_Node_V1_CreateVMRequest) -> Bool {
     if lhs._spec != rhs._spec {return false}
+    if lhs.epoch != rhs.epoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1285,7 +1310,7 @@ nonisolated extension Limiquantix_Node_V1_CreateVMRequest: SwiftProtobuf.Message
 
 nonisolated extension Limiquantix_Node_V1_StopVMRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StopVMRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}force\0\u{3}timeout_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}force\0\u{3}timeout_seconds\0\u{1}epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1296,6 +1321,7 @@ nonisolated extension Limiquantix_Node_V1_StopVMRequest: SwiftProtobuf.Message, 
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.force) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutSeconds) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.epoch) }()
       default: break
       }
     }
@@ -1311,6 +1337,9 @@ nonisolated extension Limiquantix_Node_V1_StopVMRequest: SwiftProtobuf.Message, 
     if self.timeoutSeconds != 0 {
       try visitor.visitSingularUInt32Field(value: self.timeoutSeconds, fieldNumber: 3)
     }
+    if self.epoch != 0 {
+      try visitor.visitSingularInt64Field(value: self.epoch, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1318,6 +1347,7 @@ nonisolated extension Limiquantix_Node_V1_StopVMRequest: SwiftProtobuf.Message, 
     if lhs.name != rhs.name {return false}
     if lhs.force != rhs.force {return false}
     if lhs.timeoutSeconds != rhs.timeoutSeconds {return false}
+    if lhs.epoch != rhs.epoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1364,7 +1394,7 @@ nonisolated extension Limiquantix_Node_V1_StopVMResponse: SwiftProtobuf.Message,
 
 nonisolated extension Limiquantix_Node_V1_DeleteVMRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeleteVMRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}force\0\u{3}keep_disks\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}force\0\u{3}keep_disks\0\u{1}epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1375,6 +1405,7 @@ nonisolated extension Limiquantix_Node_V1_DeleteVMRequest: SwiftProtobuf.Message
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.force) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.keepDisks) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.epoch) }()
       default: break
       }
     }
@@ -1390,6 +1421,9 @@ nonisolated extension Limiquantix_Node_V1_DeleteVMRequest: SwiftProtobuf.Message
     if self.keepDisks != false {
       try visitor.visitSingularBoolField(value: self.keepDisks, fieldNumber: 3)
     }
+    if self.epoch != 0 {
+      try visitor.visitSingularInt64Field(value: self.epoch, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1397,6 +1431,7 @@ nonisolated extension Limiquantix_Node_V1_DeleteVMRequest: SwiftProtobuf.Message
     if lhs.name != rhs.name {return false}
     if lhs.force != rhs.force {return false}
     if lhs.keepDisks != rhs.keepDisks {return false}
+    if lhs.epoch != rhs.epoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1770,7 +1805,7 @@ nonisolated extension Limiquantix_Node_V1_ConsoleInfo: SwiftProtobuf.Message, Sw
 
 nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MigrateVMRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}destination_uri\0\u{3}max_downtime_ms\0\u{3}bandwidth_mibps\0\u{3}migration_address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}destination_uri\0\u{3}max_downtime_ms\0\u{3}bandwidth_mibps\0\u{3}migration_address\0\u{1}epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1783,6 +1818,7 @@ nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Messag
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.maxDowntimeMs) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.bandwidthMibps) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.migrationAddress) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.epoch) }()
       default: break
       }
     }
@@ -1804,6 +1840,9 @@ nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Messag
     if !self.migrationAddress.isEmpty {
       try visitor.visitSingularStringField(value: self.migrationAddress, fieldNumber: 5)
     }
+    if self.epoch != 0 {
+      try visitor.visitSingularInt64Field(value: self.epoch, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1813,6 +1852,7 @@ nonisolated extension Limiquantix_Node_V1_MigrateVMRequest: SwiftProtobuf.Messag
     if lhs.maxDowntimeMs != rhs.maxDowntimeMs {return false}
     if lhs.bandwidthMibps != rhs.bandwidthMibps {return false}
     if lhs.migrationAddress != rhs.migrationAddress {return false}
+    if lhs.epoch != rhs.epoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
