@@ -23,6 +23,7 @@ struct JSONGatewayTests {
             Limiquantix_Compute_V1_ProjectService.Method.descriptors,
             Limiquantix_Compute_V1_TokenService.Method.descriptors,
             Limiquantix_Compute_V1_EventService.Method.descriptors,
+            Limiquantix_Compute_V1_ClusterService.Method.descriptors,
         ]
         let unary = Set(
             services.joined().filter { !Self.streaming.contains($0.method) }.map {
